@@ -280,7 +280,7 @@ pub fn all() -> Result<&'static [TableSchema], SndsError> {
 pub fn table(name: &str) -> Result<(&'static TableSchema, Option<u16>), SndsError> {
     let upper = name.to_ascii_uppercase();
     for t in all()? {
-        if t.name == upper {
+        if t.name.eq_ignore_ascii_case(&upper) {
             return Ok((t, None));
         }
         if let Some(idx) = t.name.find("aa") {
