@@ -224,6 +224,7 @@ fn parse(t: &TableTemplate) -> Result<TableSchema, SndsError> {
                 });
             }
         };
+        let ty = TYPE_OVERRIDES.iter().find(|o| o.0 == f.name).map_or(ty, |o| o.1);
         let length = match f.length {
             Some(serde_json::Value::String(s)) if !s.is_empty() && s != "None" => Some(s),
             Some(serde_json::Value::Number(n)) => Some(n.to_string()),
@@ -253,6 +254,15 @@ fn parse(t: &TableTemplate) -> Result<TableSchema, SndsError> {
         primary_key,
     })
 }
+
+/// Columns whose upstream type is wrong for real extractions, with the type
+/// PDS uses instead and why. The Health Data Hub schema is known to be
+/// approximate; each override is a fact about real files.
+pub const TYPE_OVERRIDES: &[(&str, ColumnType, &str)] = &[(
+    "ETA_NUM",
+    ColumnType::String,
+    "FINESS numbers are 9-character codes: Corsican ones start with 2A/2B and others with 0 (Ain: 01...), which an integer would lose",
+)];
 
 static PARSED: OnceLock<Result<Vec<TableSchema>, String>> = OnceLock::new();
 
