@@ -67,9 +67,9 @@ struct SynthArgs {
 
 fn parse_years(s: &str) -> Result<(u16, u16)> {
     let parse = |p: &str| -> Result<u16> {
-        p.trim()
-            .parse::<u16>()
-            .with_context(|| format!("--years `{s}`: `{p}` is not a year; write e.g. --years 2021-2023"))
+        p.trim().parse::<u16>().with_context(|| {
+            format!("--years `{s}`: `{p}` is not a year; write e.g. --years 2021-2023")
+        })
     };
     match s.split_once('-') {
         Some((a, b)) => Ok((parse(a)?, parse(b)?)),
@@ -111,24 +111,37 @@ fn synth(a: SynthArgs) -> Result<()> {
         && let Some(parent) = p.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.is_dir()
     {
-        bail!("--stats-json {}: directory {} does not exist", p.display(), parent.display());
+        bail!(
+            "--stats-json {}: directory {} does not exist",
+            p.display(),
+            parent.display()
+        );
     }
-    let bar = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(cfg.beneficiaries) };
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(cfg.beneficiaries)
+    };
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} beneficiaries ({per_sec}, eta {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let progress = |n: u64| bar.set_position(n);
-    let report = pds_synth::generate(&cfg, &progress)
-        .with_context(|| format!("synthetic data generation into {} failed; nothing was written", cfg.out.display()))?;
+    let report = pds_synth::generate(&cfg, &progress).with_context(|| {
+        format!(
+            "synthetic data generation into {} failed; nothing was written",
+            cfg.out.display()
+        )
+    })?;
     bar.finish_and_clear();
     if !a.quiet {
         print_report(&cfg, &report);
     }
     if let Some(p) = &a.stats_json {
         let json = stats_json(&cfg, &report);
-        std::fs::write(p, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }
@@ -155,7 +168,10 @@ fn print_report(cfg: &Config, r: &Report) {
         r.seconds,
         r.threads
     );
-    println!("{:<12} {:>5} {:>12} {:>10} {:>12} {:>9}", "table", "files", "rows", "MB", "rows/s", "MB/s");
+    println!(
+        "{:<12} {:>5} {:>12} {:>10} {:>12} {:>9}",
+        "table", "files", "rows", "MB", "rows/s", "MB/s"
+    );
     for t in r.tables.iter().chain(r.referentials.iter()) {
         let mb = t.bytes as f64 / 1e6;
         println!(
@@ -177,7 +193,9 @@ fn print_report(cfg: &Config, r: &Report) {
         r.per_person_year(Table::ErBio),
         r.per_person_year(Table::McoB)
     );
-    println!("Real SNDS for comparison: about 25-35 ER_PRS_F lines, 10-15 ER_PHA_F lines and 0.2-0.3 MCO stays per person-year.");
+    println!(
+        "Real SNDS for comparison: about 25-35 ER_PRS_F lines, 10-15 ER_PHA_F lines and 0.2-0.3 MCO stays per person-year."
+    );
 }
 
 fn stats_json(cfg: &Config, r: &Report) -> serde_json::Value {

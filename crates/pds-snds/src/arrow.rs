@@ -7,14 +7,17 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampSecondBuilder};
+use arrow_array::builder::{
+    Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampSecondBuilder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::NaiveDate;
 
+use crate::SndsError;
 use crate::dialect;
 use crate::schema::{Column, ColumnType};
-use crate::SndsError;
 
 /// The Arrow type PDS uses for a column type.
 pub fn arrow_type(ty: ColumnType) -> DataType {
@@ -35,7 +38,9 @@ pub fn arrow_schema(columns: &[&Column]) -> SchemaRef {
             .iter()
             .map(|c| {
                 Field::new(&c.name, arrow_type(c.ty), true).with_metadata(
-                    [("description".to_string(), c.description.clone())].into_iter().collect(),
+                    [("description".to_string(), c.description.clone())]
+                        .into_iter()
+                        .collect(),
                 )
             })
             .collect::<Vec<_>>(),
@@ -60,7 +65,11 @@ enum Builder {
 ///
 /// Empty fields and date sentinels become nulls. `first_line` numbers the
 /// lines in error messages.
-pub fn csv_to_batch(columns: &[&Column], text: &[u8], first_line: usize) -> Result<RecordBatch, SndsError> {
+pub fn csv_to_batch(
+    columns: &[&Column],
+    text: &[u8],
+    first_line: usize,
+) -> Result<RecordBatch, SndsError> {
     let schema = arrow_schema(columns);
     let mut builders: Vec<Builder> = columns
         .iter()
@@ -108,7 +117,9 @@ pub fn csv_to_batch(columns: &[&Column], text: &[u8], first_line: usize) -> Resu
             match b {
                 Builder::Str(b) => b.append_value(field),
                 Builder::I64(b) => b.append_value(field.parse().map_err(|_| bad("integer"))?),
-                Builder::F64(b) => b.append_value(field.parse().map_err(|_| bad("decimal number"))?),
+                Builder::F64(b) => {
+                    b.append_value(field.parse().map_err(|_| bad("decimal number"))?)
+                }
                 Builder::Date(b) => {
                     let parsed = if col.ty == ColumnType::CompactDate {
                         dialect::parse_compact_date(field).ok_or_else(|| bad("date ddmmyyyy"))?
@@ -118,12 +129,17 @@ pub fn csv_to_batch(columns: &[&Column], text: &[u8], first_line: usize) -> Resu
                     b.append_option(parsed.map(epoch_days));
                 }
                 Builder::Ts(b) => {
-                    let parsed = dialect::parse_sas_datetime(field).ok_or_else(|| bad("SAS datetime ddMMMyyyy:HH:mm:ss"))?;
+                    let parsed = dialect::parse_sas_datetime(field)
+                        .ok_or_else(|| bad("SAS datetime ddMMMyyyy:HH:mm:ss"))?;
                     b.append_option(parsed.map(|dt| dt.and_utc().timestamp()));
                 }
                 Builder::I32(b) => {
-                    let v: i32 = field.parse().map_err(|_| bad("year, year-month or month number"))?;
-                    b.append_option((!(col.ty == ColumnType::Year && v == dialect::SENTINEL_YEAR)).then_some(v));
+                    let v: i32 = field
+                        .parse()
+                        .map_err(|_| bad("year, year-month or month number"))?;
+                    b.append_option(
+                        (!(col.ty == ColumnType::Year && v == dialect::SENTINEL_YEAR)).then_some(v),
+                    );
                 }
             }
         }
@@ -163,10 +179,21 @@ mod tests {
         line[num] = "8";
         let text = format!("{}\n", line.join(";"));
         let batch = csv_to_batch(&cols, text.as_bytes(), 2).unwrap();
-        let d = batch.column(dtd).as_any().downcast_ref::<Date32Array>().unwrap();
-        assert_eq!(d.value(0), epoch_days(NaiveDate::from_ymd_opt(2020, 3, 15).unwrap()));
+        let d = batch
+            .column(dtd)
+            .as_any()
+            .downcast_ref::<Date32Array>()
+            .unwrap();
+        assert_eq!(
+            d.value(0),
+            epoch_days(NaiveDate::from_ymd_opt(2020, 3, 15).unwrap())
+        );
         assert!(batch.column(dtf).is_null(0));
-        let n = batch.column(num).as_any().downcast_ref::<Int64Array>().unwrap();
+        let n = batch
+            .column(num)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
         assert_eq!(n.value(0), 8);
     }
 
@@ -180,6 +207,9 @@ mod tests {
         let err = csv_to_batch(&cols, format!("{}\n", line.join(";")).as_bytes(), 7)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("line 7") && err.contains("IMB_ALD_DTD") && err.contains("2020-03-15"), "{err}");
+        assert!(
+            err.contains("line 7") && err.contains("IMB_ALD_DTD") && err.contains("2020-03-15"),
+            "{err}"
+        );
     }
 }

@@ -124,7 +124,13 @@ mod tests {
         b.clear();
         push_sas_datetime(&mut b, d);
         assert_eq!(b, b"07JAN2016:00:00:00");
-        assert_eq!(parse_sas_datetime("07JAN2016:00:00:00").unwrap().unwrap().date(), d);
+        assert_eq!(
+            parse_sas_datetime("07JAN2016:00:00:00")
+                .unwrap()
+                .unwrap()
+                .date(),
+            d
+        );
         b.clear();
         push_compact_date(&mut b, d);
         assert_eq!(b, b"07012016");

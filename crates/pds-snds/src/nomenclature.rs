@@ -88,7 +88,11 @@ impl Nomenclature {
 
     /// The set of codes (first schema column), e.g. every ICD-10 code.
     pub fn codes(&self) -> Result<std::collections::HashSet<String>, SndsError> {
-        Ok(self.records()?.into_iter().filter_map(|r| r.into_iter().next()).collect())
+        Ok(self
+            .records()?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .collect())
     }
 }
 
@@ -101,15 +105,34 @@ fn schema_columns(file: &'static str, json: &str) -> Result<Vec<String>, SndsErr
 }
 
 /// Reads a vendored CSV and reorders its fields to `columns` (missing → empty).
-fn read_csv(file: &'static str, text: &str, columns: &[String]) -> Result<Vec<Vec<String>>, SndsError> {
+fn read_csv(
+    file: &'static str,
+    text: &str,
+    columns: &[String],
+) -> Result<Vec<Vec<String>>, SndsError> {
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(b';')
         .flexible(true)
         .from_reader(text.as_bytes());
-    let bad = |e: csv::Error| SndsError::Vendored { file, reason: e.to_string() };
-    let header: Vec<String> = rdr.headers().map_err(bad)?.iter().map(str::to_string).collect();
-    let index: HashMap<&str, usize> = header.iter().enumerate().map(|(i, h)| (h.as_str(), i)).collect();
-    let map: Vec<Option<usize>> = columns.iter().map(|c| index.get(c.as_str()).copied()).collect();
+    let bad = |e: csv::Error| SndsError::Vendored {
+        file,
+        reason: e.to_string(),
+    };
+    let header: Vec<String> = rdr
+        .headers()
+        .map_err(bad)?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let index: HashMap<&str, usize> = header
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.as_str(), i))
+        .collect();
+    let map: Vec<Option<usize>> = columns
+        .iter()
+        .map(|c| index.get(c.as_str()).copied())
+        .collect();
     let mut out = Vec::new();
     for rec in rdr.records() {
         let rec = rec.map_err(bad)?;
@@ -153,12 +176,22 @@ pub fn drug_records() -> Result<Vec<Vec<String>>, SndsError> {
 
 /// The drug referential as typed records.
 pub fn drugs() -> Result<Vec<Drug>, SndsError> {
-    let cols = ["PHA_CIP_C13", "PHA_NOM_COURT", "PHA_ATC_C07", "PHA_UNT_NBR_DSES", "PHA_PRI_UNI", "PHA_TAU_COD", "PHA_INS_DTF"]
-        .map(String::from);
+    let cols = [
+        "PHA_CIP_C13",
+        "PHA_NOM_COURT",
+        "PHA_ATC_C07",
+        "PHA_UNT_NBR_DSES",
+        "PHA_PRI_UNI",
+        "PHA_TAU_COD",
+        "PHA_INS_DTF",
+    ]
+    .map(String::from);
     let rows = read_csv("IR_PHA_R", IR_PHA_R_CSV, &cols)?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let Ok(cip13) = r[0].parse::<u64>() else { continue };
+        let Ok(cip13) = r[0].parse::<u64>() else {
+            continue;
+        };
         out.push(Drug {
             cip13,
             name: r[1].clone(),

@@ -144,7 +144,9 @@ impl TableSchema {
 
     /// Index of a column in [`Self::columns_for_year`].
     pub fn position(&self, year: u16, column: &str) -> Option<usize> {
-        self.columns_for_year(year).iter().position(|c| c.name == column)
+        self.columns_for_year(year)
+            .iter()
+            .position(|c| c.name == column)
     }
 }
 
@@ -224,7 +226,10 @@ fn parse(t: &TableTemplate) -> Result<TableSchema, SndsError> {
                 });
             }
         };
-        let ty = TYPE_OVERRIDES.iter().find(|o| o.0 == f.name).map_or(ty, |o| o.1);
+        let ty = TYPE_OVERRIDES
+            .iter()
+            .find(|o| o.0 == f.name)
+            .map_or(ty, |o| o.1);
         let length = match f.length {
             Some(serde_json::Value::String(s)) if !s.is_empty() && s != "None" => Some(s),
             Some(serde_json::Value::Number(n)) => Some(n.to_string()),
@@ -325,7 +330,11 @@ mod tests {
         let (b, year) = table("T_MCO21B").unwrap();
         assert_eq!(year, Some(2021));
         assert_eq!(b.name_for_year(2021), "T_MCO21B");
-        let cols: Vec<_> = b.columns_for_year(2021).iter().map(|c| c.name.clone()).collect();
+        let cols: Vec<_> = b
+            .columns_for_year(2021)
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
         assert!(cols.contains(&"DGN_PAL".to_string()));
         // COD_IGS existed 2005→2010 only.
         assert!(!cols.contains(&"COD_IGS".to_string()));
@@ -335,6 +344,9 @@ mod tests {
     #[test]
     fn unknown_table_error_names_the_known_ones() {
         let err = table("ER_XXX_F").unwrap_err().to_string();
-        assert!(err.contains("ER_XXX_F") && err.contains("ER_PRS_F"), "{err}");
+        assert!(
+            err.contains("ER_XXX_F") && err.contains("ER_PRS_F"),
+            "{err}"
+        );
     }
 }

@@ -13,10 +13,10 @@
 //! not by the number of beneficiaries. See `docs/synthetic-data.md`.
 #![forbid(unsafe_code)]
 
-mod simulate;
 pub mod model;
 pub mod population;
 mod rows;
+mod simulate;
 pub mod tables;
 mod writer;
 
@@ -98,10 +98,14 @@ impl Config {
             )));
         }
         if self.last_year - self.first_year >= 20 {
-            return Err(SynthError::InvalidArgument("--years spans more than 20 years; the SNDS keeps 19 + the current one".into()));
+            return Err(SynthError::InvalidArgument(
+                "--years spans more than 20 years; the SNDS keeps 19 + the current one".into(),
+            ));
         }
         if self.threads == Some(0) {
-            return Err(SynthError::InvalidArgument("--threads must be at least 1".into()));
+            return Err(SynthError::InvalidArgument(
+                "--threads must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -150,7 +154,10 @@ pub struct Report {
 impl Report {
     /// Rows of a table.
     pub fn rows(&self, t: Table) -> u64 {
-        self.tables.iter().find(|s| s.table == t.generic()).map_or(0, |s| s.rows)
+        self.tables
+            .iter()
+            .find(|s| s.table == t.generic())
+            .map_or(0, |s| s.rows)
     }
 
     /// Volumes per person-year, for comparison with the real SNDS.
@@ -164,7 +171,9 @@ pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
 fn build_context(cfg: &Config) -> Result<simulate::Context, SynthError> {
     let pop = population::Population::load()?;
-    let cols = (cfg.first_year..=cfg.last_year).map(tables::YearColumns::resolve).collect::<Result<Vec<_>, _>>()?;
+    let cols = (cfg.first_year..=cfg.last_year)
+        .map(tables::YearColumns::resolve)
+        .collect::<Result<Vec<_>, _>>()?;
     let schema_err = |e: pds_snds::SndsError| SynthError::Schema(e.to_string());
     // Drugs: listed presentations of every ATC prefix the model uses.
     let mut prefixes: Vec<&'static str> = Vec::new();
@@ -181,11 +190,18 @@ fn build_context(cfg: &Config) -> Result<simulate::Context, SynthError> {
         let mut list: Vec<simulate::DrugRef> = all
             .iter()
             .filter(|d| d.listed && d.atc7.starts_with(p) && d.price_cents > 0 && d.units > 0)
-            .map(|d| simulate::DrugRef { cip13: d.cip13, units: d.units, price: d.price_cents as i64, rate: d.rate })
+            .map(|d| simulate::DrugRef {
+                cip13: d.cip13,
+                units: d.units,
+                price: d.price_cents as i64,
+                rate: d.rate,
+            })
             .collect();
         list.sort_by_key(|d| d.cip13);
         if list.is_empty() {
-            return Err(SynthError::Schema(format!("no listed drug with ATC prefix {p} in IR_PHA_R")));
+            return Err(SynthError::Schema(format!(
+                "no listed drug with ATC prefix {p} in IR_PHA_R"
+            )));
         }
         drugs.insert(p, list);
     }
@@ -194,25 +210,38 @@ fn build_context(cfg: &Config) -> Result<simulate::Context, SynthError> {
     let coef_i = bio_cols.iter().position(|c| c == "BIO_TAR_COF");
     let mut bio_price = HashMap::new();
     for r in bio.records().map_err(schema_err)? {
-        let (Ok(code), Some(i)) = (r[0].parse::<u32>(), coef_i) else { continue };
+        let (Ok(code), Some(i)) = (r[0].parse::<u32>(), coef_i) else {
+            continue;
+        };
         if let Ok(coef) = r[i].parse::<f64>() {
             // Coefficient × value of the B letter (0.27 €).
             bio_price.insert(code, (coef * 27.0).round() as i64);
         }
     }
     let cim = pds_snds::nomenclature::Nomenclature::get("IR_CIM_V").map_err(schema_err)?;
-    let cim_labels = cim.records().map_err(schema_err)?.into_iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+    let cim_labels = cim
+        .records()
+        .map_err(schema_err)?
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
     // Hospitals: in each department a public hospital and two private
     // clinics; Paris, Marseille and Lyon get AP-HP, AP-HM and HCL.
     let mut hospitals = Vec::new();
     for (i, d) in pop.departments.iter().enumerate() {
-        let dd = if d.code.starts_with("97") { d.code[..3].to_string() } else { d.code[1..].to_string() };
+        let dd = if d.code.starts_with("97") {
+            d.code[..3].to_string()
+        } else {
+            d.code[1..].to_string()
+        };
         let pad = |kind: u32, k: u32| -> String {
             let s = format!("{dd}{kind}{k:0width$}", width = 9 - dd.len() - 1);
             s[..9].to_string()
         };
         let mut list = Vec::new();
-        let big = simulate::DUPLICATE_FINESS.iter().find(|(eta, _)| eta[..2] == dd[..2.min(dd.len())] && dd.len() == 2);
+        let big = simulate::DUPLICATE_FINESS
+            .iter()
+            .find(|(eta, _)| eta[..2] == dd[..2.min(dd.len())] && dd.len() == 2);
         match big {
             Some((eta, dups)) => list.push(simulate::Establishment {
                 eta_num: eta.to_string(),
@@ -267,7 +296,9 @@ pub fn generate(cfg: &Config, progress: Progress<'_>) -> Result<Report, SynthErr
     cfg.validate()?;
     let started = Instant::now();
     let ctx = build_context(cfg)?;
-    let threads = cfg.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let threads = cfg
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let mut report = writer::run(cfg, &ctx, threads, progress)?;
     report.beneficiaries = cfg.beneficiaries;
     report.threads = threads;

@@ -63,7 +63,13 @@ impl Population {
                     name: n.to_string(),
                     population: p,
                 }),
-                _ => return Err(bad("departments.csv", i + 1, "expected dpt;region;name;population")),
+                _ => {
+                    return Err(bad(
+                        "departments.csv",
+                        i + 1,
+                        "expected dpt;region;name;population",
+                    ));
+                }
             }
         }
         let mut cum_age_sex = Vec::new();
@@ -81,16 +87,26 @@ impl Population {
             cum_dpt.push(acc);
         }
         if cum_age_sex.is_empty() || cum_dpt.is_empty() {
-            return Err(SynthError::Schema("embedded population tables are empty".into()));
+            return Err(SynthError::Schema(
+                "embedded population tables are empty".into(),
+            ));
         }
-        Ok(Population { pyramid, departments, cum_age_sex, cum_dpt })
+        Ok(Population {
+            pyramid,
+            departments,
+            cum_age_sex,
+            cum_dpt,
+        })
     }
 
     /// Draws `(age, sex)` from a uniform `u` in `[0, 1)`.
     pub fn age_sex(&self, u: f64) -> (u32, u8) {
         let total = self.cum_age_sex.last().map(|c| c.0).unwrap_or(1);
         let target = (u * total as f64) as u64;
-        let i = self.cum_age_sex.partition_point(|c| c.0 <= target).min(self.cum_age_sex.len() - 1);
+        let i = self
+            .cum_age_sex
+            .partition_point(|c| c.0 <= target)
+            .min(self.cum_age_sex.len() - 1);
         (self.cum_age_sex[i].1, self.cum_age_sex[i].2)
     }
 
@@ -98,7 +114,9 @@ impl Population {
     pub fn department(&self, u: f64) -> usize {
         let total = self.cum_dpt.last().copied().unwrap_or(1);
         let target = (u * total as f64) as u64;
-        self.cum_dpt.partition_point(|c| *c <= target).min(self.cum_dpt.len() - 1)
+        self.cum_dpt
+            .partition_point(|c| *c <= target)
+            .min(self.cum_dpt.len() - 1)
     }
 
     /// Expected share of each sex in each age band `[lo, hi)`, for tests and

@@ -32,7 +32,11 @@ impl RowWriter {
     }
 
     fn mark(&mut self, idx: usize, start: usize) {
-        self.fields[idx] = Some((start as u32, self.scratch.len() as u32));
+        // `ABSENT` (a column that does not exist in this year's variant) is
+        // past the end: the value is dropped, as a real extraction would.
+        if let Some(f) = self.fields.get_mut(idx) {
+            *f = Some((start as u32, self.scratch.len() as u32));
+        }
     }
 
     /// Sets a text field.
@@ -125,6 +129,9 @@ impl Default for RowWriter {
     }
 }
 
+/// Index of a column that the table has, but not in this year's variant.
+pub const ABSENT: usize = usize::MAX;
+
 /// Declares a struct holding the index of each named column of a table.
 macro_rules! columns {
     ($(#[$m:meta])* $name:ident { $($col:ident),* $(,)? }) => {
@@ -139,11 +146,16 @@ macro_rules! columns {
 
         impl $name {
             /// Resolves every column index in `columns` (one yearly variant).
-            pub fn resolve(table: &str, columns: &[&pds_snds::Column]) -> Result<Self, crate::SynthError> {
-                let find = |n: &str| {
-                    columns.iter().position(|c| c.name == n).ok_or_else(|| crate::SynthError::Schema(format!(
+            ///
+            /// A name the table never had is an error; a column that exists
+            /// in other years only gets [`ABSENT`] and is not written.
+            pub fn resolve(table: &str, columns: &[&pds_snds::Column], all: &[pds_snds::Column]) -> Result<Self, crate::SynthError> {
+                let find = |n: &str| match columns.iter().position(|c| c.name == n) {
+                    Some(i) => Ok(i),
+                    None if all.iter().any(|c| c.name == n) => Ok(crate::rows::ABSENT),
+                    None => Err(crate::SynthError::Schema(format!(
                         "table {table} has no column {n} in the vendored schema"
-                    )))
+                    ))),
                 };
                 Ok($name { width: columns.len(), $($col: find(stringify!($col))?,)* })
             }
@@ -160,7 +172,11 @@ mod tests {
     fn writes_only_set_fields_in_column_order() {
         let mut w = RowWriter::new();
         let mut out = Vec::new();
-        w.start(5).int(3, -12).str(0, "A").money(1, -150).date(4, NaiveDate::from_ymd_opt(2021, 2, 3).unwrap());
+        w.start(5)
+            .int(3, -12)
+            .str(0, "A")
+            .money(1, -150)
+            .date(4, NaiveDate::from_ymd_opt(2021, 2, 3).unwrap());
         w.finish(&mut out);
         assert_eq!(String::from_utf8(out).unwrap(), "A;-1.50;;-12;03/02/2021\n");
     }

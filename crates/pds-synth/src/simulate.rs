@@ -11,11 +11,11 @@ use chrono::{Datelike, NaiveDate, TimeDelta};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::{self, Condition, StayPattern, ACUTE, CONDITIONS};
+use crate::SynthError;
+use crate::model::{self, ACUTE, CONDITIONS, Condition, StayPattern};
 use crate::population::Population;
 use crate::rows::RowWriter;
 use crate::tables::{Table, YearColumns};
-use crate::SynthError;
 
 /// A drug presentation usable by the generator.
 #[derive(Debug, Clone)]
@@ -73,9 +73,67 @@ pub struct Context {
 
 /// AP-HP, AP-HM and HCL geographic FINESS duplicated in PMSI (CNAM list).
 pub static DUPLICATE_FINESS: &[(&str, &[&str])] = &[
-    ("750712184", &["750100018", "750100042", "750100075", "750100083", "750100091", "750100109", "750100125", "750100166", "750100208", "750100216", "750100232", "750100273", "750100299", "750801441", "750803447", "750803454", "910100015", "910100023", "920100013", "920100021", "920100039", "920100047", "920100054", "920100062", "930100011", "930100037", "930100045", "940100027", "940100035", "940100043", "940100050", "940100068", "950100016", "750041543", "600100101"]),
-    ("130786049", &["130780521", "130783236", "130783293", "130784234", "130804297", "830100558"]),
-    ("690781810", &["690783154", "690784137", "690784152", "690784178", "690787478"]),
+    (
+        "750712184",
+        &[
+            "750100018",
+            "750100042",
+            "750100075",
+            "750100083",
+            "750100091",
+            "750100109",
+            "750100125",
+            "750100166",
+            "750100208",
+            "750100216",
+            "750100232",
+            "750100273",
+            "750100299",
+            "750801441",
+            "750803447",
+            "750803454",
+            "910100015",
+            "910100023",
+            "920100013",
+            "920100021",
+            "920100039",
+            "920100047",
+            "920100054",
+            "920100062",
+            "930100011",
+            "930100037",
+            "930100045",
+            "940100027",
+            "940100035",
+            "940100043",
+            "940100050",
+            "940100068",
+            "950100016",
+            "750041543",
+            "600100101",
+        ],
+    ),
+    (
+        "130786049",
+        &[
+            "130780521",
+            "130783236",
+            "130783293",
+            "130784234",
+            "130804297",
+            "830100558",
+        ],
+    ),
+    (
+        "690781810",
+        &[
+            "690783154",
+            "690784137",
+            "690784152",
+            "690784178",
+            "690787478",
+        ],
+    ),
 ];
 
 /// Output of one chunk: one buffer per table and year, plus statistics.
@@ -87,6 +145,8 @@ pub struct ChunkOut {
     pub person_years: f64,
     /// Deaths inside the window.
     pub deaths: u64,
+    /// Rows in each buffer (same shape as `bufs`).
+    pub rows: Vec<Vec<u64>>,
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -183,6 +243,7 @@ struct Person {
     grg: u8,
     rgm: u16,
     org_aff: String,
+    org_cle: String,
     cmu: bool,
     gp_id: u32,
     conditions: Vec<(usize, NaiveDate)>,
@@ -229,9 +290,19 @@ impl Person {
 #[derive(Clone)]
 enum Detail {
     None,
-    Pha { cip: u64, boxes: i32, price: i64, seq: u32 },
-    Bio { code: u32 },
-    Cam { code: &'static str, price: i64 },
+    Pha {
+        cip: u64,
+        boxes: i32,
+        price: i64,
+        seq: u32,
+    },
+    Bio {
+        code: u32,
+    },
+    Cam {
+        code: &'static str,
+        price: i64,
+    },
 }
 
 #[derive(Clone)]
@@ -304,6 +375,7 @@ pub fn generate_chunk(ctx: &Context, chunk: u64) -> Result<ChunkOut, SynthError>
         .iter()
         .map(|t| vec![Vec::new(); if t.per_year() { years } else { 1 }])
         .collect();
+    out.rows = out.bufs.iter().map(|v| vec![0; v.len()]).collect();
     let mut c = Chunk {
         ctx,
         rng: ChaCha8Rng::seed_from_u64(mix(ctx.seed ^ mix(chunk.wrapping_add(0xC0FFEE)))),
@@ -323,17 +395,24 @@ pub fn generate_chunk(ctx: &Context, chunk: u64) -> Result<ChunkOut, SynthError>
     Ok(c.out)
 }
 
-impl Chunk<'_> {
-    fn buf(&mut self, t: Table, year: u16) -> &mut Vec<u8> {
-        let yi = if t.per_year() { (year - self.ctx.y0) as usize } else { 0 };
-        &mut self.out.bufs[t.index()][yi]
+impl<'a> Chunk<'a> {
+    /// Appends the row being built to its table's buffer.
+    fn emit(&mut self, t: Table, year: u16) {
+        let yi = if t.per_year() {
+            (year - self.ctx.y0) as usize
+        } else {
+            0
+        };
+        let ti = t.index();
+        self.w.finish(&mut self.out.bufs[ti][yi]);
+        self.out.rows[ti][yi] += 1;
     }
 
     fn in_window(&self, d: NaiveDate) -> bool {
         d >= self.win_start && d <= self.win_end
     }
 
-    fn yc(&self, year: u16) -> &YearColumns {
+    fn yc(&self, year: u16) -> &'a YearColumns {
         &self.ctx.cols[(year - self.ctx.y0) as usize]
     }
 
@@ -344,21 +423,36 @@ impl Chunk<'_> {
         let (mut age, mut sex) = ctx.pop.age_sex(self.rng.random());
         let dpt = ctx.pop.department(self.rng.random());
         if fictitious {
-            age = (self.ctx.y0 as i32 - 1955).max(0) as u32;
+            // Fictitious NIRs carry the conventional birth year 1955.
+            age = (self.ctx.y0 as i32 - 1 - 1955).max(0) as u32;
             sex = if self.rng.random_bool(0.7) { 2 } else { 1 };
         }
         let birth_year = self.ctx.y0 as i32 - 1 - age as i32;
-        let birth = ymd(birth_year, self.rng.random_range(1..=12), self.rng.random_range(1..=28));
+        let birth = ymd(
+            birth_year,
+            self.rng.random_range(1..=12),
+            self.rng.random_range(1..=28),
+        );
         // Pairs: most people have one (BEN_NIR_PSA, rank), some two or three
         // (child on a parent's card, then on their own; scheme changes).
-        let n_pairs = if fictitious { 1 } else if self.rng.random_bool(0.22) { if self.rng.random_bool(0.25) { 3 } else { 2 } } else { 1 };
+        let n_pairs = if fictitious {
+            1
+        } else if self.rng.random_bool(0.22) {
+            if self.rng.random_bool(0.25) { 3 } else { 2 }
+        } else {
+            1
+        };
         let provisional = !fictitious && n_pairs == 1 && self.rng.random_bool(0.01);
         let mut pairs = Vec::new();
         for k in 0..n_pairs {
             let from = if k == 0 {
                 NaiveDate::MIN
             } else {
-                days(self.win_start, self.rng.random_range(-3000..((ctx.y1 - ctx.y0 + 1) as i64 * 365)))
+                days(
+                    self.win_start,
+                    self.rng
+                        .random_range(-3000..((ctx.y1 - ctx.y0 + 1) as i64 * 365)),
+                )
             };
             let cdi = if fictitious {
                 *pick(&mut self.rng, &["01", "05", "06", "08", "09", "11"])
@@ -402,6 +496,7 @@ impl Chunk<'_> {
             grg,
             rgm,
             org_aff,
+            org_cle: format!("01C{dcode}{:03}", dpt % 7),
             cmu: self.rng.random_bool(0.08),
             gp_id: self.rng.random_range(0..100_000),
             conditions: Vec::new(),
@@ -415,7 +510,11 @@ impl Chunk<'_> {
         if !fictitious {
             self.draw_conditions(&mut p);
         }
-        let events = if fictitious { Vec::new() } else { self.draw_acute(&mut p) };
+        let events = if fictitious {
+            Vec::new()
+        } else {
+            self.draw_acute(&mut p)
+        };
         self.draw_death(&mut p, &events);
         // Person-years alive inside the window.
         let end = p.death.map_or(self.win_end, |d| d.min(self.win_end));
@@ -472,11 +571,17 @@ impl Chunk<'_> {
                     }
                 }
                 if self.rng.random::<f64>() < r {
-                    ev.push((ei, ymd(y as i32, 1, 1) + TimeDelta::days(self.rng.random_range(0..365))));
+                    ev.push((
+                        ei,
+                        ymd(y as i32, 1, 1) + TimeDelta::days(self.rng.random_range(0..365)),
+                    ));
                 }
             }
             if p.sex == 2 && self.rng.random::<f64>() < model::by_age(model::BIRTH_RATE, age, 2) {
-                ev.push((usize::MAX, ymd(y as i32, 1, 1) + TimeDelta::days(self.rng.random_range(0..365))));
+                ev.push((
+                    usize::MAX,
+                    ymd(y as i32, 1, 1) + TimeDelta::days(self.rng.random_range(0..365)),
+                ));
             }
         }
         ev.sort_by_key(|e| e.1);
@@ -502,7 +607,11 @@ impl Chunk<'_> {
             if self.rng.random::<f64>() < q.min(0.9) {
                 let d = days(start, self.rng.random_range(0..365));
                 let cause = *pick_weighted(&mut self.rng, &causes);
-                p.death_cause = if cause.is_empty() { *pick_weighted(&mut self.rng, model::OTHER_DEATH_CAUSES) } else { cause };
+                p.death_cause = if cause.is_empty() {
+                    *pick_weighted(&mut self.rng, model::OTHER_DEATH_CAUSES)
+                } else {
+                    cause
+                };
                 p.death = Some(d);
                 break;
             }
@@ -552,7 +661,9 @@ impl Chunk<'_> {
         }
         if !p.fictitious || p.sex == 2 {
             let age = p.age_at(self.win_start);
-            if p.sex == 2 && (15.0..45.0).contains(&age) && self.rng.random_bool(0.25)
+            if p.sex == 2
+                && (15.0..45.0).contains(&age)
+                && self.rng.random_bool(0.25)
                 && let Some(d) = self.drug(model::CONTRACEPTION)
             {
                 regimen.push((d, self.win_start, false));
@@ -585,7 +696,11 @@ impl Chunk<'_> {
                 for (i, (d, _, ald)) in regimen.iter().enumerate() {
                     if next_due[i] <= visit {
                         let quarterly = d.units >= 84;
-                        let boxes = if !quarterly && self.rng.random_bool(0.08) { 2 } else { 1 };
+                        let boxes = if !quarterly && self.rng.random_bool(0.08) {
+                            2
+                        } else {
+                            1
+                        };
                         let rate = if *ald { 100 } else { d.rate };
                         let nat = match rate {
                             100 => 3311,
@@ -598,10 +713,19 @@ impl Chunk<'_> {
                         l.act_nat = 50;
                         l.exo = if *ald { 41 } else { 0 };
                         l.presc = Some(days(visit, -self.rng.random_range(1..60)));
-                        l.detail = Detail::Pha { cip: d.cip13, boxes, price: d.price, seq: seq[i] };
+                        l.detail = Detail::Pha {
+                            cip: d.cip13,
+                            boxes,
+                            price: d.price,
+                            seq: seq[i],
+                        };
                         seq[i] += 1;
                         lines.push(l);
-                        let period = if quarterly { 90 } else { (d.units.clamp(28, 31) as i64) * boxes as i64 };
+                        let period = if quarterly {
+                            90
+                        } else {
+                            (d.units.clamp(28, 31) as i64) * boxes as i64
+                        };
                         next_due[i] = days(visit, period - 3);
                     }
                 }
@@ -619,9 +743,18 @@ impl Chunk<'_> {
             if age < 0.0 {
                 continue;
             }
-            let active: Vec<usize> = p.conditions.iter().filter(|(_, o)| *o <= ymd(y as i32, 12, 31)).map(|(c, _)| *c).collect();
+            let active: Vec<usize> = p
+                .conditions
+                .iter()
+                .filter(|(_, o)| *o <= ymd(y as i32, 12, 31))
+                .map(|(c, _)| *c)
+                .collect();
             let extra: f64 = active.iter().map(|c| CONDITIONS[*c].gp_extra).sum();
-            let n_gp = poisson(&mut self.rng, model::by_age(model::GP_VISITS, age, p.sex) * if p.fictitious { 0.3 } else { 1.1 } + extra);
+            let n_gp = poisson(
+                &mut self.rng,
+                model::by_age(model::GP_VISITS, age, p.sex) * if p.fictitious { 0.3 } else { 1.1 }
+                    + extra,
+            );
             let n_inf = poisson(&mut self.rng, model::by_age(model::INFECTIONS, age, p.sex));
             for i in 0..n_gp {
                 let d = days(ystart, self.rng.random_range(0..365));
@@ -648,17 +781,33 @@ impl Chunk<'_> {
                     let pd = days(d, self.rng.random_range(0..3));
                     if self.alive(p, pd) {
                         let mut lines = Vec::new();
-                        let n = if infection { 1 } else { self.rng.random_range(1..=3) };
-                        let mut atcs: Vec<&str> = (0..n).map(|_| *pick_weighted(&mut self.rng, model::ACUTE_DRUGS)).collect();
+                        let n = if infection {
+                            1
+                        } else {
+                            self.rng.random_range(1..=3)
+                        };
+                        let mut atcs: Vec<&str> = (0..n)
+                            .map(|_| *pick_weighted(&mut self.rng, model::ACUTE_DRUGS))
+                            .collect();
                         if infection {
                             atcs.push(*pick_weighted(&mut self.rng, model::ANTIBIOTICS));
                         }
                         for atc in atcs {
                             if let Some(dr) = self.drug(atc) {
-                                let mut l = Line::new(if dr.rate == 100 { 3311 } else { 3313 }, dr.price, dr.rate, 0);
+                                let mut l = Line::new(
+                                    if dr.rate == 100 { 3311 } else { 3313 },
+                                    dr.price,
+                                    dr.rate,
+                                    0,
+                                );
                                 l.act_nat = 50;
                                 l.presc = Some(d);
-                                l.detail = Detail::Pha { cip: dr.cip13, boxes: 1, price: dr.price, seq: 0 };
+                                l.detail = Detail::Pha {
+                                    cip: dr.cip13,
+                                    boxes: 1,
+                                    price: dr.price,
+                                    seq: 0,
+                                };
                                 lines.push(l);
                             }
                         }
@@ -692,10 +841,17 @@ impl Chunk<'_> {
                 }
             }
             // Stays not driven by a modelled condition.
-            for _ in 0..poisson(&mut self.rng, model::by_age(model::OTHER_STAY_RATE, age, p.sex)) {
+            for _ in 0..poisson(
+                &mut self.rng,
+                model::by_age(model::OTHER_STAY_RATE, age, p.sex),
+            ) {
                 let d = days(ystart, self.rng.random_range(0..365));
-                let eligible: Vec<(usize, f64)> =
-                    model::OTHER_STAYS.iter().enumerate().filter(|(_, s)| age >= s.2).map(|(i, s)| (i, s.1)).collect();
+                let eligible: Vec<(usize, f64)> = model::OTHER_STAYS
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| age >= s.2)
+                    .map(|(i, s)| (i, s.1))
+                    .collect();
                 if eligible.is_empty() || !self.alive(p, d) {
                     continue;
                 }
@@ -706,7 +862,13 @@ impl Chunk<'_> {
             // Biology: a yearly check-up for adults, plus condition follow-up.
             let mut lab: Vec<(u32, f64)> = Vec::new();
             if age >= 18.0 && self.rng.random_bool((0.25 + age / 150.0).min(0.8)) {
-                lab.extend([(1104, 1.0), (552, 1.0), (592, 1.0), (2001, 0.6), (1208, 0.3)]);
+                lab.extend([
+                    (1104, 1.0),
+                    (552, 1.0),
+                    (592, 1.0),
+                    (2001, 0.6),
+                    (1208, 0.3),
+                ]);
             }
             for c in &active {
                 lab.extend(CONDITIONS[*c].biology.iter().copied());
@@ -774,8 +936,10 @@ impl Chunk<'_> {
                 if onset.is_some_and(|o| o.year() == y as i32) {
                     n_stays += cond.onset_stays;
                 }
-                if onset.is_some_and(|o| o.year() == y as i32 || o.year() + 1 == y as i32) {
-                    if matches!(cond.id, "breast_cancer" | "colorectal_cancer") {
+                if onset.is_some_and(|o| o.year() == y as i32 || o.year() + 1 == y as i32)
+                    && matches!(cond.id, "breast_cancer" | "colorectal_cancer")
+                {
+                    {
                         // Chemotherapy sessions after surgery.
                         let o = onset.unwrap_or(ystart);
                         for k in 0..self.rng.random_range(4..12) {
@@ -818,7 +982,11 @@ impl Chunk<'_> {
                     let taa = if self.rng.random_bool(0.35) { 1 } else { 0 };
                     let mut l = Line::new(1112, 3000, 70, 9);
                     l.dpn = if taa == 1 { 0 } else { 71 };
-                    l.ete = Some(EteInfo { finess: h.eta_num[..8].to_string(), taa, public: true });
+                    l.ete = Some(EteInfo {
+                        finess: h.eta_num[..8].to_string(),
+                        taa,
+                        public: true,
+                    });
                     self.claim(p, d, vec![l], 0, None)?;
                 }
             }
@@ -829,12 +997,18 @@ impl Chunk<'_> {
                 continue;
             }
             if *ei == usize::MAX {
-                let pat = if self.rng.random_bool(0.2) { &model::CAESAREAN } else { &model::DELIVERY };
+                let pat = if self.rng.random_bool(0.2) {
+                    &model::CAESAREAN
+                } else {
+                    &model::DELIVERY
+                };
                 self.stay(p, *d, pat, &[], false)?;
                 continue;
             }
             let e = &ACUTE[*ei];
-            let fatal = p.death.is_some_and(|x| x > *d && p.death_cause == e.death_icd && (x - *d).num_days() <= e.stay.los.1 as i64);
+            let fatal = p.death.is_some_and(|x| {
+                x > *d && p.death_cause == e.death_icd && (x - *d).num_days() <= e.stay.los.1 as i64
+            });
             if e.id == "knee_replacement" {
                 for k in 0..8 {
                     let pd = days(*d, -150 + 15 * k);
@@ -874,7 +1048,13 @@ impl Chunk<'_> {
                     .map(|(c, _)| &CONDITIONS[*c])
                     .find(|c| c.death_icd == cause)
                     .map(|c| c.stay)
-                    .unwrap_or(StayPattern { dp: &["R54"], ghm: "23M20", acts: &[], los: (2, 14), private_share: 0.1 });
+                    .unwrap_or(StayPattern {
+                        dp: &["R54"],
+                        ghm: "23M20",
+                        acts: &[],
+                        los: (2, 14),
+                        private_share: 0.1,
+                    });
                 self.stay_exact(p, adm, dd, &pat, true)?;
             }
         }
@@ -885,7 +1065,7 @@ impl Chunk<'_> {
     /// over) as its own prestation line, with no `ER_PHA_F` row.
     fn pharmacy_fee(p: &Person, d: NaiveDate, lines: &mut Vec<Line>) {
         let age = p.age_at(d);
-        if !lines.is_empty() && (age < 3.0 || age >= 70.0) {
+        if !lines.is_empty() && !(3.0..70.0).contains(&age) {
             let mut l = Line::new(3365, 155, 70, 0);
             l.act_nat = 50;
             lines.push(l);
@@ -901,16 +1081,39 @@ impl Chunk<'_> {
         (*pick(&mut self.rng, &cands)).clone()
     }
 
-    fn specialist(&mut self, p: &mut Person, d: NaiveDate, spe: u16, ald: bool) -> Result<(), SynthError> {
-        let mut l = Line::new(if spe == 33 { 1118 } else { 1112 }, if spe == 33 { 5100 } else { 3000 }, if ald { 100 } else { 70 }, spe);
+    fn specialist(
+        &mut self,
+        p: &mut Person,
+        d: NaiveDate,
+        spe: u16,
+        ald: bool,
+    ) -> Result<(), SynthError> {
+        let mut l = Line::new(
+            if spe == 33 { 1118 } else { 1112 },
+            if spe == 33 { 5100 } else { 3000 },
+            if ald { 100 } else { 70 },
+            spe,
+        );
         l.exo = if ald { 41 } else { 0 };
         if self.rng.random_bool(0.3) {
             l.dep = self.rng.random_range(5..40) * 100;
         }
-        self.claim(p, d, vec![l], 500_000 + spe as u32 * 100 + p.dpt as u32, None)
+        self.claim(
+            p,
+            d,
+            vec![l],
+            500_000 + spe as u32 * 100 + p.dpt as u32,
+            None,
+        )
     }
 
-    fn outpatient_act(&mut self, p: &mut Person, d: NaiveDate, code: &'static str, ald: bool) -> Result<(), SynthError> {
+    fn outpatient_act(
+        &mut self,
+        p: &mut Person,
+        d: NaiveDate,
+        code: &'static str,
+        ald: bool,
+    ) -> Result<(), SynthError> {
         let (nat, price) = match code {
             "QEQK004" => (1351, 6699),
             "DZQM006" => (1324, 9561),
@@ -932,7 +1135,14 @@ impl Chunk<'_> {
 
     /// Writes one claim (décompte) and its refinement rows; sometimes a
     /// regularisation claim follows in a later flow.
-    fn claim(&mut self, p: &mut Person, care: NaiveDate, lines: Vec<Line>, provider: u32, flow: Option<NaiveDate>) -> Result<(), SynthError> {
+    fn claim(
+        &mut self,
+        p: &mut Person,
+        care: NaiveDate,
+        lines: Vec<Line>,
+        provider: u32,
+        flow: Option<NaiveDate>,
+    ) -> Result<(), SynthError> {
         if lines.is_empty() {
             return Ok(());
         }
@@ -974,7 +1184,15 @@ impl Chunk<'_> {
         Ok(())
     }
 
-    fn write_claim(&mut self, p: &mut Person, care: NaiveDate, lines: &[Line], provider: u32, flx: NaiveDate, emt_typ: i64) -> Result<(), SynthError> {
+    fn write_claim(
+        &mut self,
+        p: &mut Person,
+        care: NaiveDate,
+        lines: &[Line],
+        provider: u32,
+        flx: NaiveDate,
+        emt_typ: i64,
+    ) -> Result<(), SynthError> {
         let year = care.year() as u16;
         if year < self.ctx.y0 || year > self.ctx.y1 {
             return Ok(());
@@ -982,31 +1200,47 @@ impl Chunk<'_> {
         let id = (self.chunk << 24) | self.next_claim;
         self.next_claim += 1;
         if self.next_claim >= 1 << 24 {
-            return Err(SynthError::Schema("more than 16M claims in one chunk; lower the chunk size".into()));
+            return Err(SynthError::Schema(
+                "more than 16M claims in one chunk; lower the chunk size".into(),
+            ));
         }
         let dct = (id % 1_000_000_000) as i64;
         let emt_ord = (id / 1_000_000_000) as i64;
-        let dcode = self.ctx.pop.departments[p.dpt].code.clone();
-        let org = format!("01C{dcode}{:03}", p.dpt % 7);
+        let ctx = self.ctx;
+        let dcode: &str = &ctx.pop.departments[p.dpt].code;
+        let org: &str = &p.org_cle;
         let emt_num = (p.dpt % 90 + 1) as i64;
         // Processing date: some day before the flow, not before care.
         let trt_lo = care.max(first_of_month_plus(flx, 0) - TimeDelta::days(28));
         let span = (flx - trt_lo).num_days().max(1);
-        let trt = days(trt_lo, self.rng.random_range(0..span)).min(flx - TimeDelta::days(1)).max(care);
+        let trt = days(trt_lo, self.rng.random_range(0..span))
+            .min(flx - TimeDelta::days(1))
+            .max(care);
         p.max_flow = Some(p.max_flow.map_or(flx, |m| m.max(flx)));
         let pair = p.pair_at(care);
         let (psa, rng_gem, cdi) = (pair.psa, pair.rng, pair.cdi);
         let age_days = (care - p.birth).num_days();
-        let months = (care.year() - p.birth.year()) * 12 + care.month() as i32 - p.birth.month() as i32 - i32::from(care.day() < p.birth.day());
-        let ama = if months < 24 { 1000 + months.max(0) as i64 } else { (months / 12) as i64 };
+        let months = (care.year() - p.birth.year()) * 12 + care.month() as i32
+            - p.birth.month() as i32
+            - i32::from(care.day() < p.birth.day());
+        let ama = if months < 24 {
+            1000 + months.max(0) as i64
+        } else {
+            (months / 12) as i64
+        };
         let _ = age_days;
-        let yc = self.yc(year).clone();
+        let yc = self.yc(year);
         let c = &yc.prs;
-        let dpt_code = dcode.clone();
+        let dpt_code = dcode;
         for (i, l) in lines.iter().enumerate() {
             let prs_ord = (i + 1) as i64;
             let base = l.unit * l.qty as i64;
-            let reimb = base * l.rate as i64 / 100 - if l.nat == 1110 && l.qty > 0 && p.age_at(care) >= 18.0 { 100 } else { 0 };
+            let reimb = base * l.rate as i64 / 100
+                - if l.nat == 1110 && l.qty > 0 && p.age_at(care) >= 18.0 {
+                    100
+                } else {
+                    0
+                };
             let sign = if l.qty < 0 { 2 } else { 1 };
             let w = &mut self.w;
             w.start(c.width);
@@ -1018,7 +1252,7 @@ impl Chunk<'_> {
                 .bytes(c.BEN_NIR_PSA, &psa)
                 .int(c.BEN_RNG_GEM, rng_gem as i64)
                 .int(c.BEN_RES_COM, p.com as i64)
-                .str(c.BEN_RES_DPT, &dpt_code)
+                .str(c.BEN_RES_DPT, dpt_code)
                 .int(c.BEN_SEX_COD, p.sex as i64)
                 .str(c.ORG_AFF_BEN, &p.org_aff)
                 .year_month(c.EXE_SOI_AMD, care)
@@ -1035,8 +1269,8 @@ impl Chunk<'_> {
                 .int(c.PSE_ACT_NAT, l.act_nat as i64)
                 .int(c.PSE_SPE_COD, l.spe as i64)
                 .int(c.PSE_STJ_COD, 1)
-                .str(c.ORG_CLE_NUM, &org)
-                .str(c.ORG_CLE_NEW, &org)
+                .str(c.ORG_CLE_NUM, org)
+                .str(c.ORG_CLE_NEW, org)
                 .date(c.FLX_DIS_DTD, flx)
                 .date(c.FLX_TRT_DTD, trt)
                 .int(c.FLX_EMT_TYP, emt_typ)
@@ -1049,7 +1283,10 @@ impl Chunk<'_> {
                 w.int(c.PFS_EXE_NUM, 10_000_000 + provider as i64);
             }
             if let Some(pr) = l.presc {
-                w.date(c.PRE_PRE_DTD, pr).year_month(c.PRE_PRE_AMD, pr).int(c.PFS_PRE_NUM, 10_000_000 + p.gp_id as i64).int(c.PSP_SPE_COD, 1);
+                w.date(c.PRE_PRE_DTD, pr)
+                    .year_month(c.PRE_PRE_AMD, pr)
+                    .int(c.PFS_PRE_NUM, 10_000_000 + p.gp_id as i64)
+                    .int(c.PSP_SPE_COD, 1);
             }
             if let Some(h) = l.hosp {
                 w.date(c.PRS_HOS_DTD, h);
@@ -1084,11 +1321,10 @@ impl Chunk<'_> {
                     .money(c.PRS_PAI_MNT, base + l.dep * l.qty.signum() as i64);
             }
             if let Some(e) = &l.ete {
-                w.str(c.ETB_PRE_FIN, &e.finess).int(c.PRS_PPU_SEC, if e.public { 1 } else { 2 });
+                w.str(c.ETB_PRE_FIN, &e.finess)
+                    .int(c.PRS_PPU_SEC, if e.public { 1 } else { 2 });
             }
-            let mut row = std::mem::take(self.buf(Table::ErPrs, year));
-            self.w.finish(&mut row);
-            *self.buf(Table::ErPrs, year) = row;
+            self.emit(Table::ErPrs, year);
 
             // Refinement rows carry the same 9 keys.
             let keys = |w: &mut RowWriter, k: &crate::tables::Keys9, width: usize| {
@@ -1099,14 +1335,19 @@ impl Chunk<'_> {
                     .int(k.FLX_EMT_ORD, emt_ord)
                     .int(k.FLX_EMT_TYP, emt_typ)
                     .date(k.FLX_TRT_DTD, trt)
-                    .str(k.ORG_CLE_NUM, &org)
-                    .str(k.ORG_CLE_NEW, &org)
+                    .str(k.ORG_CLE_NUM, org)
+                    .str(k.ORG_CLE_NEW, org)
                     .int(k.PRS_ORD_NUM, prs_ord)
                     .int(k.REM_TYP_AFF, 1);
             };
             match &l.detail {
                 Detail::None => {}
-                Detail::Pha { cip, boxes, price, seq } => {
+                Detail::Pha {
+                    cip,
+                    boxes,
+                    price,
+                    seq,
+                } => {
                     keys(&mut self.w, &yc.keys[0], yc.pha.width);
                     self.w
                         .int(yc.pha.PHA_PRS_C13, *cip as i64)
@@ -1114,16 +1355,15 @@ impl Chunk<'_> {
                         .money(yc.pha.PHA_ACT_PRU, *price)
                         .int(yc.pha.PHA_ORD_NUM, 1)
                         .int(yc.pha.PHA_SEQ_RNV, *seq as i64);
-                    let mut b = std::mem::take(self.buf(Table::ErPha, year));
-                    self.w.finish(&mut b);
-                    *self.buf(Table::ErPha, year) = b;
+                    self.emit(Table::ErPha, year);
                 }
                 Detail::Bio { code } => {
                     keys(&mut self.w, &yc.keys[1], yc.bio.width);
-                    self.w.int(yc.bio.BIO_PRS_IDE, *code as i64).int(yc.bio.BIO_ACT_QSN, l.qty as i64).int(yc.bio.BIO_ORD_NUM, 1);
-                    let mut b = std::mem::take(self.buf(Table::ErBio, year));
-                    self.w.finish(&mut b);
-                    *self.buf(Table::ErBio, year) = b;
+                    self.w
+                        .int(yc.bio.BIO_PRS_IDE, *code as i64)
+                        .int(yc.bio.BIO_ACT_QSN, l.qty as i64)
+                        .int(yc.bio.BIO_ORD_NUM, 1);
+                    self.emit(Table::ErBio, year);
                 }
                 Detail::Cam { code, price } => {
                     keys(&mut self.w, &yc.keys[2], yc.cam.width);
@@ -1134,9 +1374,7 @@ impl Chunk<'_> {
                         .money(yc.cam.CAM_ACT_PRU, *price)
                         .money(yc.cam.CAM_REM_BSE, *price * l.qty as i64)
                         .int(yc.cam.CAM_ORD_NUM, 1);
-                    let mut b = std::mem::take(self.buf(Table::ErCam, year));
-                    self.w.finish(&mut b);
-                    *self.buf(Table::ErCam, year) = b;
+                    self.emit(Table::ErCam, year);
                 }
             }
             if let Some(e) = &l.ete {
@@ -1146,15 +1384,20 @@ impl Chunk<'_> {
                     .int(yc.ete.ETE_IND_TAA, e.taa as i64)
                     .int(yc.ete.PRS_PPU_SEC, if e.public { 1 } else { 2 })
                     .int(yc.ete.ETE_CAT_COD, if e.public { 101 } else { 365 });
-                let mut b = std::mem::take(self.buf(Table::ErEte, year));
-                self.w.finish(&mut b);
-                *self.buf(Table::ErEte, year) = b;
+                self.emit(Table::ErEte, year);
             }
         }
         Ok(())
     }
 
-    fn stay(&mut self, p: &mut Person, adm: NaiveDate, pat: &StayPattern, _dp: &[&'static str], died: bool) -> Result<NaiveDate, SynthError> {
+    fn stay(
+        &mut self,
+        p: &mut Person,
+        adm: NaiveDate,
+        pat: &StayPattern,
+        _dp: &[&'static str],
+        died: bool,
+    ) -> Result<NaiveDate, SynthError> {
         let los = self.rng.random_range(pat.los.0..=pat.los.1) as i64;
         let mut dis = days(adm, los);
         if died && let Some(d) = p.death {
@@ -1165,7 +1408,14 @@ impl Chunk<'_> {
     }
 
     /// Writes one MCO stay (B, C, D, A rows) and its DCIR counterpart.
-    fn stay_exact(&mut self, p: &mut Person, adm: NaiveDate, dis: NaiveDate, pat: &StayPattern, died: bool) -> Result<(), SynthError> {
+    fn stay_exact(
+        &mut self,
+        p: &mut Person,
+        adm: NaiveDate,
+        dis: NaiveDate,
+        pat: &StayPattern,
+        died: bool,
+    ) -> Result<(), SynthError> {
         let year = dis.year() as u16;
         if year < self.ctx.y0 || year > self.ctx.y1 || adm < p.birth {
             return Ok(());
@@ -1180,12 +1430,23 @@ impl Chunk<'_> {
         } else if pat.ghm.starts_with("14Z") {
             'A'
         } else if los == 0 {
-            if pat.ghm.as_bytes()[2] == b'M' { 'T' } else { 'J' }
+            if pat.ghm.as_bytes()[2] == b'M' {
+                'T'
+            } else {
+                'J'
+            }
         } else {
-            *pick_weighted(&mut self.rng, &[('1', 0.55), ('2', 0.25), ('3', 0.15), ('4', 0.05)])
+            *pick_weighted(
+                &mut self.rng,
+                &[('1', 0.55), ('2', 0.25), ('3', 0.15), ('4', 0.05)],
+            )
         };
         let error = self.rng.random_bool(0.005);
-        let ghm = if error { "90Z00Z".to_string() } else { format!("{}{}", pat.ghm, sev) };
+        let ghm = if error {
+            "90Z00Z".to_string()
+        } else {
+            format!("{}{}", pat.ghm, sev)
+        };
         let ghs = 1000 + (mix(pat.ghm.bytes().fold(0u64, |a, b| a * 31 + b as u64)) % 8000) as i64;
         // Associated diagnoses: the person's other conditions.
         let das: Vec<&'static str> = p
@@ -1199,8 +1460,18 @@ impl Chunk<'_> {
         let pair_psa = p.pair_at(adm).psa;
         let age = p.age_at(adm);
         let dcode = self.ctx.pop.departments[p.dpt].code.clone();
-        let bdi_dep = if dcode.starts_with('9') && dcode.len() == 3 && dcode.as_bytes()[1] == b'7' { "97".to_string() } else { dcode[1..].to_string() };
-        let sor_mod = if died { "9" } else if self.rng.random_bool(0.05) { "7" } else { "8" };
+        let bdi_dep = if dcode.starts_with('9') && dcode.len() == 3 && dcode.as_bytes()[1] == b'7' {
+            "97".to_string()
+        } else {
+            dcode[1..].to_string()
+        };
+        let sor_mod = if died {
+            "9"
+        } else if self.rng.random_bool(0.05) {
+            "7"
+        } else {
+            "8"
+        };
         // Stays duplicated for AP-HP/AP-HM/HCL, and inter-establishment
         // service stays (SEJ_TYP 'B').
         let mut records: Vec<(String, Option<&'static str>)> = vec![(h.eta_num.clone(), None)];
@@ -1210,13 +1481,20 @@ impl Chunk<'_> {
         if self.rng.random_bool(0.015) {
             records.push((h.eta_num.clone(), Some("B")));
         }
-        let yc = self.yc(year).clone();
+        let yc = self.yc(year);
         let seq_num = self.rng.random_range(1..99_999);
         // A few % of stays fail one chaining check.
         let bad_link = self.rng.random_bool(0.03);
         let which_bad = self.rng.random_range(0..7);
         for (eta, sej_typ) in records {
-            let rsa = ((self.chunk % 100_000) * 100_000 + self.next_rsa % 100_000) as i64;
+            // RSA_NUM (10 digits) = chunk x 10^4 + a counter: unique per
+            // establishment and year up to 10^6 chunks (100 M people).
+            if self.next_rsa >= 10_000 {
+                return Err(SynthError::Schema(
+                    "more than 10 000 stays in one chunk; RSA_NUM would repeat".into(),
+                ));
+            }
+            let rsa = (self.chunk * 10_000 + self.next_rsa) as i64;
             self.next_rsa += 1;
             let b = &yc.b;
             let w = &mut self.w;
@@ -1253,9 +1531,7 @@ impl Chunk<'_> {
             if sor_mod == "7" {
                 w.str(b.SOR_DES, "1");
             }
-            let mut buf = std::mem::take(self.buf(Table::McoB, year));
-            self.w.finish(&mut buf);
-            *self.buf(Table::McoB, year) = buf;
+            self.emit(Table::McoB, year);
 
             let c = &yc.c;
             let w = &mut self.w;
@@ -1286,21 +1562,25 @@ impl Chunk<'_> {
                 .str(c.DAT_RET, ret(6))
                 .str(c.COH_NAI_RET, "0")
                 .str(c.COH_SEX_RET, "0");
-            let mut buf = std::mem::take(self.buf(Table::McoC, year));
-            self.w.finish(&mut buf);
-            *self.buf(Table::McoC, year) = buf;
+            self.emit(Table::McoC, year);
 
             for (k, da) in das.iter().enumerate() {
                 let d = &yc.d;
                 self.w.start(d.width);
-                self.w.str(d.ETA_NUM, &eta).int(d.RSA_NUM, rsa).str(d.ASS_DGN, da).int(d.DGN_ASS_NUM, k as i64 + 1);
-                let mut buf = std::mem::take(self.buf(Table::McoD, year));
-                self.w.finish(&mut buf);
-                *self.buf(Table::McoD, year) = buf;
+                self.w
+                    .str(d.ETA_NUM, &eta)
+                    .int(d.RSA_NUM, rsa)
+                    .str(d.ASS_DGN, da)
+                    .int(d.DGN_ASS_NUM, k as i64 + 1);
+                self.emit(Table::McoD, year);
             }
             for act in pat.acts {
                 let a = &yc.a;
-                let delay = if los > 0 { self.rng.random_range(0..=los.min(3)) } else { 0 };
+                let delay = if los > 0 {
+                    self.rng.random_range(0..=los.min(3))
+                } else {
+                    0
+                };
                 self.w.start(a.width);
                 self.w
                     .str(a.ETA_NUM, &eta)
@@ -1310,9 +1590,7 @@ impl Chunk<'_> {
                     .str(a.PHA_ACT, "0")
                     .int(a.NBR_EXE_ACT, 1)
                     .int(a.ENT_DAT_DEL, delay);
-                let mut buf = std::mem::take(self.buf(Table::McoA, year));
-                self.w.finish(&mut buf);
-                *self.buf(Table::McoA, year) = buf;
+                self.emit(Table::McoA, year);
             }
         }
         // The DCIR side: public stays arrive "for information" (DPN_QLF 71),
@@ -1326,15 +1604,30 @@ impl Chunk<'_> {
         if public {
             let taa = if self.rng.random_bool(0.35) { 1 } else { 0 };
             l.dpn = 71;
-            l.ete = Some(EteInfo { finess: fin8, taa, public: true });
+            l.ete = Some(EteInfo {
+                finess: fin8,
+                taa,
+                public: true,
+            });
             lines.push(l);
         } else {
-            l.ete = Some(EteInfo { finess: fin8.clone(), taa: 2, public: false });
+            l.ete = Some(EteInfo {
+                finess: fin8.clone(),
+                taa: 2,
+                public: false,
+            });
             lines.push(l);
             if let Some(act) = pat.acts.first() {
                 let mut s = Line::new(1321, 30_000, 100, 41);
-                s.detail = Detail::Cam { code: act, price: 30_000 };
-                s.ete = Some(EteInfo { finess: fin8, taa: 2, public: false });
+                s.detail = Detail::Cam {
+                    code: act,
+                    price: 30_000,
+                };
+                s.ete = Some(EteInfo {
+                    finess: fin8,
+                    taa: 2,
+                    public: false,
+                });
                 s.hosp = Some(adm);
                 lines.push(s);
             }
@@ -1345,13 +1638,15 @@ impl Chunk<'_> {
     }
 
     fn write_ben(&mut self, p: &Person) {
-        let yc = self.yc(self.ctx.y1).clone();
+        let yc = self.yc(self.ctx.y1);
         let c = &yc.ben;
         let dcode = self.ctx.pop.departments[p.dpt].code.clone();
         let idt = p.idt_ano();
         for pair in &p.pairs {
             self.w.start(c.width);
-            self.w.bytes(c.BEN_NIR_PSA, &pair.psa).int(c.BEN_RNG_GEM, pair.rng as i64);
+            self.w
+                .bytes(c.BEN_NIR_PSA, &pair.psa)
+                .int(c.BEN_RNG_GEM, pair.rng as i64);
             if let Some(n) = &p.nir_ano {
                 self.w.bytes(c.BEN_NIR_ANO, n);
             }
@@ -1366,7 +1661,14 @@ impl Chunk<'_> {
                 .str(c.BEN_RES_DPT, &dcode)
                 .int(c.BEN_RES_COM, p.com as i64)
                 .int(c.BEN_TOP_CNS, i64::from(p.max_flow.is_some()))
-                .date(c.BEN_DTE_INS, if pair.from == NaiveDate::MIN { p.birth.max(ymd(2012, 1, 1)) } else { pair.from })
+                .date(
+                    c.BEN_DTE_INS,
+                    if pair.from == NaiveDate::MIN {
+                        p.birth.max(ymd(2012, 1, 1))
+                    } else {
+                        pair.from
+                    },
+                )
                 .date(c.BEN_DTE_MAJ, self.win_end);
             match p.death.filter(|d| self.in_window(*d)) {
                 Some(d) => {
@@ -1380,17 +1682,17 @@ impl Chunk<'_> {
                 Some(f) => self.w.date(c.MAX_TRT_DTD, f),
                 None => self.w.str(c.MAX_TRT_DTD, "01/01/1600"),
             };
-            let mut buf = std::mem::take(self.buf(Table::IrBen, 0));
-            self.w.finish(&mut buf);
-            *self.buf(Table::IrBen, 0) = buf;
+            self.emit(Table::IrBen, 0);
         }
     }
 
     fn write_imb(&mut self, p: &Person) {
-        let yc = self.yc(self.ctx.y1).clone();
+        let yc = self.yc(self.ctx.y1);
         let c = &yc.imb;
         for ci in &p.ald {
-            let Some((_, onset)) = p.conditions.iter().find(|(c, _)| c == ci) else { continue };
+            let Some((_, onset)) = p.conditions.iter().find(|(c, _)| c == ci) else {
+                continue;
+            };
             let cond = &CONDITIONS[*ci];
             let Some((num, _)) = cond.ald else { continue };
             let pair = p.pair_at(self.win_end);
@@ -1407,7 +1709,10 @@ impl Chunk<'_> {
                     .int(c.BEN_RNG_GEM, pair.rng as i64)
                     .date(c.IMB_ALD_DTD, start)
                     .int(c.IMB_ALD_NUM, num as i64)
-                    .int(c.IMB_ETM_NAT, if self.rng.random_bool(0.95) { 41 } else { 45 })
+                    .int(
+                        c.IMB_ETM_NAT,
+                        if self.rng.random_bool(0.95) { 41 } else { 45 },
+                    )
                     .str(c.MED_MTF_COD, icd)
                     .str(c.MED_NCL_IDT, "CIM10")
                     .date(c.INS_DTE, start)
@@ -1423,9 +1728,7 @@ impl Chunk<'_> {
                 } else {
                     self.w.date(c.IMB_ALD_DTF, end);
                 }
-                let mut buf = std::mem::take(self.buf(Table::IrImb, 0));
-                self.w.finish(&mut buf);
-                *self.buf(Table::IrImb, 0) = buf;
+                self.emit(Table::IrImb, 0);
                 if open || end > self.win_end || p.death.is_some_and(|d| d < end) {
                     break;
                 }
@@ -1435,11 +1738,17 @@ impl Chunk<'_> {
     }
 
     fn write_death(&mut self, p: &Person, d: NaiveDate) {
-        let yc = self.yc(self.ctx.y1).clone();
+        let yc = self.yc(self.ctx.y1);
         let idt = p.idt_ano();
         let dcode = self.ctx.pop.departments[p.dpt].code.clone();
         let k = mix(self.ctx.seed ^ 0x00DE_CE5D);
-        let enc = format!("{:016X}{:016X}{:016X}{:016X}", mix(p.idx ^ k), mix(p.idx.wrapping_add(k)), mix(k ^ 7), mix(p.idx ^ 3));
+        let enc = format!(
+            "{:016X}{:016X}{:016X}{:016X}",
+            mix(p.idx ^ k),
+            mix(p.idx.wrapping_add(k)),
+            mix(k ^ 7),
+            mix(p.idx ^ 3)
+        );
         let c = &yc.cci;
         self.w.start(c.width);
         self.w
@@ -1453,7 +1762,14 @@ impl Chunk<'_> {
             .int(c.BEN_RES_COM, p.com as i64)
             .date(c.BEN_DCD_DTE, d)
             .year_month(c.BEN_DCD_AME, d)
-            .int(c.DCD_LIE_COD, if self.rng.random_bool(0.55) { 2 } else { *pick(&mut self.rng, &[1, 1, 4, 6]) })
+            .int(
+                c.DCD_LIE_COD,
+                if self.rng.random_bool(0.55) {
+                    2
+                } else {
+                    *pick(&mut self.rng, &[1, 1, 4, 6])
+                },
+            )
             .int(c.BEN_NAI_ANN, p.birth.year() as i64)
             .str(c.BEN_NAI_MOI, &format!("{:02}", p.birth.month()))
             .int(c.BEN_SEX_COD, p.sex as i64)
@@ -1461,9 +1777,7 @@ impl Chunk<'_> {
         if let Some(n) = &p.nir_ano {
             self.w.bytes(c.BEN_NIR_ANO, n);
         }
-        let mut buf = std::mem::take(self.buf(Table::KiCci, 0));
-        self.w.finish(&mut buf);
-        *self.buf(Table::KiCci, 0) = buf;
+        self.emit(Table::KiCci, 0);
         // All causes on the certificate: the initial cause and comorbidities.
         let mut causes = vec![p.death_cause];
         for (ci, _) in &p.conditions {
@@ -1491,9 +1805,7 @@ impl Chunk<'_> {
             if let Some(n) = &p.nir_ano {
                 self.w.bytes(e.BEN_NIR_ANO, n);
             }
-            let mut buf = std::mem::take(self.buf(Table::KiEcd, 0));
-            self.w.finish(&mut buf);
-            *self.buf(Table::KiEcd, 0) = buf;
+            self.emit(Table::KiEcd, 0);
         }
     }
 }

@@ -3,8 +3,8 @@
 
 use pds_snds::schema::{self, Family};
 
-use crate::rows::columns;
 use crate::SynthError;
+use crate::rows::columns;
 
 /// Every table the generator writes (referentials aside).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,14 +80,18 @@ impl Table {
 
     /// Whether the table is written as one file per year.
     pub fn per_year(self) -> bool {
-        let Ok((t, _)) = schema::table(self.generic()) else { return false };
+        let Ok((t, _)) = schema::table(self.generic()) else {
+            return false;
+        };
         matches!(t.family, Family::Dcir | Family::PmsiMco)
     }
 
     /// File stem for a year: `ER_PRS_F_2021`, `T_MCO21B`, `IR_BEN_R`.
     pub fn file_stem(self, year: u16) -> String {
         match self {
-            Table::McoB | Table::McoC | Table::McoD | Table::McoA | Table::McoE => schema::concrete_name(self.generic(), year),
+            Table::McoB | Table::McoC | Table::McoD | Table::McoA | Table::McoE => {
+                schema::concrete_name(self.generic(), year)
+            }
             t if t.per_year() => format!("{}_{year}", t.generic()),
             t => t.generic().to_string(),
         }
@@ -247,31 +251,36 @@ fn cols(t: Table, year: u16) -> Result<Vec<&'static pds_snds::Column>, SynthErro
     Ok(s.columns_for_year(year))
 }
 
+fn all(t: Table) -> Result<&'static [pds_snds::Column], SynthError> {
+    let (s, _) = schema::table(t.generic()).map_err(|e| SynthError::Schema(e.to_string()))?;
+    Ok(&s.columns)
+}
+
 impl YearColumns {
     /// Resolves every index for `year`.
     pub fn resolve(year: u16) -> Result<Self, SynthError> {
         let c = |t| cols(t, year);
         Ok(YearColumns {
-            prs: Prs::resolve("ER_PRS_F", &c(Table::ErPrs)?)?,
+            prs: Prs::resolve("ER_PRS_F", &c(Table::ErPrs)?, all(Table::ErPrs)?)?,
             keys: [
-                Keys9::resolve("ER_PHA_F", &c(Table::ErPha)?)?,
-                Keys9::resolve("ER_BIO_F", &c(Table::ErBio)?)?,
-                Keys9::resolve("ER_CAM_F", &c(Table::ErCam)?)?,
-                Keys9::resolve("ER_ETE_F", &c(Table::ErEte)?)?,
+                Keys9::resolve("ER_PHA_F", &c(Table::ErPha)?, all(Table::ErPha)?)?,
+                Keys9::resolve("ER_BIO_F", &c(Table::ErBio)?, all(Table::ErBio)?)?,
+                Keys9::resolve("ER_CAM_F", &c(Table::ErCam)?, all(Table::ErCam)?)?,
+                Keys9::resolve("ER_ETE_F", &c(Table::ErEte)?, all(Table::ErEte)?)?,
             ],
-            pha: Pha::resolve("ER_PHA_F", &c(Table::ErPha)?)?,
-            bio: Bio::resolve("ER_BIO_F", &c(Table::ErBio)?)?,
-            cam: Cam::resolve("ER_CAM_F", &c(Table::ErCam)?)?,
-            ete: Ete::resolve("ER_ETE_F", &c(Table::ErEte)?)?,
-            b: McoB::resolve("T_MCOaaB", &c(Table::McoB)?)?,
-            c: McoC::resolve("T_MCOaaC", &c(Table::McoC)?)?,
-            d: McoD::resolve("T_MCOaaD", &c(Table::McoD)?)?,
-            a: McoA::resolve("T_MCOaaA", &c(Table::McoA)?)?,
-            e: McoE::resolve("T_MCOaaE", &c(Table::McoE)?)?,
-            ben: Ben::resolve("IR_BEN_R", &c(Table::IrBen)?)?,
-            imb: Imb::resolve("IR_IMB_R", &c(Table::IrImb)?)?,
-            cci: Cci::resolve("KI_CCI_R", &c(Table::KiCci)?)?,
-            ecd: Ecd::resolve("KI_ECD_R", &c(Table::KiEcd)?)?,
+            pha: Pha::resolve("ER_PHA_F", &c(Table::ErPha)?, all(Table::ErPha)?)?,
+            bio: Bio::resolve("ER_BIO_F", &c(Table::ErBio)?, all(Table::ErBio)?)?,
+            cam: Cam::resolve("ER_CAM_F", &c(Table::ErCam)?, all(Table::ErCam)?)?,
+            ete: Ete::resolve("ER_ETE_F", &c(Table::ErEte)?, all(Table::ErEte)?)?,
+            b: McoB::resolve("T_MCOaaB", &c(Table::McoB)?, all(Table::McoB)?)?,
+            c: McoC::resolve("T_MCOaaC", &c(Table::McoC)?, all(Table::McoC)?)?,
+            d: McoD::resolve("T_MCOaaD", &c(Table::McoD)?, all(Table::McoD)?)?,
+            a: McoA::resolve("T_MCOaaA", &c(Table::McoA)?, all(Table::McoA)?)?,
+            e: McoE::resolve("T_MCOaaE", &c(Table::McoE)?, all(Table::McoE)?)?,
+            ben: Ben::resolve("IR_BEN_R", &c(Table::IrBen)?, all(Table::IrBen)?)?,
+            imb: Imb::resolve("IR_IMB_R", &c(Table::IrImb)?, all(Table::IrImb)?)?,
+            cci: Cci::resolve("KI_CCI_R", &c(Table::KiCci)?, all(Table::KiCci)?)?,
+            ecd: Ecd::resolve("KI_ECD_R", &c(Table::KiEcd)?, all(Table::KiEcd)?)?,
         })
     }
 }

@@ -14,7 +14,7 @@ use parquet::file::properties::WriterProperties;
 use rayon::prelude::*;
 
 use crate::simulate::{self, ChunkOut, Context};
-use crate::tables::{table_columns, Table};
+use crate::tables::{Table, table_columns};
 use crate::{Config, Progress, Report, SynthError, TableStats};
 
 /// Output file format.
@@ -38,7 +38,7 @@ impl Format {
 
 enum Sink {
     Csv(BufWriter<File>),
-    Parquet(ArrowWriter<File>),
+    Parquet(Box<ArrowWriter<File>>),
 }
 
 struct OutFile {
@@ -49,7 +49,10 @@ struct OutFile {
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SynthError + '_ {
-    move |source| SynthError::Output { path: path.to_path_buf(), source }
+    move |source| SynthError::Output {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn props() -> WriterProperties {
@@ -61,34 +64,53 @@ fn props() -> WriterProperties {
 }
 
 impl OutFile {
-    fn create(dir: &Path, name: String, columns: Vec<&'static pds_snds::Column>, format: Format) -> Result<Self, SynthError> {
+    fn create(
+        dir: &Path,
+        name: String,
+        columns: Vec<&'static pds_snds::Column>,
+        format: Format,
+    ) -> Result<Self, SynthError> {
         let path = dir.join(format!("{name}.{}", format.ext()));
         let file = File::create(&path).map_err(io_err(&path))?;
         let sink = match format {
             Format::Csv => {
                 let mut w = BufWriter::with_capacity(1 << 20, file);
-                let header = columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(";");
+                let header = columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(";");
                 writeln!(w, "{header}").map_err(io_err(&path))?;
                 Sink::Csv(w)
             }
             Format::Parquet => {
                 let schema = pds_snds::arrow::arrow_schema(&columns);
-                Sink::Parquet(ArrowWriter::try_new(file, schema, Some(props())).map_err(|e| SynthError::Parquet(e.to_string()))?)
+                Sink::Parquet(Box::new(
+                    ArrowWriter::try_new(file, schema, Some(props()))
+                        .map_err(|e| SynthError::Parquet(e.to_string()))?,
+                ))
             }
         };
-        Ok(OutFile { name, columns, sink, rows: 0 })
+        Ok(OutFile {
+            name,
+            columns,
+            sink,
+            rows: 0,
+        })
     }
 
-    fn write_csv(&mut self, bytes: &[u8], dir: &Path) -> Result<(), SynthError> {
-        self.rows += bytes.iter().filter(|b| **b == b'\n').count() as u64;
+    fn write_csv(&mut self, bytes: &[u8], rows: u64, dir: &Path) -> Result<(), SynthError> {
+        self.rows += rows;
         match &mut self.sink {
             Sink::Csv(w) => w.write_all(bytes).map_err(io_err(&dir.join(&self.name))),
             Sink::Parquet(w) => {
                 if bytes.is_empty() {
                     return Ok(());
                 }
-                let batch = pds_snds::arrow::csv_to_batch(&self.columns, bytes, 2).map_err(|e| SynthError::Schema(format!("{}: {e}", self.name)))?;
-                w.write(&batch).map_err(|e| SynthError::Parquet(e.to_string()))
+                let batch = pds_snds::arrow::csv_to_batch(&self.columns, bytes, 2)
+                    .map_err(|e| SynthError::Schema(format!("{}: {e}", self.name)))?;
+                w.write(&batch)
+                    .map_err(|e| SynthError::Parquet(e.to_string()))
             }
         }
     }
@@ -96,7 +118,9 @@ impl OutFile {
     fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), SynthError> {
         self.rows += batch.num_rows() as u64;
         match &mut self.sink {
-            Sink::Parquet(w) => w.write(batch).map_err(|e| SynthError::Parquet(e.to_string())),
+            Sink::Parquet(w) => w
+                .write(batch)
+                .map_err(|e| SynthError::Parquet(e.to_string())),
             Sink::Csv(_) => Err(SynthError::Parquet("batch written to a CSV sink".into())),
         }
     }
@@ -133,12 +157,20 @@ impl Drop for Staging {
 }
 
 /// Runs the generation with `threads` workers.
-pub fn run(cfg: &Config, ctx: &Context, threads: usize, progress: Progress<'_>) -> Result<Report, SynthError> {
+pub fn run(
+    cfg: &Config,
+    ctx: &Context,
+    threads: usize,
+    progress: Progress<'_>,
+) -> Result<Report, SynthError> {
     let out = &cfg.out;
     fs::create_dir_all(out).map_err(io_err(out))?;
     let stage_dir = out.join(format!(".pds-synth-staging-{}", std::process::id()));
     fs::create_dir(&stage_dir).map_err(io_err(&stage_dir))?;
-    let mut staging = Staging { dir: stage_dir.clone(), armed: true };
+    let mut staging = Staging {
+        dir: stage_dir.clone(),
+        armed: true,
+    };
 
     let years: Vec<u16> = (cfg.first_year..=cfg.last_year).collect();
     let mut files: Vec<Vec<OutFile>> = Vec::new();
@@ -146,10 +178,20 @@ pub fn run(cfg: &Config, ctx: &Context, threads: usize, progress: Progress<'_>) 
         let mut per = Vec::new();
         if t.per_year() {
             for &y in &years {
-                per.push(OutFile::create(&stage_dir, t.file_stem(y), table_columns(t, y)?, cfg.format)?);
+                per.push(OutFile::create(
+                    &stage_dir,
+                    t.file_stem(y),
+                    table_columns(t, y)?,
+                    cfg.format,
+                )?);
             }
         } else {
-            per.push(OutFile::create(&stage_dir, t.file_stem(cfg.last_year), table_columns(t, cfg.last_year)?, cfg.format)?);
+            per.push(OutFile::create(
+                &stage_dir,
+                t.file_stem(cfg.last_year),
+                table_columns(t, cfg.last_year)?,
+                cfg.format,
+            )?);
         }
         files.push(per);
     }
@@ -200,7 +242,7 @@ pub fn run(cfg: &Config, ctx: &Context, threads: usize, progress: Progress<'_>) 
                         deaths += o.deaths;
                         for (ti, per) in o.bufs.iter().enumerate() {
                             for (yi, bytes) in per.iter().enumerate() {
-                                files[ti][yi].write_csv(bytes, &stage_dir)?;
+                                files[ti][yi].write_csv(bytes, o.rows[ti][yi], &stage_dir)?;
                             }
                         }
                     }
@@ -218,7 +260,9 @@ pub fn run(cfg: &Config, ctx: &Context, threads: usize, progress: Progress<'_>) 
                 }
             }
         }
-        producer.join().map_err(|_| SynthError::Schema("a generator thread panicked".into()))?;
+        producer
+            .join()
+            .map_err(|_| SynthError::Schema("a generator thread panicked".into()))?;
         Ok(())
     })?;
 
@@ -226,13 +270,20 @@ pub fn run(cfg: &Config, ctx: &Context, threads: usize, progress: Progress<'_>) 
     // geographic FINESS of AP-HP, AP-HM and HCL).
     let e_idx = Table::McoE.index();
     for (yi, &y) in years.iter().enumerate() {
-        let text = establishments(ctx, y)?;
-        files[e_idx][yi].write_csv(&text, &stage_dir)?;
+        let (text, rows) = establishments(ctx, y)?;
+        files[e_idx][yi].write_csv(&text, rows, &stage_dir)?;
     }
 
-    let mut report = Report { person_years, deaths, ..Default::default() };
+    let mut report = Report {
+        person_years,
+        deaths,
+        ..Default::default()
+    };
     for (ti, per) in files.into_iter().enumerate() {
-        let mut st = TableStats { table: Table::ALL[ti].generic().to_string(), ..Default::default() };
+        let mut st = TableStats {
+            table: Table::ALL[ti].generic().to_string(),
+            ..Default::default()
+        };
         for f in per {
             let (name, rows) = f.finish(&stage_dir)?;
             let path = stage_dir.join(format!("{name}.{}", format.ext()));
@@ -268,9 +319,14 @@ fn to_payload(o: ChunkOut, format: Format, cfg: &Config) -> Result<Payload, Synt
                         v.push(None);
                         continue;
                     }
-                    let year = if t.per_year() { cfg.first_year + yi as u16 } else { cfg.last_year };
+                    let year = if t.per_year() {
+                        cfg.first_year + yi as u16
+                    } else {
+                        cfg.last_year
+                    };
                     let cols = table_columns(t, year)?;
-                    let b = pds_snds::arrow::csv_to_batch(&cols, bytes, 2).map_err(|e| SynthError::Schema(format!("{}: {e}", t.file_stem(year))))?;
+                    let b = pds_snds::arrow::csv_to_batch(&cols, bytes, 2)
+                        .map_err(|e| SynthError::Schema(format!("{}: {e}", t.file_stem(year))))?;
                     v.push(Some(b));
                 }
                 out.push(v);
@@ -280,11 +336,12 @@ fn to_payload(o: ChunkOut, format: Format, cfg: &Config) -> Result<Payload, Synt
     }
 }
 
-fn establishments(ctx: &Context, year: u16) -> Result<Vec<u8>, SynthError> {
+fn establishments(ctx: &Context, year: u16) -> Result<(Vec<u8>, u64), SynthError> {
     let yc = &ctx.cols[(year - ctx.y0) as usize].e;
     let mut w = crate::rows::RowWriter::new();
     let mut out = Vec::new();
     let ann = format!("{year}T4");
+    let mut rows = 0;
     for list in &ctx.hospitals {
         for h in list {
             let mut emit = |eta: &str, name: &str| {
@@ -297,6 +354,7 @@ fn establishments(ctx: &Context, year: u16) -> Result<Vec<u8>, SynthError> {
                     .str(yc.ANN_TRT, &ann)
                     .str(yc.VAL_ETA, "VALIDE");
                 w.finish(&mut out);
+                rows += 1;
             };
             emit(&h.eta_num, &h.name);
             for d in &h.duplicates {
@@ -304,7 +362,7 @@ fn establishments(ctx: &Context, year: u16) -> Result<Vec<u8>, SynthError> {
             }
         }
     }
-    Ok(out)
+    Ok((out, rows))
 }
 
 /// Writes the referentials the analyses need, in the same dialect.
@@ -312,10 +370,25 @@ fn referentials(dir: &Path, format: Format) -> Result<Vec<TableStats>, SynthErro
     use pds_snds::nomenclature::{self, Nomenclature};
     let err = |e: pds_snds::SndsError| SynthError::Schema(e.to_string());
     let mut list: Vec<(String, Vec<String>, Vec<Vec<String>>)> = Vec::new();
-    list.push(("IR_PHA_R".into(), nomenclature::drug_columns().map_err(err)?, nomenclature::drug_records().map_err(err)?));
-    for name in ["IR_CIM_V", "IR_CCAM_V63", "IR_NAT_V", "IR_SPE_V", "IR_DPT_V", "IR_BIO_R"] {
+    list.push((
+        "IR_PHA_R".into(),
+        nomenclature::drug_columns().map_err(err)?,
+        nomenclature::drug_records().map_err(err)?,
+    ));
+    for name in [
+        "IR_CIM_V",
+        "IR_CCAM_V63",
+        "IR_NAT_V",
+        "IR_SPE_V",
+        "IR_DPT_V",
+        "IR_BIO_R",
+    ] {
         let n = Nomenclature::get(name).map_err(err)?;
-        list.push((name.to_string(), n.columns().map_err(err)?, n.records().map_err(err)?));
+        list.push((
+            name.to_string(),
+            n.columns().map_err(err)?,
+            n.records().map_err(err)?,
+        ));
     }
     let mut stats = Vec::new();
     for (name, cols, rows) in list {
@@ -323,8 +396,13 @@ fn referentials(dir: &Path, format: Format) -> Result<Vec<TableStats>, SynthErro
         match format {
             Format::Csv => {
                 let file = File::create(&path).map_err(io_err(&path))?;
-                let mut w = csv::WriterBuilder::new().delimiter(b';').from_writer(BufWriter::new(file));
-                let csv_err = |e: csv::Error| SynthError::Output { path: path.clone(), source: std::io::Error::other(e.to_string()) };
+                let mut w = csv::WriterBuilder::new()
+                    .delimiter(b';')
+                    .from_writer(BufWriter::new(file));
+                let csv_err = |e: csv::Error| SynthError::Output {
+                    path: path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                };
                 w.write_record(&cols).map_err(csv_err)?;
                 for r in &rows {
                     w.write_record(r).map_err(csv_err)?;
@@ -335,14 +413,26 @@ fn referentials(dir: &Path, format: Format) -> Result<Vec<TableStats>, SynthErro
                 use arrow_array::{ArrayRef, StringArray};
                 use arrow_schema::{DataType, Field, Schema};
                 use std::sync::Arc;
-                let schema = Arc::new(Schema::new(cols.iter().map(|c| Field::new(c, DataType::Utf8, true)).collect::<Vec<_>>()));
+                let schema = Arc::new(Schema::new(
+                    cols.iter()
+                        .map(|c| Field::new(c, DataType::Utf8, true))
+                        .collect::<Vec<_>>(),
+                ));
                 let arrays: Vec<ArrayRef> = (0..cols.len())
-                    .map(|i| Arc::new(StringArray::from_iter(rows.iter().map(|r| Some(r[i].as_str()).filter(|s| !s.is_empty())))) as ArrayRef)
+                    .map(|i| {
+                        Arc::new(StringArray::from_iter(
+                            rows.iter()
+                                .map(|r| Some(r[i].as_str()).filter(|s| !s.is_empty())),
+                        )) as ArrayRef
+                    })
                     .collect();
-                let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| SynthError::Parquet(e.to_string()))?;
+                let batch = RecordBatch::try_new(schema.clone(), arrays)
+                    .map_err(|e| SynthError::Parquet(e.to_string()))?;
                 let file = File::create(&path).map_err(io_err(&path))?;
-                let mut w = ArrowWriter::try_new(file, schema, Some(props())).map_err(|e| SynthError::Parquet(e.to_string()))?;
-                w.write(&batch).map_err(|e| SynthError::Parquet(e.to_string()))?;
+                let mut w = ArrowWriter::try_new(file, schema, Some(props()))
+                    .map_err(|e| SynthError::Parquet(e.to_string()))?;
+                w.write(&batch)
+                    .map_err(|e| SynthError::Parquet(e.to_string()))?;
                 w.close().map_err(|e| SynthError::Parquet(e.to_string()))?;
             }
         }

@@ -1,0 +1,99 @@
+//! The `pds` binary as a user runs it: exit codes, messages, files.
+
+use std::process::Command;
+
+fn pds() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pds"))
+}
+
+#[test]
+fn synth_writes_files_and_stats_and_prints_volumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("data");
+    let stats = dir.path().join("stats.json");
+    let o = pds()
+        .args([
+            "synth",
+            "--beneficiaries",
+            "300",
+            "--years",
+            "2022",
+            "--seed",
+            "3",
+            "--out",
+        ])
+        .arg(&out)
+        .arg("--stats-json")
+        .arg(&stats)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("ER_PRS_F") && stdout.contains("Per person-year"),
+        "{stdout}"
+    );
+    let prs = std::fs::read_to_string(out.join("ER_PRS_F_2022.csv")).unwrap();
+    let rows = prs.lines().count() - 1;
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let t = json["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "ER_PRS_F")
+        .unwrap();
+    assert_eq!(t["rows"].as_u64().unwrap() as usize, rows);
+    assert_eq!(json["beneficiaries"], 300);
+    assert!(
+        json["families"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["family"] == "DCIR" && f["rows_per_s"].as_f64().unwrap() > 0.0)
+    );
+}
+
+#[test]
+fn bad_arguments_exit_non_zero_with_a_helpful_message_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("data");
+    for (args, needle) in [
+        (vec!["--years", "2023-2021"], "reversed"),
+        (vec!["--beneficiaries", "0"], "at least 1"),
+        (vec!["--years", "20x1"], "not a year"),
+        (vec!["--years", "1990-1991"], "2006"),
+    ] {
+        let o = pds()
+            .arg("synth")
+            .args(&args)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} wrote something");
+    }
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let o = pds()
+        .args(["synth", "-n", "10", "--out"])
+        .arg(file.join("x"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing was written"));
+}
+
+#[test]
+fn home_defaults_and_env_are_accepted() {
+    let o = pds()
+        .env("PDS_HOME", "/tmp/some-home")
+        .args(["--help"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--home"));
+}
