@@ -662,40 +662,34 @@ pub static OTHER_DEATH_CAUSES: &[(&str, f64)] = &[
 
 /// Linear interpolation in an `(age, men, women)` table.
 pub fn by_age(table: &[(f64, f64, f64)], age: f64, sex: u8) -> f64 {
-    let pick = |p: &(f64, f64, f64)| if sex == 1 { p.1 } else { p.2 };
-    let Some(first) = table.first() else {
-        return 0.0;
-    };
-    if age <= first.0 {
-        return pick(first);
-    }
-    for w in table.windows(2) {
-        let (a, b) = (&w[0], &w[1]);
-        if age <= b.0 {
-            let t = (age - a.0) / (b.0 - a.0);
-            return pick(a) + t * (pick(b) - pick(a));
-        }
-    }
-    table.last().map(pick).unwrap_or(0.0)
+    interpolate(table, age, sex, false)
 }
 
 /// Log-scale interpolation (for mortality, which grows exponentially).
 pub fn by_age_log(table: &[(f64, f64, f64)], age: f64, sex: u8) -> f64 {
-    let pick = |p: &(f64, f64, f64)| (if sex == 1 { p.1 } else { p.2 }).max(1e-9).ln();
-    let Some(first) = table.first() else {
+    interpolate(table, age, sex, true)
+}
+
+fn interpolate(table: &[(f64, f64, f64)], age: f64, sex: u8, log: bool) -> f64 {
+    let pick = |p: &(f64, f64, f64)| {
+        let v = if sex == 1 { p.1 } else { p.2 };
+        if log { v.max(1e-9).ln() } else { v }
+    };
+    let back = |v: f64| if log { v.exp() } else { v };
+    let (Some(first), Some(last)) = (table.first(), table.last()) else {
         return 0.0;
     };
     if age <= first.0 {
-        return pick(first).exp();
+        return back(pick(first));
     }
     for w in table.windows(2) {
         let (a, b) = (&w[0], &w[1]);
         if age <= b.0 {
             let t = (age - a.0) / (b.0 - a.0);
-            return (pick(a) + t * (pick(b) - pick(a))).exp();
+            return back(pick(a) + t * (pick(b) - pick(a)));
         }
     }
-    table.last().map(|p| pick(p).exp()).unwrap_or(0.0)
+    back(pick(last))
 }
 
 /// Stays not driven by a modelled condition (cataract, endoscopy, acute
@@ -840,3 +834,18 @@ pub static OTHER_STAYS: &[(StayPattern, f64, f64)] = &[
 pub static DENTAL_RATE: f64 = 0.9;
 /// Nurse visits per year for people aged 75 and over.
 pub static NURSE_ELDERLY: f64 = 5.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpolation_is_linear_or_geometric_between_points() {
+        let t = [(0.0, 1.0, 2.0), (10.0, 3.0, 8.0)];
+        assert_eq!(by_age(&t, 5.0, 1), 2.0);
+        assert_eq!(by_age(&t, 5.0, 2), 5.0);
+        assert!((by_age_log(&t, 5.0, 2) - 4.0).abs() < 1e-9);
+        assert_eq!(by_age(&t, -1.0, 1), 1.0);
+        assert_eq!(by_age(&t, 99.0, 2), 8.0);
+    }
+}
