@@ -20,8 +20,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{Aead, KeyInit, Payload};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -55,7 +55,9 @@ pub enum KeyError {
         reason: String,
     },
     /// A wrapped key does not decrypt for the given purpose.
-    #[error("wrapped key for `{0}` does not decrypt with this master key (wrong key, wrong purpose or tampered)")]
+    #[error(
+        "wrapped key for `{0}` does not decrypt with this master key (wrong key, wrong purpose or tampered)"
+    )]
     Unwrap(String),
     /// File system error.
     #[error("{path}: {source}")]
@@ -136,7 +138,10 @@ impl MasterSource {
         text.push('\n');
         let res = f.write_all(text.as_bytes());
         text.zeroize();
-        res.map_err(|source| KeyError::Io { path: path.to_path_buf(), source })
+        res.map_err(|source| KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -154,7 +159,13 @@ pub struct WrappedKey {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 enum MasterSpec {
-    Passphrase { kdf: String, m_cost_kib: u32, t_cost: u32, p_cost: u32, salt: String },
+    Passphrase {
+        kdf: String,
+        m_cost_kib: u32,
+        t_cost: u32,
+        p_cost: u32,
+        salt: String,
+    },
     KeyFile,
 }
 
@@ -176,12 +187,17 @@ pub struct KeyStore {
 
 impl fmt::Debug for KeyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyStore").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("KeyStore")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> KeyError + '_ {
-    move |source| KeyError::Io { path: path.to_path_buf(), source }
+    move |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn create_private(path: &Path) -> Result<fs::File, KeyError> {
@@ -203,14 +219,26 @@ const P_COST: u32 = 1;
 
 fn derive(source: &MasterSource, spec: &MasterSpec) -> Result<SecretKey, KeyError> {
     match (source, spec) {
-        (MasterSource::Passphrase(p), MasterSpec::Passphrase { m_cost_kib, t_cost, p_cost, salt, .. }) => {
+        (
+            MasterSource::Passphrase(p),
+            MasterSpec::Passphrase {
+                m_cost_kib,
+                t_cost,
+                p_cost,
+                salt,
+                ..
+            },
+        ) => {
             if p.chars().count() < 12 {
-                return Err(KeyError::Master("the passphrase must have at least 12 characters".into()));
+                return Err(KeyError::Master(
+                    "the passphrase must have at least 12 characters".into(),
+                ));
             }
             let salt = hex::decode(salt).map_err(|e| KeyError::Master(format!("bad salt: {e}")))?;
             let params = argon2::Params::new(*m_cost_kib, *t_cost, *p_cost, Some(32))
                 .map_err(|e| KeyError::Master(format!("bad Argon2 parameters: {e}")))?;
-            let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+            let a =
+                argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
             let mut out = [0u8; 32];
             a.hash_password_into(p.as_bytes(), &salt, &mut out)
                 .map_err(|e| KeyError::Master(format!("Argon2id failed: {e}")))?;
@@ -221,23 +249,29 @@ fn derive(source: &MasterSource, spec: &MasterSpec) -> Result<SecretKey, KeyErro
             let decoded = hex::decode(text.trim());
             text.zeroize();
             let mut bytes = decoded.map_err(|_| {
-                KeyError::Master(format!("{} must hold 64 hexadecimal characters", path.display()))
+                KeyError::Master(format!(
+                    "{} must hold 64 hexadecimal characters",
+                    path.display()
+                ))
             })?;
             if bytes.len() != 32 {
                 bytes.zeroize();
-                return Err(KeyError::Master(format!("{} must hold 32 bytes (64 hex characters)", path.display())));
+                return Err(KeyError::Master(format!(
+                    "{} must hold 32 bytes (64 hex characters)",
+                    path.display()
+                )));
             }
             let mut k = [0u8; 32];
             k.copy_from_slice(&bytes);
             bytes.zeroize();
             Ok(SecretKey(k))
         }
-        (MasterSource::Passphrase(_), MasterSpec::KeyFile) => {
-            Err(KeyError::Master("this key store is protected by a key file, not a passphrase".into()))
-        }
-        (MasterSource::KeyFile(_), MasterSpec::Passphrase { .. }) => {
-            Err(KeyError::Master("this key store is protected by a passphrase, not a key file".into()))
-        }
+        (MasterSource::Passphrase(_), MasterSpec::KeyFile) => Err(KeyError::Master(
+            "this key store is protected by a key file, not a passphrase".into(),
+        )),
+        (MasterSource::KeyFile(_), MasterSpec::Passphrase { .. }) => Err(KeyError::Master(
+            "this key store is protected by a passphrase, not a key file".into(),
+        )),
     }
 }
 
@@ -246,9 +280,19 @@ fn wrap(master: &SecretKey, purpose: &str, secret: &[u8]) -> Result<WrappedKey, 
     let mut nonce = [0u8; 12];
     getrandom::fill(&mut nonce).map_err(|e| KeyError::Random(e.to_string()))?;
     let ct = cipher
-        .encrypt(&nonce.into(), Payload { msg: secret, aad: purpose.as_bytes() })
+        .encrypt(
+            &nonce.into(),
+            Payload {
+                msg: secret,
+                aad: purpose.as_bytes(),
+            },
+        )
         .map_err(|_| KeyError::Unwrap(purpose.to_string()))?;
-    Ok(WrappedKey { purpose: purpose.to_string(), nonce: hex::encode(nonce), ciphertext: hex::encode(ct) })
+    Ok(WrappedKey {
+        purpose: purpose.to_string(),
+        nonce: hex::encode(nonce),
+        ciphertext: hex::encode(ct),
+    })
 }
 
 fn unwrap_bytes(master: &SecretKey, w: &WrappedKey, purpose: &str) -> Result<Vec<u8>, KeyError> {
@@ -262,13 +306,21 @@ fn unwrap_bytes(master: &SecretKey, w: &WrappedKey, purpose: &str) -> Result<Vec
     let ct = hex::decode(&w.ciphertext).map_err(|_| KeyError::Unwrap(purpose.to_string()))?;
     let cipher = Aes256Gcm::new(&(*master.expose()).into());
     cipher
-        .decrypt(&nonce.into(), Payload { msg: &ct, aad: purpose.as_bytes() })
+        .decrypt(
+            &nonce.into(),
+            Payload {
+                msg: &ct,
+                aad: purpose.as_bytes(),
+            },
+        )
         .map_err(|_| KeyError::Unwrap(purpose.to_string()))
 }
 
 fn unwrap_key(master: &SecretKey, w: &WrappedKey, purpose: &str) -> Result<SecretKey, KeyError> {
     let mut v = unwrap_bytes(master, w, purpose)?;
-    let res = <[u8; 32]>::try_from(v.as_slice()).map(SecretKey).map_err(|_| KeyError::Unwrap(purpose.to_string()));
+    let res = <[u8; 32]>::try_from(v.as_slice())
+        .map(SecretKey)
+        .map_err(|_| KeyError::Unwrap(purpose.to_string()));
     v.zeroize();
     res
 }
@@ -292,7 +344,10 @@ fn new_spec(source: &MasterSource) -> Result<MasterSpec, KeyError> {
 
 fn write_store(dir: &Path, file: &StoreFile, replace: bool) -> Result<(), KeyError> {
     let path = dir.join(KEYSTORE_FILE);
-    let json = serde_json::to_vec_pretty(file).map_err(|e| KeyError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+    let json = serde_json::to_vec_pretty(file).map_err(|e| KeyError::Corrupt {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
     if replace {
         // Write beside, then rename: a crash leaves the old or the new store, never half of one.
         let tmp = dir.join(format!("{KEYSTORE_FILE}.new"));
@@ -303,7 +358,9 @@ fn write_store(dir: &Path, file: &StoreFile, replace: bool) -> Result<(), KeyErr
         fs::rename(&tmp, &path).map_err(io(&path))
     } else {
         let mut f = create_private(&path).map_err(|e| match e {
-            KeyError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => KeyError::Exists(dir.to_path_buf()),
+            KeyError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                KeyError::Exists(dir.to_path_buf())
+            }
             e => e,
         })?;
         f.write_all(&json).map_err(io(&path))?;
@@ -329,7 +386,12 @@ impl KeyStore {
             platform_key: wrap(&master, PLATFORM_PURPOSE, platform.expose())?,
         };
         write_store(dir, &file, false)?;
-        Ok(KeyStore { dir: dir.to_path_buf(), master, platform, file })
+        Ok(KeyStore {
+            dir: dir.to_path_buf(),
+            master,
+            platform,
+            file,
+        })
     }
 
     /// Opens the key store in `dir` with the master key from `source`.
@@ -339,18 +401,29 @@ impl KeyStore {
             return Err(KeyError::Missing(dir.to_path_buf()));
         }
         let bytes = fs::read(&path).map_err(io(&path))?;
-        let file: StoreFile =
-            serde_json::from_slice(&bytes).map_err(|e| KeyError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+        let file: StoreFile = serde_json::from_slice(&bytes).map_err(|e| KeyError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         if file.version != 1 {
-            return Err(KeyError::Corrupt { path, reason: format!("unsupported version {}", file.version) });
+            return Err(KeyError::Corrupt {
+                path,
+                reason: format!("unsupported version {}", file.version),
+            });
         }
         let master = derive(source, &file.master)?;
-        let check = unwrap_bytes(&master, &file.check, CHECK_PURPOSE).map_err(|_| KeyError::WrongMasterKey(dir.to_path_buf()))?;
+        let check = unwrap_bytes(&master, &file.check, CHECK_PURPOSE)
+            .map_err(|_| KeyError::WrongMasterKey(dir.to_path_buf()))?;
         if check != CHECK_VALUE {
             return Err(KeyError::WrongMasterKey(dir.to_path_buf()));
         }
         let platform = unwrap_key(&master, &file.platform_key, PLATFORM_PURPOSE)?;
-        Ok(KeyStore { dir: dir.to_path_buf(), master, platform, file })
+        Ok(KeyStore {
+            dir: dir.to_path_buf(),
+            master,
+            platform,
+            file,
+        })
     }
 
     /// The platform pseudonymisation key (HMAC-SHA256 key of the loader).
@@ -385,7 +458,12 @@ impl KeyStore {
             platform_key: wrap(&master, PLATFORM_PURPOSE, self.platform.expose())?,
         };
         write_store(&self.dir, &file, true)?;
-        Ok(KeyStore { dir: self.dir.clone(), master, platform: self.platform.clone(), file })
+        Ok(KeyStore {
+            dir: self.dir.clone(),
+            master,
+            platform: self.platform.clone(),
+            file,
+        })
     }
 
     /// Re-wraps a key wrapped by this store's master key under `new`'s.
@@ -413,7 +491,11 @@ mod tests {
         let platform = s.platform_key().clone();
         let o = KeyStore::open(dir.path(), &MasterSource::Passphrase(PASS.into())).unwrap();
         assert_eq!(o.platform_key(), &platform);
-        let e = KeyStore::open(dir.path(), &MasterSource::Passphrase("another long passphrase".into())).unwrap_err();
+        let e = KeyStore::open(
+            dir.path(),
+            &MasterSource::Passphrase("another long passphrase".into()),
+        )
+        .unwrap_err();
         assert!(matches!(e, KeyError::WrongMasterKey(_)), "{e}");
         let e = KeyStore::create(dir.path(), &MasterSource::Passphrase(PASS.into())).unwrap_err();
         assert!(matches!(e, KeyError::Exists(_)));
@@ -424,7 +506,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join(KEYSTORE_FILE)).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join(KEYSTORE_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o077, 0, "key store readable by others: {mode:o}");
         }
     }
@@ -432,7 +517,8 @@ mod tests {
     #[test]
     fn short_passphrase_and_bad_key_file_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let e = KeyStore::create(dir.path(), &MasterSource::Passphrase("short".into())).unwrap_err();
+        let e =
+            KeyStore::create(dir.path(), &MasterSource::Passphrase("short".into())).unwrap_err();
         assert!(e.to_string().contains("12 characters"));
         let kf = dir.path().join("master.key");
         fs::write(&kf, "not hex").unwrap();
@@ -445,28 +531,49 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kf = dir.path().join("master.key");
         MasterSource::create_key_file(&kf).unwrap();
-        assert!(MasterSource::create_key_file(&kf).is_err(), "never overwrite a key file");
+        assert!(
+            MasterSource::create_key_file(&kf).is_err(),
+            "never overwrite a key file"
+        );
         let ks = dir.path().join("keys");
         let s = KeyStore::create(&ks, &MasterSource::KeyFile(kf.clone())).unwrap();
         let (k, w) = s.new_data_key("pds/snapshot/1").unwrap();
         assert_eq!(s.unwrap_data_key(&w, "pds/snapshot/1").unwrap(), k);
-        assert!(s.unwrap_data_key(&w, "pds/snapshot/2").is_err(), "purpose is authenticated");
+        assert!(
+            s.unwrap_data_key(&w, "pds/snapshot/2").is_err(),
+            "purpose is authenticated"
+        );
         let mut forged = w.clone();
         forged.purpose = "pds/snapshot/2".into();
-        assert!(s.unwrap_data_key(&forged, "pds/snapshot/2").is_err(), "relabelled key refused");
+        assert!(
+            s.unwrap_data_key(&forged, "pds/snapshot/2").is_err(),
+            "relabelled key refused"
+        );
         let mut tampered = w.clone();
         let mut ct = hex::decode(&tampered.ciphertext).unwrap();
         ct[0] ^= 1;
         tampered.ciphertext = hex::encode(ct);
         assert!(s.unwrap_data_key(&tampered, "pds/snapshot/1").is_err());
 
-        let n = s.rotate_master(&MasterSource::Passphrase(PASS.into())).unwrap();
+        let n = s
+            .rotate_master(&MasterSource::Passphrase(PASS.into()))
+            .unwrap();
         let w2 = s.rewrap(&n, &w).unwrap();
         assert_eq!(n.unwrap_data_key(&w2, "pds/snapshot/1").unwrap(), k);
-        assert!(n.unwrap_data_key(&w, "pds/snapshot/1").is_err(), "old wrapping no longer opens");
-        assert!(KeyStore::open(&ks, &MasterSource::KeyFile(kf)).is_err(), "old master retired");
+        assert!(
+            n.unwrap_data_key(&w, "pds/snapshot/1").is_err(),
+            "old wrapping no longer opens"
+        );
+        assert!(
+            KeyStore::open(&ks, &MasterSource::KeyFile(kf)).is_err(),
+            "old master retired"
+        );
         let reopened = KeyStore::open(&ks, &MasterSource::Passphrase(PASS.into())).unwrap();
-        assert_eq!(reopened.platform_key(), s.platform_key(), "pseudonyms survive rotation");
+        assert_eq!(
+            reopened.platform_key(),
+            s.platform_key(),
+            "pseudonyms survive rotation"
+        );
     }
 
     #[test]
