@@ -27,6 +27,18 @@ struct Cli {
 enum Command {
     /// Generate a synthetic SNDS extraction (CNAM dialect) with realistic care trajectories.
     Synth(SynthArgs),
+    /// Create a data home: documented config, key store, catalogue, object folder.
+    Init(InitArgs),
+    /// List the committed snapshots of the catalogue.
+    Snapshots,
+}
+
+#[derive(clap::Args, Debug)]
+struct InitArgs {
+    /// Protect the master key with this key file (created, mode 0600, if missing).
+    /// Keep it off the data disk. Without it, PDS_MASTER_PASSPHRASE is used.
+    #[arg(long)]
+    master_key_file: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -82,14 +94,81 @@ fn parse_years(s: &str) -> Result<(u16, u16)> {
 
 fn main() {
     let cli = Cli::parse();
-    let _home = &cli.home;
     let result = match cli.command {
         Command::Synth(a) => synth(a),
+        Command::Init(a) => runtime().and_then(|rt| rt.block_on(init(&cli.home, a))),
+        Command::Snapshots => runtime().and_then(|rt| rt.block_on(snapshots(&cli.home))),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn init(home: &std::path::Path, a: InitArgs) -> Result<()> {
+    let master = match (a.master_key_file, std::env::var("PDS_MASTER_PASSPHRASE")) {
+        (Some(f), _) => pds_home::InitMaster::KeyFile(f),
+        (None, Ok(p)) => pds_home::InitMaster::Passphrase(p),
+        (None, Err(_)) => bail!(
+            "pds init needs a master key: pass --master-key-file PATH (created if missing; keep it off the data disk) \
+             or set PDS_MASTER_PASSPHRASE (at least 12 characters)"
+        ),
+    };
+    let h = pds_home::Home::init(home, &master)
+        .await
+        .with_context(|| format!("pds init {} failed; nothing was created", home.display()))?;
+    println!("Created PDS home {}", h.root.display());
+    println!(
+        "  config     {}",
+        h.root.join(pds_home::CONFIG_FILE).display()
+    );
+    println!("  keys       {}", h.keys_dir().display());
+    println!("  catalogue  {}", h.catalogue_url());
+    if let Some(d) = h.local_storage_dir() {
+        println!("  objects    {}", d.display());
+    }
+    if let pds_home::InitMaster::KeyFile(f) = &master {
+        println!(
+            "The master key is in {}: back it up and keep it away from the data.",
+            f.display()
+        );
+    }
+    Ok(())
+}
+
+async fn snapshots(home: &std::path::Path) -> Result<()> {
+    let h = pds_home::Home::open(home)?;
+    let cat = h.catalog().await?;
+    let list = cat.snapshots().await?;
+    if list.is_empty() {
+        println!("No snapshot yet in {}.", home.display());
+    } else {
+        println!(
+            "{:>4} {:<8} {:<21} {:<12} {:>7} {:>14} {:>12}",
+            "id", "dataset", "created", "by", "tables", "rows", "MB"
+        );
+        for s in list {
+            println!(
+                "{:>4} {:<8} {:<21} {:<12} {:>7} {:>14} {:>12.1}",
+                s.id,
+                s.dataset,
+                s.created_at,
+                s.created_by,
+                s.tables,
+                s.rows,
+                s.bytes as f64 / 1e6
+            );
+        }
+    }
+    cat.close().await;
+    Ok(())
 }
 
 fn synth(a: SynthArgs) -> Result<()> {

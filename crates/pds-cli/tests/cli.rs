@@ -97,3 +97,67 @@ fn home_defaults_and_env_are_accepted() {
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("--home"));
 }
+
+#[test]
+fn init_creates_a_home_once_and_snapshots_lists_it_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let key = dir.path().join("master.key");
+    let o = pds()
+        .arg("--home")
+        .arg(&home)
+        .arg("init")
+        .arg("--master-key-file")
+        .arg(&key)
+        .env_remove("PDS_MASTER_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("back it up"));
+    assert!(home.join("config.toml").exists() && key.exists());
+    let o = pds()
+        .arg("--home")
+        .arg(&home)
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("No snapshot yet"));
+    // A second init on the same home is refused and changes nothing.
+    let before = std::fs::read(home.join("config.toml")).unwrap();
+    let o = pds()
+        .arg("--home")
+        .arg(&home)
+        .arg("init")
+        .arg("--master-key-file")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("refusing to overwrite"));
+    assert_eq!(std::fs::read(home.join("config.toml")).unwrap(), before);
+    // Without a master key source, init explains what to do.
+    let o = pds()
+        .arg("--home")
+        .arg(dir.path().join("h2"))
+        .arg("init")
+        .env_remove("PDS_MASTER_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--master-key-file"));
+    assert!(!dir.path().join("h2").exists());
+    // PDS_HOME selects the home too.
+    let o = pds()
+        .env("PDS_HOME", &home)
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let o = pds()
+        .env("PDS_HOME", dir.path().join("nope"))
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a PDS home"));
+}

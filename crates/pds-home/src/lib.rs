@@ -1,0 +1,510 @@
+//! The PDS data home: one directory that holds a platform's configuration,
+//! key store, catalogue (SQLite by default) and local object store.
+//!
+//! ```text
+//! pds-home/
+//!   config.toml      documented configuration, every option with its default
+//!   keys/            key store (master key never stored here)
+//!   catalogue.db     SQLite catalogue (unless catalogue.url points elsewhere)
+//!   objects/         local object store (unless storage.url points elsewhere)
+//! ```
+//!
+//! Relative paths in `config.toml` are relative to the home, so a home can be
+//! moved as a whole.
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use pds_catalog::Catalog;
+use pds_keys::{KeyStore, MasterSource};
+use serde::{Deserialize, Serialize};
+
+/// Name of the configuration file.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// Errors about the home.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    /// `pds init` on a directory that already holds something.
+    #[error(
+        "{0} already exists and is not empty; refusing to overwrite it (choose another --home)"
+    )]
+    Exists(PathBuf),
+    /// Opening a directory that is not a home.
+    #[error("{0} is not a PDS home (no config.toml): create one with `pds init --home {0}`")]
+    NotAHome(PathBuf),
+    /// The configuration does not parse or has a bad value.
+    #[error("{path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column when known.
+        reason: String,
+    },
+    /// Key store error.
+    #[error(transparent)]
+    Keys(#[from] pds_keys::KeyError),
+    /// Catalogue error.
+    #[error(transparent)]
+    Catalog(#[from] pds_catalog::CatalogError),
+    /// File system error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// `[catalogue]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueConfig {
+    /// `sqlite://catalogue.db` (relative to the home) or `postgres://...`.
+    #[serde(default = "default_catalogue_url")]
+    pub url: String,
+}
+
+/// `[storage]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `file://objects` (relative to the home) or `s3://bucket/prefix`.
+    #[serde(default = "default_storage_url")]
+    pub url: String,
+    /// S3 endpoint for S3-compatible stores (Garage, MinIO, Ceph...).
+    #[serde(default)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    #[serde(default)]
+    pub s3_region: Option<String>,
+}
+
+/// How the master key is given at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MasterKind {
+    /// A key file (64 hex characters), path in `master_key_file`.
+    KeyFile,
+    /// A passphrase from the `PDS_MASTER_PASSPHRASE` environment variable.
+    Passphrase,
+}
+
+/// `[keys]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Key store directory.
+    #[serde(default = "default_keys_dir")]
+    pub dir: String,
+    /// How the master key is given.
+    pub master: MasterKind,
+    /// Master key file, when `master = "key-file"`. Keep it off the data disk.
+    #[serde(default)]
+    pub master_key_file: Option<String>,
+}
+
+/// `[load]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadConfig {
+    /// Abort a load after this many rejected values.
+    #[serde(default = "default_max_errors")]
+    pub max_errors: u64,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        LoadConfig {
+            max_errors: default_max_errors(),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Catalogue.
+    pub catalogue: CatalogueConfig,
+    /// Object storage.
+    pub storage: StorageConfig,
+    /// Keys.
+    pub keys: KeysConfig,
+    /// Loading.
+    #[serde(default)]
+    pub load: LoadConfig,
+}
+
+fn default_catalogue_url() -> String {
+    "sqlite://catalogue.db".into()
+}
+fn default_storage_url() -> String {
+    "file://objects".into()
+}
+fn default_keys_dir() -> String {
+    "keys".into()
+}
+fn default_max_errors() -> u64 {
+    100
+}
+
+/// How `pds init` protects the master key.
+#[derive(Debug, Clone)]
+pub enum InitMaster {
+    /// Use (or create, mode 0600) this key file.
+    KeyFile(PathBuf),
+    /// Use this passphrase (given later through `PDS_MASTER_PASSPHRASE`).
+    Passphrase(String),
+}
+
+fn render(c: &Config) -> String {
+    let key_file = match &c.keys.master_key_file {
+        Some(p) => format!("master_key_file = {}\n", toml_str(p)),
+        None => "# master_key_file = \"/secure/place/pds-master.key\"\n".into(),
+    };
+    format!(
+        r#"# PDS configuration. Every option is listed with its default value.
+# Relative paths are relative to this home directory.
+
+[catalogue]
+# Where the catalogue (datasets, snapshots, tables, columns, files) lives:
+#   sqlite://catalogue.db               embedded SQLite file (default)
+#   postgres://user@host:5432/database  PostgreSQL, for shared or clustered use
+url = {catalogue}
+
+[storage]
+# Where data files (encrypted Parquet) are written:
+#   file://objects          a local folder (default)
+#   s3://bucket/prefix      an S3-compatible store (Garage, MinIO, Ceph, SecNumCloud providers)
+url = {storage}
+# s3_endpoint = "https://s3.example.org"   # for S3-compatible stores (default: none, AWS rules)
+# s3_region = "fr-par"                     # (default: none)
+
+[keys]
+# Key store directory (wrapped platform key and check value; never the master key).
+dir = {dir}
+# How the master key is given when PDS starts:
+#   "key-file"    a file of 64 hexadecimal characters (master_key_file below)
+#   "passphrase"  the PDS_MASTER_PASSPHRASE environment variable (Argon2id)
+master = {master}
+{key_file}
+[load]
+# A load stops after this many rejected values (every one is reported).
+max_errors = {max_errors}
+"#,
+        catalogue = toml_str(&c.catalogue.url),
+        storage = toml_str(&c.storage.url),
+        dir = toml_str(&c.keys.dir),
+        master = toml_str(match c.keys.master {
+            MasterKind::KeyFile => "key-file",
+            MasterKind::Passphrase => "passphrase",
+        }),
+        max_errors = c.load.max_errors,
+    )
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> HomeError + '_ {
+    move |source| HomeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// An opened home.
+#[derive(Debug, Clone)]
+pub struct Home {
+    /// The directory.
+    pub root: PathBuf,
+    /// Its configuration.
+    pub config: Config,
+}
+
+impl Home {
+    /// Creates a home: configuration, key store, catalogue and object folder.
+    ///
+    /// Refuses a directory that exists and is not empty. On failure, what was
+    /// created is removed.
+    pub async fn init(root: &Path, master: &InitMaster) -> Result<Home, HomeError> {
+        if root.exists() {
+            let mut entries = fs::read_dir(root).map_err(io(root))?;
+            if entries.next().is_some() {
+                return Err(HomeError::Exists(root.to_path_buf()));
+            }
+        }
+        let created_root = !root.exists();
+        let result = Self::init_inner(root, master).await;
+        if result.is_err() {
+            // Leave nothing half-made behind.
+            if created_root {
+                let _ = fs::remove_dir_all(root);
+            } else if let Ok(entries) = fs::read_dir(root) {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    let _ = if p.is_dir() {
+                        fs::remove_dir_all(&p)
+                    } else {
+                        fs::remove_file(&p)
+                    };
+                }
+            }
+        }
+        result
+    }
+
+    async fn init_inner(root: &Path, master: &InitMaster) -> Result<Home, HomeError> {
+        fs::create_dir_all(root).map_err(io(root))?;
+        let (kind, key_file, source) = match master {
+            InitMaster::KeyFile(p) => {
+                let abs = if p.is_absolute() {
+                    p.clone()
+                } else {
+                    std::env::current_dir().map_err(io(p))?.join(p)
+                };
+                if !abs.exists() {
+                    MasterSource::create_key_file(&abs)?;
+                }
+                (
+                    MasterKind::KeyFile,
+                    Some(abs.display().to_string()),
+                    MasterSource::KeyFile(abs),
+                )
+            }
+            InitMaster::Passphrase(p) => (
+                MasterKind::Passphrase,
+                None,
+                MasterSource::Passphrase(p.clone()),
+            ),
+        };
+        let config = Config {
+            catalogue: CatalogueConfig {
+                url: default_catalogue_url(),
+            },
+            storage: StorageConfig {
+                url: default_storage_url(),
+                s3_endpoint: None,
+                s3_region: None,
+            },
+            keys: KeysConfig {
+                dir: default_keys_dir(),
+                master: kind,
+                master_key_file: key_file,
+            },
+            load: LoadConfig::default(),
+        };
+        let home = Home {
+            root: root.to_path_buf(),
+            config,
+        };
+        KeyStore::create(&home.keys_dir(), &source)?;
+        let objects = home
+            .local_storage_dir()
+            .unwrap_or_else(|| root.join("objects"));
+        fs::create_dir_all(&objects).map_err(io(&objects))?;
+        let cat = Catalog::connect(&home.catalogue_url()).await?;
+        cat.ensure_dataset("snds", "Système national des données de santé (SNDS)")
+            .await?;
+        cat.close().await;
+        let cfg_path = root.join(CONFIG_FILE);
+        fs::write(&cfg_path, render(&home.config)).map_err(io(&cfg_path))?;
+        Ok(home)
+    }
+
+    /// Opens an existing home and checks its configuration.
+    pub fn open(root: &Path) -> Result<Home, HomeError> {
+        let path = root.join(CONFIG_FILE);
+        if !path.exists() {
+            return Err(HomeError::NotAHome(root.to_path_buf()));
+        }
+        let text = fs::read_to_string(&path).map_err(io(&path))?;
+        let config: Config = toml::from_str(&text).map_err(|e| HomeError::Config {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if config.keys.master == MasterKind::KeyFile && config.keys.master_key_file.is_none() {
+            return Err(HomeError::Config {
+                path,
+                reason: "keys.master = \"key-file\" needs keys.master_key_file".into(),
+            });
+        }
+        let u = &config.catalogue.url;
+        if !(u.starts_with("sqlite://")
+            || u.starts_with("postgres://")
+            || u.starts_with("postgresql://"))
+        {
+            return Err(HomeError::Config {
+                path,
+                reason: format!("catalogue.url `{u}` must start with sqlite:// or postgres://"),
+            });
+        }
+        let s = &config.storage.url;
+        if !(s.starts_with("file://") || s.starts_with("s3://")) {
+            return Err(HomeError::Config {
+                path,
+                reason: format!("storage.url `{s}` must start with file:// or s3://"),
+            });
+        }
+        Ok(Home {
+            root: root.to_path_buf(),
+            config,
+        })
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.root.join(p)
+        }
+    }
+
+    /// The key store directory.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.resolve(&self.config.keys.dir)
+    }
+
+    /// The catalogue URL with relative SQLite paths resolved.
+    pub fn catalogue_url(&self) -> String {
+        match self.config.catalogue.url.strip_prefix("sqlite://") {
+            Some(p) => format!("sqlite://{}", self.resolve(p).display()),
+            None => self.config.catalogue.url.clone(),
+        }
+    }
+
+    /// The local object store folder, when storage is local.
+    pub fn local_storage_dir(&self) -> Option<PathBuf> {
+        self.config
+            .storage
+            .url
+            .strip_prefix("file://")
+            .map(|p| self.resolve(p))
+    }
+
+    /// The master key source described by the configuration.
+    ///
+    /// A passphrase is read from `PDS_MASTER_PASSPHRASE`.
+    pub fn master_source(&self) -> Result<MasterSource, HomeError> {
+        match self.config.keys.master {
+            MasterKind::KeyFile => {
+                let p = self
+                    .config
+                    .keys
+                    .master_key_file
+                    .as_deref()
+                    .unwrap_or_default();
+                Ok(MasterSource::KeyFile(self.resolve(p)))
+            }
+            MasterKind::Passphrase => std::env::var("PDS_MASTER_PASSPHRASE")
+                .map(MasterSource::Passphrase)
+                .map_err(|_| HomeError::Config {
+                    path: self.root.join(CONFIG_FILE),
+                    reason: "keys.master = \"passphrase\": set PDS_MASTER_PASSPHRASE".into(),
+                }),
+        }
+    }
+
+    /// Opens the key store.
+    pub fn keys(&self) -> Result<KeyStore, HomeError> {
+        Ok(KeyStore::open(&self.keys_dir(), &self.master_source()?)?)
+    }
+
+    /// Connects to the catalogue.
+    pub async fn catalog(&self) -> Result<Catalog, HomeError> {
+        Ok(Catalog::connect(&self.catalogue_url()).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn init_creates_a_complete_home_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("home");
+        let key = dir.path().join("master.key");
+        let home = Home::init(&root, &InitMaster::KeyFile(key.clone()))
+            .await
+            .unwrap();
+        assert!(key.exists(), "key file created outside the home");
+        assert!(
+            root.join(CONFIG_FILE).exists()
+                && root.join("keys").join(pds_keys::KEYSTORE_FILE).exists()
+        );
+        assert!(root.join("catalogue.db").exists() && root.join("objects").is_dir());
+        let opened = Home::open(&root).unwrap();
+        assert_eq!(
+            opened.config, home.config,
+            "the written config parses back to the same values"
+        );
+        let ks = opened.keys().unwrap();
+        assert!(!ks.uses_passphrase());
+        let cat = opened.catalog().await.unwrap();
+        assert!(cat.snapshots().await.unwrap().is_empty());
+        cat.close().await;
+        // Every option is documented with its default.
+        let text = fs::read_to_string(root.join(CONFIG_FILE)).unwrap();
+        for opt in [
+            "url = \"sqlite://catalogue.db\"",
+            "url = \"file://objects\"",
+            "max_errors = 100",
+            "s3_endpoint",
+            "master = \"key-file\"",
+        ] {
+            assert!(text.contains(opt), "config lacks {opt}");
+        }
+        let e = Home::init(&root, &InitMaster::KeyFile(key))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HomeError::Exists(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn failed_init_leaves_nothing_and_bad_config_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("home");
+        let e = Home::init(&root, &InitMaster::Passphrase("short".into()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("12 characters"), "{e}");
+        assert!(!root.exists(), "a failed init leaves no directory");
+
+        let e = Home::open(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("pds init"), "{e}");
+        let home = dir.path().join("h2");
+        Home::init(
+            &home,
+            &InitMaster::Passphrase("a long enough passphrase".into()),
+        )
+        .await
+        .unwrap();
+        let cfg = home.join(CONFIG_FILE);
+        let text = fs::read_to_string(&cfg).unwrap();
+        fs::write(
+            &cfg,
+            text.replace("max_errors = 100", "max_errors = \"many\""),
+        )
+        .unwrap();
+        let e = Home::open(&home).unwrap_err().to_string();
+        assert!(e.contains("config.toml") && e.contains("max_errors"), "{e}");
+        fs::write(&cfg, text.replace("sqlite://catalogue.db", "mysql://x")).unwrap();
+        assert!(
+            Home::open(&home)
+                .unwrap_err()
+                .to_string()
+                .contains("catalogue.url")
+        );
+        fs::write(&cfg, text.replace("[load]", "[load]\ntypo = 1")).unwrap();
+        assert!(
+            Home::open(&home).unwrap_err().to_string().contains("typo"),
+            "unknown options are refused"
+        );
+    }
+}
