@@ -31,6 +31,32 @@ enum Command {
     Init(InitArgs),
     /// List the committed snapshots of the catalogue.
     Snapshots,
+    /// Load a CNAM delivery (directory of `;` CSV files) as a new snapshot.
+    Load(LoadArgs),
+    /// List the tables of a snapshot (default: the latest) with rows and columns.
+    Tables(TablesArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct LoadArgs {
+    /// The delivery directory.
+    dir: PathBuf,
+    /// Stop after this many problems (default: `load.max_errors` of config.toml, 100).
+    #[arg(long)]
+    max_errors: Option<usize>,
+    /// A note recorded with the snapshot.
+    #[arg(long, default_value = "")]
+    note: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct TablesArgs {
+    /// Snapshot id (default: the latest).
+    #[arg(long)]
+    snapshot: Option<i64>,
+    /// Also list every column with its SNDS description.
+    #[arg(long)]
+    columns: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -98,6 +124,8 @@ fn main() {
         Command::Synth(a) => synth(a),
         Command::Init(a) => runtime().and_then(|rt| rt.block_on(init(&cli.home, a))),
         Command::Snapshots => runtime().and_then(|rt| rt.block_on(snapshots(&cli.home))),
+        Command::Load(a) => runtime().and_then(|rt| rt.block_on(load(&cli.home, a))),
+        Command::Tables(a) => runtime().and_then(|rt| rt.block_on(tables(&cli.home, a))),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -165,6 +193,104 @@ async fn snapshots(home: &std::path::Path) -> Result<()> {
                 s.rows,
                 s.bytes as f64 / 1e6
             );
+        }
+    }
+    cat.close().await;
+    Ok(())
+}
+
+async fn load(home: &std::path::Path, a: LoadArgs) -> Result<()> {
+    let h = pds_home::Home::open(home)?;
+    let opts = pds_load::LoadOptions {
+        max_errors: a
+            .max_errors
+            .unwrap_or(h.config.load.max_errors as usize)
+            .max(1),
+        created_by: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+        note: a.note,
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let result = pds_load::load(&h, &a.dir, &opts, &progress).await;
+    bar.finish_and_clear();
+    match result {
+        Ok(r) => {
+            println!(
+                "Snapshot {} committed: {} rows from {:.1} MB of CSV in {:.1} s ({:.0} rows/s), 0 rejected lines",
+                r.snapshot,
+                r.rows,
+                r.source_bytes as f64 / 1e6,
+                r.seconds,
+                r.rows as f64 / r.seconds.max(1e-9)
+            );
+            println!("{:<12} {:>12} {:>10} {:>6}", "table", "rows", "MB", "files");
+            for (t, rows, bytes, files) in &r.tables {
+                println!(
+                    "{t:<12} {rows:>12} {:>10.1} {files:>6}",
+                    *bytes as f64 / 1e6
+                );
+            }
+            Ok(())
+        }
+        Err(pds_load::LoadError::Invalid { problems, aborted }) => {
+            for (file, p) in &problems {
+                eprintln!(
+                    "{file}:{}: column {}: value `{}`: {}; fix the delivery (or the extraction) and load again",
+                    p.line, p.column, p.value, p.rule
+                );
+            }
+            bail!(
+                "{} problem(s){}; nothing was loaded, the catalogue and storage are unchanged",
+                problems.len(),
+                if aborted {
+                    " (stopped at --max-errors)"
+                } else {
+                    ""
+                }
+            )
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "loading {} failed; nothing was loaded",
+            a.dir.display()
+        ))),
+    }
+}
+
+async fn tables(home: &std::path::Path, a: TablesArgs) -> Result<()> {
+    let h = pds_home::Home::open(home)?;
+    let cat = h.catalog().await?;
+    let snap = match a.snapshot {
+        Some(id) => cat.snapshot(id).await?,
+        None => cat.latest("snds").await?,
+    };
+    println!(
+        "Snapshot {} ({}, by {})",
+        snap.id, snap.created_at, snap.created_by
+    );
+    println!(
+        "{:<12} {:>12} {:>10} {:>6}  title",
+        "table", "rows", "MB", "files"
+    );
+    for t in cat.tables(snap.id).await? {
+        println!(
+            "{:<12} {:>12} {:>10.1} {:>6}  {}",
+            t.name,
+            t.rows,
+            t.bytes as f64 / 1e6,
+            t.files.len(),
+            t.title
+        );
+        if a.columns {
+            for c in &t.columns {
+                println!("    {:<14} {:<22} {}", c.name, c.data_type, c.description);
+            }
         }
     }
     cat.close().await;

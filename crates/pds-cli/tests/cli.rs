@@ -161,3 +161,88 @@ fn init_creates_a_home_once_and_snapshots_lists_it_empty() {
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a PDS home"));
 }
+
+#[test]
+fn load_then_tables_and_a_bad_delivery_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let data = dir.path().join("delivery");
+    let o = pds()
+        .args(["synth", "-n", "80", "--years", "2022", "-q", "--out"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    for n in [
+        "IR_PHA_R",
+        "IR_CIM_V",
+        "IR_CCAM_V63",
+        "IR_NAT_V",
+        "IR_SPE_V",
+        "IR_DPT_V",
+        "IR_BIO_R",
+    ] {
+        std::fs::remove_file(data.join(format!("{n}.csv"))).unwrap();
+    }
+    let o = pds()
+        .arg("--home")
+        .arg(&home)
+        .arg("init")
+        .arg("--master-key-file")
+        .arg(dir.path().join("k"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let o = pds()
+        .arg("--home")
+        .arg(&home)
+        .arg("load")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("Snapshot 1 committed") && out.contains("ER_PRS_F"),
+        "{out}"
+    );
+    let o = pds()
+        .arg("--home")
+        .arg(&home)
+        .args(["tables", "--columns"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("T_MCO22B") && out.contains("Nature de la prestation"),
+        "{out}"
+    );
+    // Corrupt one value: precise message, exit 1, still one snapshot.
+    let p = data.join("IR_BEN_R.csv");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let bad = lines[1].replacen(";1;", ";X;", 1);
+    lines[1] = &bad;
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    let o = pds()
+        .arg("--home")
+        .arg(&home)
+        .arg("load")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("IR_BEN_R.csv:2: column") && err.contains("nothing was loaded"),
+        "{err}"
+    );
+    let o = pds()
+        .arg("--home")
+        .arg(&home)
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.lines().count(), 2, "header + one snapshot: {out}");
+}

@@ -213,3 +213,211 @@ mod tests {
         );
     }
 }
+
+/// One problem found in an extraction file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line number (header = 1).
+    pub line: usize,
+    /// Column name.
+    pub column: String,
+    /// The offending value.
+    pub value: String,
+    /// The rule it breaks.
+    pub rule: String,
+}
+
+fn check_value(col: &Column, field: &str) -> Result<(), String> {
+    if field.is_empty() {
+        return Ok(());
+    }
+    let ok = match col.ty {
+        ColumnType::String | ColumnType::Boolean => {
+            match col.length.as_deref().and_then(|l| l.parse::<usize>().ok()) {
+                Some(max) if field.chars().count() > max => {
+                    return Err(format!("text longer than {max} characters"));
+                }
+                _ => true,
+            }
+        }
+        ColumnType::Integer => field.parse::<i64>().is_ok(),
+        ColumnType::Number => field.parse::<f64>().is_ok_and(f64::is_finite),
+        ColumnType::Date => dialect::parse_date(field).is_some(),
+        ColumnType::CompactDate => dialect::parse_compact_date(field).is_some(),
+        ColumnType::SasDateTime => dialect::parse_sas_datetime(field).is_some(),
+        ColumnType::Year => field.len() == 4 && field.parse::<i32>().is_ok(),
+        ColumnType::YearMonth => {
+            field.len() == 6
+                && field.parse::<i32>().is_ok()
+                && field[4..]
+                    .parse::<u32>()
+                    .is_ok_and(|m| (1..=12).contains(&m))
+        }
+        ColumnType::Month => field.parse::<u32>().is_ok_and(|m| (1..=12).contains(&m)),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("not a valid {}", expected_words(col.ty)))
+    }
+}
+
+fn expected_words(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::String | ColumnType::Boolean => "text",
+        ColumnType::Integer => "integer",
+        ColumnType::Number => "decimal number (dot as separator)",
+        ColumnType::Date => "date dd/MM/yyyy (01/01/1600 when missing)",
+        ColumnType::CompactDate => "date ddmmyyyy",
+        ColumnType::SasDateTime => "SAS datetime ddMMMyyyy:HH:mm:ss",
+        ColumnType::Year => "year yyyy",
+        ColumnType::YearMonth => "year-month yyyyMM",
+        ColumnType::Month => "month MM",
+    }
+}
+
+/// Like [`csv_to_batch`], but checks every value (type, length, required
+/// columns) and, instead of stopping at the first problem, rejects the bad
+/// lines and reports each problem. At most `max_problems` are reported.
+pub fn csv_to_batch_checked(
+    columns: &[&Column],
+    required: &[usize],
+    text: &[u8],
+    first_line: usize,
+    problems: &mut Vec<Problem>,
+    max_problems: usize,
+) -> Result<(RecordBatch, u64), SndsError> {
+    let mut good: Vec<u8> = Vec::with_capacity(text.len());
+    let mut rejected = 0u64;
+    let mut rdr = csv::ReaderBuilder::new()
+        .delimiter(b';')
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text);
+    let mut rec = csv::ByteRecord::new();
+    let mut line = first_line;
+    let mut w = csv::WriterBuilder::new()
+        .delimiter(b';')
+        .from_writer(&mut good);
+    loop {
+        match rdr.read_byte_record(&mut rec) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => return Err(SndsError::Csv(format!("line {line}: {e}"))),
+        }
+        let mut bad = false;
+        let mut push = |p: Problem, problems: &mut Vec<Problem>| {
+            bad = true;
+            if problems.len() < max_problems {
+                problems.push(p);
+            }
+        };
+        if rec.len() != columns.len() {
+            push(
+                Problem {
+                    line,
+                    column: "(line)".into(),
+                    value: format!("{} fields", rec.len()),
+                    rule: format!("every line has the header's {} fields", columns.len()),
+                },
+                problems,
+            );
+        } else {
+            for (i, (raw, col)) in rec.iter().zip(columns).enumerate() {
+                let Ok(field) = std::str::from_utf8(raw) else {
+                    push(
+                        Problem {
+                            line,
+                            column: col.name.clone(),
+                            value: String::from_utf8_lossy(raw).into_owned(),
+                            rule: "text must be UTF-8".into(),
+                        },
+                        problems,
+                    );
+                    continue;
+                };
+                if field.is_empty() && required.contains(&i) {
+                    push(
+                        Problem {
+                            line,
+                            column: col.name.clone(),
+                            value: String::new(),
+                            rule: "required key column is empty".into(),
+                        },
+                        problems,
+                    );
+                } else if let Err(rule) = check_value(col, field) {
+                    push(
+                        Problem {
+                            line,
+                            column: col.name.clone(),
+                            value: field.to_string(),
+                            rule,
+                        },
+                        problems,
+                    );
+                }
+            }
+        }
+        if bad {
+            rejected += 1;
+        } else {
+            w.write_byte_record(&rec)
+                .map_err(|e| SndsError::Csv(e.to_string()))?;
+        }
+        line += 1;
+    }
+    w.flush().map_err(|e| SndsError::Csv(e.to_string()))?;
+    drop(w);
+    Ok((csv_to_batch(columns, &good, first_line)?, rejected))
+}
+
+#[cfg(test)]
+mod checked_tests {
+    use super::*;
+
+    #[test]
+    fn bad_lines_are_rejected_and_every_problem_reported() {
+        let (t, _) = crate::schema::table("IR_IMB_R").unwrap();
+        let cols = t.columns_for_year(2021);
+        let pos = |n: &str| cols.iter().position(|c| c.name == n).unwrap();
+        let mk = |dtd: &str, psa: &str| {
+            let mut l = vec![""; cols.len()];
+            l[pos("IMB_ALD_DTD")] = dtd;
+            l[pos("BEN_NIR_PSA")] = psa;
+            l.join(";")
+        };
+        let text = format!(
+            "{}\n{}\n{}\n",
+            mk("01/02/2020", "A"),
+            mk("2020-02-01", "B"),
+            mk("01/02/2020", "")
+        );
+        let mut problems = Vec::new();
+        let (batch, rejected) = csv_to_batch_checked(
+            &cols,
+            &[pos("BEN_NIR_PSA")],
+            text.as_bytes(),
+            2,
+            &mut problems,
+            10,
+        )
+        .unwrap();
+        assert_eq!((batch.num_rows(), rejected), (1, 2));
+        assert_eq!(problems.len(), 2);
+        assert_eq!(
+            (
+                problems[0].line,
+                problems[0].column.as_str(),
+                problems[0].value.as_str()
+            ),
+            (3, "IMB_ALD_DTD", "2020-02-01")
+        );
+        assert!(problems[0].rule.contains("dd/MM/yyyy"));
+        assert_eq!(
+            (problems[1].line, problems[1].column.as_str()),
+            (4, "BEN_NIR_PSA")
+        );
+        assert!(problems[1].rule.contains("required"));
+    }
+}

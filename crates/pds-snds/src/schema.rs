@@ -142,6 +142,19 @@ impl TableSchema {
         concrete_name(self.name, year)
     }
 
+    /// Columns that must never be empty: the primary key, or for tables
+    /// without one the identifiers listed in [`REQUIRED_WITHOUT_KEY`].
+    pub fn required_columns(&self) -> Vec<&str> {
+        if !self.primary_key.is_empty() {
+            return self.primary_key.iter().map(String::as_str).collect();
+        }
+        REQUIRED_WITHOUT_KEY
+            .iter()
+            .find(|r| r.0 == self.name)
+            .map(|r| r.1.to_vec())
+            .unwrap_or_default()
+    }
+
     /// Index of a column in [`Self::columns_for_year`].
     pub fn position(&self, year: u16, column: &str) -> Option<usize> {
         self.columns_for_year(year)
@@ -230,7 +243,11 @@ fn parse(t: &TableTemplate) -> Result<TableSchema, SndsError> {
             .iter()
             .find(|o| o.0 == f.name)
             .map_or(ty, |o| o.1);
-        let length = match f.length {
+        let f_length = match LENGTH_OVERRIDES.iter().find(|o| o.0 == f.name) {
+            Some(o) => Some(serde_json::Value::String(o.1.to_string())),
+            None => f.length,
+        };
+        let length = match f_length {
             Some(serde_json::Value::String(s)) if !s.is_empty() && s != "None" => Some(s),
             Some(serde_json::Value::Number(n)) => Some(n.to_string()),
             _ => None,
@@ -268,6 +285,23 @@ pub const TYPE_OVERRIDES: &[(&str, ColumnType, &str)] = &[(
     ColumnType::String,
     "FINESS numbers are 9-character codes: Corsican ones start with 2A/2B and others with 0 (Ain: 01...), which an integer would lose",
 )];
+
+/// Declared lengths that real extractions exceed, with the length PDS checks.
+pub const LENGTH_OVERRIDES: &[(&str, &str, &str)] = &[(
+    "BEN_IDT_ANO",
+    "18",
+    "BEN_IDT_ANO is BEN_NIR_PSA (17) followed by BEN_RNG_GEM when the NIR is unknown: 18 characters (KI_CCI_R declares 18)",
+)];
+
+/// Identifier columns that must never be empty, for tables whose schema
+/// declares no primary key (a row without them cannot be linked).
+pub const REQUIRED_WITHOUT_KEY: &[(&str, &[&str])] = &[
+    ("IR_IMB_R", &["BEN_NIR_PSA", "BEN_RNG_GEM"]),
+    ("T_MCOaaD", &["ETA_NUM", "RSA_NUM"]),
+    ("T_MCOaaA", &["ETA_NUM", "RSA_NUM"]),
+    ("KI_CCI_R", &["DCD_IDT_ENC", "BEN_IDT_ANO"]),
+    ("KI_ECD_R", &["DCD_IDT_ENC", "BEN_IDT_ANO"]),
+];
 
 static PARSED: OnceLock<Result<Vec<TableSchema>, String>> = OnceLock::new();
 

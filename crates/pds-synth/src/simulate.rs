@@ -1503,7 +1503,7 @@ impl<'a> Chunk<'a> {
                 .int(b.RSA_NUM, rsa)
                 .str(b.DGN_PAL, dp)
                 .str(b.GRG_GHM, &ghm)
-                .str(b.GRG_RET, if error { "01" } else { "000" })
+                .str(b.GRG_RET, if error { "1" } else { "0" })
                 .int(b.GHS_NUM, ghs)
                 .int(b.AGE_ANN, age.floor().max(0.0) as i64)
                 .str(b.COD_SEX, if p.sex == 1 { "1" } else { "2" })

@@ -110,9 +110,19 @@ fn every_file_matches_its_snds_schema_and_types() {
             // Every value parses as its declared type (dates in the dialect).
             let text = std::fs::read(out().join(format!("{stem}.csv"))).unwrap();
             let body = &text[text.iter().position(|b| *b == b'\n').unwrap() + 1..];
-            let batch = pds_snds::arrow::csv_to_batch(&cols, body, 2)
-                .unwrap_or_else(|e| panic!("{stem}: {e}"));
-            assert_eq!(batch.num_rows(), f.rows.len());
+            // ... and passes the loader's checks (lengths, required keys).
+            let (schema, _) = pds_snds::schema::table(t.generic()).unwrap();
+            let required: Vec<usize> = schema
+                .required_columns()
+                .iter()
+                .filter_map(|k| cols.iter().position(|c| c.name == *k))
+                .collect();
+            let mut problems = Vec::new();
+            let (batch, rejected) =
+                pds_snds::arrow::csv_to_batch_checked(&cols, &required, body, 2, &mut problems, 20)
+                    .unwrap_or_else(|e| panic!("{stem}: {e}"));
+            assert!(problems.is_empty(), "{stem}: {problems:?}");
+            assert_eq!((batch.num_rows(), rejected), (f.rows.len(), 0));
         }
     }
     // PMSI variants follow the year: a column deleted in 2010 is absent.

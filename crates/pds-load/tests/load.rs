@@ -1,0 +1,328 @@
+//! Loading a synthetic delivery end to end: recognition, validation,
+//! pseudonymisation, encryption bound to the object path, atomic snapshots.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use arrow_array::{Array, RecordBatch, StringArray};
+use pds_home::{Home, InitMaster};
+use pds_load::{LoadError, LoadOptions, load, read_file};
+
+fn synth(dir: &Path, n: u64, seed: u64) {
+    let cfg = pds_synth::Config {
+        beneficiaries: n,
+        first_year: 2021,
+        last_year: 2021,
+        seed,
+        out: dir.to_path_buf(),
+        format: pds_synth::Format::Csv,
+        threads: Some(2),
+    };
+    pds_synth::generate(&cfg, &|_| {}).unwrap();
+}
+
+async fn home(dir: &Path) -> Home {
+    Home::init(
+        &dir.join("home"),
+        &InitMaster::KeyFile(dir.join("master.key")),
+    )
+    .await
+    .unwrap()
+}
+
+fn opts() -> LoadOptions {
+    LoadOptions {
+        max_errors: 100,
+        created_by: "steward".into(),
+        note: String::new(),
+    }
+}
+
+fn strings(batches: &[RecordBatch], col: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        let a = b
+            .column(b.schema().index_of(col).unwrap())
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .clone();
+        out.extend(
+            (0..a.len())
+                .filter(|i| a.is_valid(*i))
+                .map(|i| a.value(i).to_string()),
+        );
+    }
+    out
+}
+
+fn csv_column(path: &Path, col: &str) -> Vec<String> {
+    let mut r = csv::ReaderBuilder::new()
+        .delimiter(b';')
+        .from_path(path)
+        .unwrap();
+    let i = r.headers().unwrap().iter().position(|h| h == col).unwrap();
+    r.records().map(|x| x.unwrap()[i].to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_delivery_becomes_an_encrypted_pseudonymised_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let delivery = dir.path().join("delivery");
+    synth(&delivery, 400, 3);
+    // Referentials are not part of this loader's scope yet.
+    for e in std::fs::read_dir(&delivery).unwrap() {
+        let p = e.unwrap().path();
+        let n = p.file_name().unwrap().to_string_lossy().into_owned();
+        if n.starts_with("IR_") && !n.starts_with("IR_BEN_R") && !n.starts_with("IR_IMB_R") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let h = home(dir.path()).await;
+    let report = load(&h, &delivery, &opts(), &|_, _| {}).await.unwrap();
+    assert_eq!(report.snapshot, 1);
+    let cat = h.catalog().await.unwrap();
+    let tables = cat.tables(1).await.unwrap();
+    let names: HashSet<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    for t in [
+        "ER_PRS_F", "ER_PHA_F", "IR_BEN_R", "T_MCO21B", "T_MCO21C", "KI_CCI_R",
+    ] {
+        assert!(names.contains(t), "{t} missing: {names:?}");
+    }
+    // Row counts equal the CSV's.
+    let prs = tables.iter().find(|t| t.name == "ER_PRS_F").unwrap();
+    let csv_rows = csv_column(&delivery.join("ER_PRS_F_2021.csv"), "BEN_NIR_PSA").len() as i64;
+    assert_eq!(prs.rows, csv_rows);
+    assert_eq!(prs.files.iter().map(|f| f.rows).sum::<i64>(), csv_rows);
+    // DCIR partitioned by flow month.
+    assert!(
+        prs.files.len() > 3 && prs.files.iter().all(|f| f.path.contains("/flx_month=2")),
+        "{:?}",
+        prs.files
+    );
+    assert_eq!(prs.columns.len(), 123);
+    assert!(
+        prs.columns
+            .iter()
+            .any(|c| c.name == "PRS_NAT_REF" && c.nomenclature == "IR_NAT_V")
+    );
+
+    let snap = cat.snapshot(1).await.unwrap();
+    let wrapped: pds_keys::WrappedKey = serde_json::from_str(&snap.wrapped_key).unwrap();
+    let keys = h.keys().unwrap();
+    let key = keys.unwrap_data_key(&wrapped, "pds/snapshot/1").unwrap();
+    let objects = h.local_storage_dir().unwrap();
+
+    // Encrypted: no clear identifier, no readable footer without the key.
+    let ben_file = &tables.iter().find(|t| t.name == "IR_BEN_R").unwrap().files[0];
+    let raw = std::fs::read(objects.join(&ben_file.path)).unwrap();
+    assert_eq!(&raw[raw.len() - 4..], b"PARE", "encrypted footer magic");
+    let clear_psa = csv_column(&delivery.join("IR_BEN_R.csv"), "BEN_NIR_PSA");
+    let needle = clear_psa[0].as_bytes();
+    assert!(
+        !raw.windows(needle.len()).any(|w| w == needle),
+        "clear identifier in the file"
+    );
+    let other = keys.new_data_key("pds/snapshot/1").unwrap().0;
+    assert!(
+        read_file(&objects, &ben_file.path, &other).is_err(),
+        "another key cannot read"
+    );
+    // Bound to its path: the same bytes under another name do not decrypt.
+    let moved = format!("{}.copy", ben_file.path);
+    std::fs::copy(objects.join(&ben_file.path), objects.join(&moved)).unwrap();
+    assert!(
+        read_file(&objects, &moved, &key).is_err(),
+        "a swapped file must not decrypt"
+    );
+
+    // Pseudonymised, with linkage kept across DCIR, PMSI and IR_BEN_R.
+    let ben = read_file(&objects, &ben_file.path, &key).unwrap();
+    let ben_psa: HashSet<String> = strings(&ben, "BEN_NIR_PSA").into_iter().collect();
+    assert_eq!(ben_psa.len(), clear_psa.len());
+    assert!(
+        ben_psa.iter().all(|p| p.len() == 32),
+        "pseudonyms are 128-bit hex"
+    );
+    assert!(
+        clear_psa.iter().all(|c| !ben_psa.contains(c)),
+        "no clear value survives"
+    );
+    let mut prs_psa = HashSet::new();
+    for f in &prs.files {
+        prs_psa.extend(strings(
+            &read_file(&objects, &f.path, &key).unwrap(),
+            "BEN_NIR_PSA",
+        ));
+    }
+    assert!(prs_psa.is_subset(&ben_psa), "DCIR ↔ IR_BEN_R linkage");
+    let c = tables.iter().find(|t| t.name == "T_MCO21C").unwrap();
+    let nir17 = strings(
+        &read_file(&objects, &c.files[0].path, &key).unwrap(),
+        "NIR_ANO_17",
+    );
+    let linked = nir17.iter().filter(|n| ben_psa.contains(*n)).count();
+    assert!(
+        linked as f64 > 0.95 * nir17.len() as f64,
+        "PMSI ↔ IR_BEN_R linkage: {linked}/{}",
+        nir17.len()
+    );
+    assert!(
+        nir17
+            .iter()
+            .all(|n| ben_psa.contains(n) || n == "xxxxxxxxxxxxxxxxx")
+    );
+
+    // Sources are recorded with their SHA-256.
+    let sources = cat.sources(1).await.unwrap();
+    assert!(
+        sources
+            .iter()
+            .all(|s| s.sha256.len() == 64 && s.rows_rejected == 0)
+    );
+
+    // A second load is a new snapshot; the first is untouched.
+    let before: Vec<_> = tables
+        .iter()
+        .flat_map(|t| t.files.iter().map(|f| (f.path.clone(), f.sha256.clone())))
+        .collect();
+    let r2 = load(&h, &delivery, &opts(), &|_, _| {}).await.unwrap();
+    assert_eq!(r2.snapshot, 2);
+    for (path, sha) in before {
+        let bytes = std::fs::read(objects.join(&path)).unwrap();
+        use sha2::Digest;
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            sha,
+            "{path} changed"
+        );
+    }
+    // Same platform key: the same person has the same pseudonym in both.
+    let t2 = cat.tables(2).await.unwrap();
+    let ben2 = &t2.iter().find(|t| t.name == "IR_BEN_R").unwrap().files[0];
+    let snap2 = cat.snapshot(2).await.unwrap();
+    let key2 = keys
+        .unwrap_data_key(
+            &serde_json::from_str(&snap2.wrapped_key).unwrap(),
+            "pds/snapshot/2",
+        )
+        .unwrap();
+    assert!(key2 != key, "a fresh data key per snapshot");
+    let psa2: HashSet<String> = strings(
+        &read_file(&objects, &ben2.path, &key2).unwrap(),
+        "BEN_NIR_PSA",
+    )
+    .into_iter()
+    .collect();
+    assert_eq!(psa2, ben_psa);
+}
+
+fn write(path: &PathBuf, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_reported_precisely_and_loads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let delivery = dir.path().join("delivery");
+    synth(&delivery, 60, 4);
+    for e in std::fs::read_dir(&delivery).unwrap() {
+        let p = e.unwrap().path();
+        let n = p.file_name().unwrap().to_string_lossy().into_owned();
+        if !(n.starts_with("IR_BEN_R") || n.starts_with("IR_IMB_R")) {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let h = home(dir.path()).await;
+    // Break a date on line 3 and empty a key on line 4 of IR_IMB_R.
+    let path = delivery.join("IR_IMB_R.csv");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let header: Vec<&str> = lines[0].split(';').collect();
+    let dtd = header.iter().position(|c| *c == "IMB_ALD_DTD").unwrap();
+    let psa = header.iter().position(|c| *c == "BEN_NIR_PSA").unwrap();
+    assert!(lines.len() > 4, "need a few ALD rows");
+    let mut f: Vec<String> = lines[2].split(';').map(String::from).collect();
+    f[dtd] = "2021-13-45".into();
+    lines[2] = f.join(";");
+    let mut f: Vec<String> = lines[3].split(';').map(String::from).collect();
+    f[psa] = String::new();
+    lines[3] = f.join(";");
+    write(&path, &(lines.join("\n") + "\n"));
+    let e = load(&h, &delivery, &opts(), &|_, _| {}).await.unwrap_err();
+    let LoadError::Invalid { problems, aborted } = &e else {
+        panic!("{e}")
+    };
+    assert!(!aborted);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(
+        (
+            problems[0].0.as_str(),
+            problems[0].1.line,
+            problems[0].1.column.as_str()
+        ),
+        ("IR_IMB_R.csv", 3, "IMB_ALD_DTD")
+    );
+    assert_eq!(problems[0].1.value, "2021-13-45");
+    assert_eq!(
+        (problems[1].1.line, problems[1].1.column.as_str()),
+        (4, "BEN_NIR_PSA")
+    );
+    // Nothing visible, nothing left in storage.
+    let cat = h.catalog().await.unwrap();
+    assert!(cat.snapshots().await.unwrap().is_empty());
+    let objects = h.local_storage_dir().unwrap();
+    let left: Vec<_> = std::fs::read_dir(&objects)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.iter().all(|n| n == "snapshots"), "leftovers: {left:?}");
+    assert!(!objects.join("snapshots/1").exists());
+    // --max-errors 1 stops at the first problem.
+    let e = load(
+        &h,
+        &delivery,
+        &LoadOptions {
+            max_errors: 1,
+            ..opts()
+        },
+        &|_, _| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e, LoadError::Invalid { aborted: true, ref problems } if problems.len() == 1),
+        "{e}"
+    );
+    // A wrong header names the column.
+    write(&path, &text.replacen("BEN_NIR_PSA", "BEN_NIR_XXX", 1));
+    let e = load(&h, &delivery, &opts(), &|_, _| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("IR_IMB_R.csv") && e.contains("column 1") && e.contains("BEN_NIR_XXX"),
+        "{e}"
+    );
+    // An unknown file is refused before anything is written.
+    write(&delivery.join("NOTES.csv"), "a;b\n");
+    std::fs::write(&path, &text).unwrap();
+    let e = load(&h, &delivery, &opts(), &|_, _| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("NOTES.csv") && e.contains("not an SNDS table"),
+        "{e}"
+    );
+    std::fs::remove_file(delivery.join("NOTES.csv")).unwrap();
+    // The repaired delivery loads as snapshot 1.
+    assert_eq!(
+        load(&h, &delivery, &opts(), &|_, _| {})
+            .await
+            .unwrap()
+            .snapshot,
+        1
+    );
+}
