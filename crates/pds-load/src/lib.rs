@@ -120,12 +120,18 @@ pub struct LoadReport {
 pub struct Recognised {
     /// Path.
     pub path: PathBuf,
-    /// Catalogue table name (`ER_PRS_F`, `T_MCO21B`, `IR_BEN_R`).
+    /// Catalogue table name (`ER_PRS_F`, `T_MCO21B`, `IR_BEN_R`, `IR_PHA_R`).
     pub table: String,
-    /// Generic schema name.
-    pub generic: &'static str,
-    /// Year variant used for the columns.
+    /// Product family; `None` for a referential (nomenclature).
+    pub family: Option<Family>,
+    /// Year variant used for the columns (PMSI partitions).
     pub year: u16,
+    /// Title.
+    pub title: String,
+    /// Columns in file order.
+    pub columns: Vec<pds_snds::Column>,
+    /// Columns that must not be empty.
+    pub required: Vec<String>,
 }
 
 /// Recognises a file's table from its name (`ER_PRS_F_2021.csv`,
@@ -148,16 +154,55 @@ pub fn recognise(path: &Path) -> Result<Recognised, LoadError> {
         }
         _ => (stem.to_string(), None),
     };
-    let (t, pmsi_year) = schema::table(&name).map_err(|_| {
-        bad(format!(
-            "`{name}` is not an SNDS table PDS loads; expected names like ER_PRS_F_2021.csv, T_MCO21B.csv, IR_BEN_R.csv, KI_CCI_R.csv"
-        ))
-    })?;
     let mut header = String::new();
     BufReader::new(File::open(path).map_err(io(path))?)
         .read_line(&mut header)
         .map_err(io(path))?;
     let header: Vec<&str> = header.trim_end_matches(['\n', '\r']).split(';').collect();
+    let mismatch = |cols: &[&pds_snds::Column], what: &str| {
+        let first_diff = cols
+            .iter()
+            .map(|c| c.name.as_str())
+            .zip(header.iter().copied())
+            .position(|(a, b)| a != b);
+        let detail = match first_diff {
+            Some(i) => format!(
+                "column {} is `{}`, the schema expects `{}`",
+                i + 1,
+                header[i],
+                cols[i].name
+            ),
+            None => format!("{} columns, the schema has {}", header.len(), cols.len()),
+        };
+        bad(format!(
+            "header does not match the SNDS schema of {what}: {detail}"
+        ))
+    };
+    let Ok((t, pmsi_year)) = schema::table(&name) else {
+        // Not a data table: maybe a referential (IR_PHA_R, IR_CIM_V, ...).
+        let (title, cols) = pds_snds::nomenclature::referential_columns(&name).map_err(|_| {
+            bad(format!(
+                "`{name}` is not an SNDS table PDS loads; expected names like ER_PRS_F_2021.csv, T_MCO21B.csv, IR_BEN_R.csv, IR_PHA_R.csv"
+            ))
+        })?;
+        let refs: Vec<&pds_snds::Column> = cols.iter().collect();
+        if refs.len() != header.len() || refs.iter().zip(&header).any(|(c, h)| c.name != *h) {
+            return Err(mismatch(&refs, &name));
+        }
+        let required = cols
+            .first()
+            .map(|c| vec![c.name.clone()])
+            .unwrap_or_default();
+        return Ok(Recognised {
+            path: path.to_path_buf(),
+            table: name.to_ascii_uppercase(),
+            family: None,
+            year: 0,
+            title,
+            columns: cols,
+            required,
+        });
+    };
     let candidates: Vec<u16> = match pmsi_year.or(year_suffix) {
         Some(y) => vec![y],
         None => (2006..=2035).rev().collect(),
@@ -173,31 +218,19 @@ pub fn recognise(path: &Path) -> Result<Recognised, LoadError> {
             return Ok(Recognised {
                 path: path.to_path_buf(),
                 table,
-                generic: t.name,
+                family: Some(t.family),
                 year: *y,
+                title: t.title.clone(),
+                columns: cols.into_iter().cloned().collect(),
+                required: t.required_columns().iter().map(|s| s.to_string()).collect(),
             });
         }
     }
     let y = candidates[0];
-    let cols = t.columns_for_year(y);
-    let first_diff = cols
-        .iter()
-        .map(|c| c.name.as_str())
-        .zip(header.iter().copied())
-        .position(|(a, b)| a != b);
-    let detail = match first_diff {
-        Some(i) => format!(
-            "column {} is `{}`, the schema expects `{}`",
-            i + 1,
-            header[i],
-            cols[i].name
-        ),
-        None => format!("{} columns, the schema has {}", header.len(), cols.len()),
-    };
-    Err(bad(format!(
-        "header does not match the SNDS schema of {} ({y}): {detail}",
-        t.name
-    )))
+    Err(mismatch(
+        &t.columns_for_year(y),
+        &format!("{} ({y})", t.name),
+    ))
 }
 
 struct PartWriter {
@@ -208,11 +241,8 @@ struct PartWriter {
 
 fn partition_of(r: &Recognised, batch: &RecordBatch) -> Vec<String> {
     let n = batch.num_rows();
-    let fam = schema::table(r.generic)
-        .map(|(t, _)| t.family)
-        .unwrap_or(Family::Beneficiary);
-    match fam {
-        Family::Dcir => {
+    match r.family {
+        Some(Family::Dcir) => {
             let col = batch.schema().index_of("FLX_DIS_DTD").ok().and_then(|i| {
                 batch
                     .column(i)
@@ -231,7 +261,7 @@ fn partition_of(r: &Recognised, batch: &RecordBatch) -> Vec<String> {
                 })
                 .collect()
         }
-        Family::PmsiMco => vec![format!("year={}", r.year); n],
+        Some(Family::PmsiMco) => vec![format!("year={}", r.year); n],
         _ => vec![String::new(); n],
     }
 }
@@ -319,7 +349,7 @@ pub async fn load(
     for f in &files {
         let r = recognise(f)?;
         if let Some(prev) = seen.insert(r.table.clone(), f.clone())
-            && schema::table(r.generic).ok().map(|(t, _)| t.family) != Some(Family::Dcir)
+            && r.family != Some(Family::Dcir)
         {
             return Err(LoadError::File {
                 file: f.display().to_string(),
@@ -435,12 +465,11 @@ fn write_snapshot(
     let mut total_rows = 0u64;
     let mut rejected_total = 0u64;
     for r in recognised {
-        let (t, _) = schema::table(r.generic)?;
-        let cols = t.columns_for_year(r.year);
-        let required: Vec<usize> = t
-            .required_columns()
+        let cols: Vec<&pds_snds::Column> = r.columns.iter().collect();
+        let required: Vec<usize> = r
+            .required
             .iter()
-            .filter_map(|k| cols.iter().position(|c| c.name == *k))
+            .filter_map(|k| cols.iter().position(|c| &c.name == k))
             .collect();
         let (sha, bytes) = sha256_file(&r.path)?;
         let file_name = r
@@ -450,7 +479,7 @@ fn write_snapshot(
             .unwrap_or_default();
         let info = tables.entry(r.table.clone()).or_insert_with(|| TableInfo {
             name: r.table.clone(),
-            title: t.title.clone(),
+            title: r.title.clone(),
             rows: 0,
             bytes: 0,
             columns: cols
@@ -505,7 +534,12 @@ fn write_snapshot(
                 // Keep checking the rest to report every problem, but write nothing more.
                 continue;
             }
-            let batch = pseudo.apply(&batch)?;
+            // Referentials hold no patient identifier.
+            let batch = if r.family.is_some() {
+                pseudo.apply(&batch)?
+            } else {
+                batch
+            };
             file_rows += batch.num_rows() as u64;
             let parts = partition_of(r, &batch);
             let mut groups: BTreeMap<&str, Vec<u32>> = BTreeMap::new();

@@ -70,14 +70,6 @@ async fn a_delivery_becomes_an_encrypted_pseudonymised_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let delivery = dir.path().join("delivery");
     synth(&delivery, 400, 3);
-    // Referentials are not part of this loader's scope yet.
-    for e in std::fs::read_dir(&delivery).unwrap() {
-        let p = e.unwrap().path();
-        let n = p.file_name().unwrap().to_string_lossy().into_owned();
-        if n.starts_with("IR_") && !n.starts_with("IR_BEN_R") && !n.starts_with("IR_IMB_R") {
-            std::fs::remove_file(p).unwrap();
-        }
-    }
     let h = home(dir.path()).await;
     let report = load(&h, &delivery, &opts(), &|_, _| {}).await.unwrap();
     assert_eq!(report.snapshot, 1);
@@ -89,6 +81,15 @@ async fn a_delivery_becomes_an_encrypted_pseudonymised_snapshot() {
     ] {
         assert!(names.contains(t), "{t} missing: {names:?}");
     }
+    // Referentials are loaded typed, unpartitioned, not pseudonymised.
+    let pha = tables.iter().find(|t| t.name == "IR_PHA_R").unwrap();
+    assert_eq!(pha.rows, 23_126);
+    assert_eq!(pha.files.len(), 1);
+    assert_eq!(pha.columns[0].name, "PHA_CIP_C13");
+    assert_eq!(
+        pha.columns[0].data_type, "Int64",
+        "joins ER_PHA_F.PHA_PRS_C13 (Int64) without a cast"
+    );
     // Row counts equal the CSV's.
     let prs = tables.iter().find(|t| t.name == "ER_PRS_F").unwrap();
     let csv_rows = csv_column(&delivery.join("ER_PRS_F_2021.csv"), "BEN_NIR_PSA").len() as i64;

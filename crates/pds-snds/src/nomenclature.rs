@@ -57,6 +57,45 @@ struct RawSchema {
 #[derive(Deserialize)]
 struct RawField {
     name: String,
+    #[serde(default, rename = "type")]
+    ty: String,
+}
+
+fn typed_columns(file: &'static str, json: &str) -> Result<Vec<crate::Column>, SndsError> {
+    let raw: RawSchema = serde_json::from_str(json).map_err(|e| SndsError::Vendored {
+        file,
+        reason: e.to_string(),
+    })?;
+    Ok(raw
+        .fields
+        .into_iter()
+        .map(|f| crate::Column {
+            ty: match f.ty.as_str() {
+                "integer" => crate::ColumnType::Integer,
+                "number" => crate::ColumnType::Number,
+                _ => crate::ColumnType::String,
+            },
+            name: f.name,
+            description: String::new(),
+            length: None,
+            nomenclature: None,
+            created: None,
+            deleted: None,
+        })
+        .collect())
+}
+
+/// Typed columns of a referential (`IR_PHA_R` or any vendored nomenclature),
+/// with its title, for loading it as a table.
+pub fn referential_columns(name: &str) -> Result<(String, Vec<crate::Column>), SndsError> {
+    if name.eq_ignore_ascii_case("IR_PHA_R") {
+        let title = serde_json::from_str::<RawSchema>(IR_PHA_R_SCHEMA)
+            .map(|s| s.title)
+            .unwrap_or_default();
+        return Ok((title, typed_columns("IR_PHA_R", IR_PHA_R_SCHEMA)?));
+    }
+    let n = Nomenclature::get(name)?;
+    Ok((n.title(), typed_columns(n.name, n.schema_json)?))
 }
 
 impl Nomenclature {
