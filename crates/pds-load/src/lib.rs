@@ -438,6 +438,90 @@ pub async fn load(
     })
 }
 
+/// One converted chunk of a file, ready to write.
+struct Chunk {
+    bytes: u64,
+    rejected: u64,
+    problems: Vec<Problem>,
+    parts: Vec<(String, RecordBatch)>,
+}
+
+/// Reads `r` in chunks of 50 000 lines, checks and converts them,
+/// pseudonymises identifiers and splits rows by partition.
+fn produce(
+    r: &Recognised,
+    cols: &[&pds_snds::Column],
+    required: &[usize],
+    pseudo: &Pseudonymiser,
+    mut room: usize,
+    tx: &std::sync::mpsc::SyncSender<Result<Chunk, LoadError>>,
+) -> Result<(), LoadError> {
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(&r.path).map_err(io(&r.path))?);
+    let mut header = Vec::new();
+    reader.read_until(b'\n', &mut header).map_err(io(&r.path))?;
+    let mut line_no = 2usize;
+    let mut any_rejected = false;
+    loop {
+        let mut text = Vec::with_capacity(8 << 20);
+        let mut lines = 0usize;
+        while lines < 50_000 {
+            let n = reader.read_until(b'\n', &mut text).map_err(io(&r.path))?;
+            if n == 0 {
+                break;
+            }
+            lines += 1;
+        }
+        if lines == 0 {
+            return Ok(());
+        }
+        let mut problems = Vec::new();
+        let (batch, rejected) = pds_snds::arrow::csv_to_batch_checked(
+            cols,
+            required,
+            &text,
+            line_no,
+            &mut problems,
+            room,
+        )?;
+        room = room.saturating_sub(problems.len());
+        line_no += lines;
+        any_rejected |= rejected > 0;
+        let mut parts = Vec::new();
+        if !any_rejected {
+            // Referentials hold no patient identifier.
+            let batch = if r.family.is_some() {
+                pseudo.apply(&batch)?
+            } else {
+                batch
+            };
+            let keys = partition_of(r, &batch);
+            let mut groups: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+            for (i, p) in keys.iter().enumerate() {
+                groups.entry(p.as_str()).or_default().push(i as u32);
+            }
+            for (part, idx) in groups {
+                let sub = if idx.len() == batch.num_rows() {
+                    batch.clone()
+                } else {
+                    let ind = arrow_array::UInt32Array::from(idx);
+                    arrow_select::take::take_record_batch(&batch, &ind)
+                        .map_err(|e| LoadError::Parquet(e.to_string()))?
+                };
+                parts.push((part.to_string(), sub));
+            }
+        }
+        let chunk = Chunk {
+            bytes: text.len() as u64,
+            rejected,
+            problems,
+            parts,
+        };
+        if tx.send(Ok(chunk)).is_err() {
+            return Ok(()); // the writer stopped (error or abort)
+        }
+    }
+}
+
 struct Written {
     tables: Vec<TableInfo>,
     wrapped: pds_keys::WrappedKey,
@@ -493,105 +577,97 @@ fn write_snapshot(
                 .collect(),
             files: vec![],
         });
-        let mut reader =
-            BufReader::with_capacity(1 << 20, File::open(&r.path).map_err(io(&r.path))?);
-        let mut header = Vec::new();
-        reader.read_until(b'\n', &mut header).map_err(io(&r.path))?;
-        let mut line_no = 2usize;
         let mut file_rows = 0u64;
         let mut file_rejected = 0u64;
-        loop {
-            // Read a chunk of whole lines.
-            let mut chunk = Vec::with_capacity(8 << 20);
-            let mut lines = 0usize;
-            while lines < 50_000 {
-                let n = reader.read_until(b'\n', &mut chunk).map_err(io(&r.path))?;
-                if n == 0 {
-                    break;
+        let problems_before = problems.len();
+        // Two stages on two threads: this one writes (Parquet encoding,
+        // compression, encryption); the producer reads, checks, converts,
+        // pseudonymises and splits by partition.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, LoadError>>(2);
+        let max_errors = opts.max_errors;
+        let pseudo = &pseudo;
+        let cols = &cols;
+        let required = &required;
+        std::thread::scope(|scope| -> Result<(), LoadError> {
+            scope.spawn(move || {
+                let res = produce(
+                    r,
+                    cols,
+                    required,
+                    pseudo,
+                    max_errors.saturating_sub(problems_before),
+                    &tx,
+                );
+                if let Err(e) = res {
+                    let _ = tx.send(Err(e));
                 }
-                lines += 1;
-            }
-            if lines == 0 {
-                break;
-            }
-            done_bytes += chunk.len() as u64;
-            let mut local = Vec::new();
-            let room = opts.max_errors.saturating_sub(problems.len());
-            let (batch, rejected) = pds_snds::arrow::csv_to_batch_checked(
-                &cols, &required, &chunk, line_no, &mut local, room,
-            )?;
-            problems.extend(local.into_iter().map(|p| (file_name.clone(), p)));
-            file_rejected += rejected;
-            rejected_total += rejected;
-            line_no += lines;
-            if problems.len() >= opts.max_errors {
-                return Err(LoadError::Invalid {
-                    problems,
-                    aborted: true,
-                });
-            }
-            if rejected_total > 0 {
-                // Keep checking the rest to report every problem, but write nothing more.
-                continue;
-            }
-            // Referentials hold no patient identifier.
-            let batch = if r.family.is_some() {
-                pseudo.apply(&batch)?
-            } else {
-                batch
-            };
-            file_rows += batch.num_rows() as u64;
-            let parts = partition_of(r, &batch);
-            let mut groups: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-            for (i, p) in parts.iter().enumerate() {
-                groups.entry(p.as_str()).or_default().push(i as u32);
-            }
-            for (part, idx) in groups {
-                let sub = if idx.len() == batch.num_rows() {
-                    batch.clone()
-                } else {
-                    let ind = arrow_array::UInt32Array::from(idx);
-                    arrow_select::take::take_record_batch(&batch, &ind)
-                        .map_err(|e| LoadError::Parquet(e.to_string()))?
-                };
-                let key = (r.table.clone(), part.to_string());
-                if !writers.contains_key(&key) {
-                    let rel = if part.is_empty() {
-                        format!("snapshots/{id}/{}/part-0.parquet", r.table)
-                    } else {
-                        format!("snapshots/{id}/{}/{part}/part-0.parquet", r.table)
-                    };
-                    let local_path =
-                        staging.join(rel.trim_start_matches(&format!("snapshots/{id}/")));
-                    if let Some(parent) = local_path.parent() {
-                        fs::create_dir_all(parent).map_err(io(parent))?;
+            });
+            for chunk in rx {
+                let chunk = chunk?;
+                done_bytes += chunk.bytes;
+                problems.extend(chunk.problems.into_iter().map(|p| (file_name.clone(), p)));
+                file_rejected += chunk.rejected;
+                rejected_total += chunk.rejected;
+                if problems.len() >= opts.max_errors {
+                    // Dropping the receiver stops the producer.
+                    return Err(LoadError::Invalid {
+                        problems: std::mem::take(&mut problems),
+                        aborted: true,
+                    });
+                }
+                if rejected_total > 0 {
+                    // Keep checking the rest to report every problem, but write nothing more.
+                    continue;
+                }
+                for (part, sub) in chunk.parts {
+                    file_rows += sub.num_rows() as u64;
+                    let key = (r.table.clone(), part.clone());
+                    if !writers.contains_key(&key) {
+                        let rel = if part.is_empty() {
+                            format!("snapshots/{id}/{}/part-0.parquet", r.table)
+                        } else {
+                            format!("snapshots/{id}/{}/{part}/part-0.parquet", r.table)
+                        };
+                        let local_path =
+                            staging.join(rel.trim_start_matches(&format!("snapshots/{id}/")));
+                        if let Some(parent) = local_path.parent() {
+                            fs::create_dir_all(parent).map_err(io(parent))?;
+                        }
+                        let file = File::create(&local_path).map_err(io(&local_path))?;
+                        let writer = ArrowWriter::try_new(
+                            file,
+                            sub.schema(),
+                            Some(writer_props(&data_key, &rel)?),
+                        )
+                        .map_err(|e| LoadError::Parquet(e.to_string()))?;
+                        writers.insert(
+                            key.clone(),
+                            PartWriter {
+                                rel_path: rel,
+                                writer,
+                                rows: 0,
+                            },
+                        );
                     }
-                    let file = File::create(&local_path).map_err(io(&local_path))?;
-                    let writer = ArrowWriter::try_new(
-                        file,
-                        sub.schema(),
-                        Some(writer_props(&data_key, &rel)?),
-                    )
-                    .map_err(|e| LoadError::Parquet(e.to_string()))?;
-                    writers.insert(
-                        key.clone(),
-                        PartWriter {
-                            rel_path: rel,
-                            writer,
-                            rows: 0,
-                        },
-                    );
+                    let w = writers
+                        .get_mut(&key)
+                        .ok_or_else(|| LoadError::Parquet("writer vanished".into()))?;
+                    w.rows += sub.num_rows() as i64;
+                    w.writer
+                        .write(&sub)
+                        .map_err(|e| LoadError::Parquet(e.to_string()))?;
+                    // Bound memory: many partitions are open at once, so close
+                    // a row group early rather than buffer a whole partition.
+                    if w.writer.in_progress_size() > 24 << 20 {
+                        w.writer
+                            .flush()
+                            .map_err(|e| LoadError::Parquet(e.to_string()))?;
+                    }
                 }
-                let w = writers
-                    .get_mut(&key)
-                    .ok_or_else(|| LoadError::Parquet("writer vanished".into()))?;
-                w.rows += sub.num_rows() as i64;
-                w.writer
-                    .write(&sub)
-                    .map_err(|e| LoadError::Parquet(e.to_string()))?;
+                progress(done_bytes, total_bytes);
             }
-            progress(done_bytes, total_bytes);
-        }
+            Ok(())
+        })?;
         total_rows += file_rows;
         info.rows += file_rows as i64;
         sources.push(SourceFile {
