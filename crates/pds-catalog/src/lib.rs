@@ -8,7 +8,7 @@
 //! can see any of its tables or files, so an interrupted load leaves the
 //! catalogue exactly as it was.
 //!
-//! The same portable migrations exist for both back-ends (`migrations/`).
+//! One set of portable migrations (`migrations/`) serves both back-ends.
 #![forbid(unsafe_code)]
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
@@ -232,10 +232,8 @@ impl Catalog {
                 .execute(&pool)
                 .await?;
         }
-        match backend {
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
-            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
-        }
+        // One set of portable migrations serves both back-ends.
+        sqlx::migrate!().run(&pool).await?;
         Ok(Catalog { pool, backend })
     }
 

@@ -173,17 +173,6 @@ fn load_then_tables_and_a_bad_delivery_is_refused() {
         .output()
         .unwrap();
     assert!(o.status.success());
-    for n in [
-        "IR_PHA_R",
-        "IR_CIM_V",
-        "IR_CCAM_V63",
-        "IR_NAT_V",
-        "IR_SPE_V",
-        "IR_DPT_V",
-        "IR_BIO_R",
-    ] {
-        std::fs::remove_file(data.join(format!("{n}.csv"))).unwrap();
-    }
     let o = pds()
         .arg("--home")
         .arg(&home)

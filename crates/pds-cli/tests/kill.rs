@@ -51,17 +51,6 @@ fn synth(out: &Path, n: &str, seed: &str) {
         .output()
         .unwrap();
     assert!(o.status.success());
-    for r in [
-        "IR_PHA_R",
-        "IR_CIM_V",
-        "IR_CCAM_V63",
-        "IR_NAT_V",
-        "IR_SPE_V",
-        "IR_DPT_V",
-        "IR_BIO_R",
-    ] {
-        let _ = std::fs::remove_file(out.join(format!("{r}.csv")));
-    }
 }
 
 #[test]

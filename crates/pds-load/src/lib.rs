@@ -267,14 +267,10 @@ fn partition_of(r: &Recognised, batch: &RecordBatch) -> Vec<String> {
 }
 
 fn civil_month(days: i64) -> (i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m)
+    use chrono::Datelike;
+    // Date32 counts days from 1970-01-01, i.e. day 719 163 of the common era.
+    chrono::NaiveDate::from_num_days_from_ce_opt((days + 719_163) as i32)
+        .map_or((0, 0), |d| (d.year() as i64, d.month() as i64))
 }
 
 fn sha256_file(path: &Path) -> Result<(String, u64), LoadError> {
