@@ -659,15 +659,13 @@ impl<'a> Chunk<'a> {
                 }
             }
         }
-        if !p.fictitious || p.sex == 2 {
-            let age = p.age_at(self.win_start);
-            if p.sex == 2
-                && (15.0..45.0).contains(&age)
-                && self.rng.random_bool(0.25)
-                && let Some(d) = self.drug(model::CONTRACEPTION)
-            {
-                regimen.push((d, self.win_start, false));
-            }
+        let age = p.age_at(self.win_start);
+        if p.sex == 2
+            && (15.0..45.0).contains(&age)
+            && self.rng.random_bool(0.25)
+            && let Some(d) = self.drug(model::CONTRACEPTION)
+        {
+            regimen.push((d, self.win_start, false));
         }
         for (ei, d) in events {
             if *ei < ACUTE.len() && matches!(ACUTE[*ei].id, "stroke" | "myocardial_infarction") {
@@ -731,7 +729,7 @@ impl<'a> Chunk<'a> {
                 }
                 if !lines.is_empty() {
                     Self::pharmacy_fee(p, visit, &mut lines);
-                    self.claim(p, visit, lines, gp, None)?;
+                    self.claim(p, visit, lines, gp)?;
                 }
                 visit = days(visit, self.rng.random_range(26..34));
             }
@@ -774,7 +772,7 @@ impl<'a> Chunk<'a> {
                     m.qty = 0;
                     lines.push(m);
                 }
-                self.claim(p, d, lines, p.gp_id, None)?;
+                self.claim(p, d, lines, p.gp_id)?;
                 // Acute prescription, or antibiotics for an infection.
                 let infection = i < n_inf;
                 if infection || self.rng.random_bool(0.6) {
@@ -812,7 +810,7 @@ impl<'a> Chunk<'a> {
                             }
                         }
                         Self::pharmacy_fee(p, pd, &mut lines);
-                        self.claim(p, pd, lines, p.gp_id, None)?;
+                        self.claim(p, pd, lines, p.gp_id)?;
                     }
                 }
             }
@@ -826,7 +824,7 @@ impl<'a> Chunk<'a> {
                     if self.alive(p, d) {
                         let mut l = Line::new(1451, 2892, 70, 0);
                         l.act_nat = 19;
-                        self.claim(p, d, vec![l], 300_000 + p.dpt as u32, None)?;
+                        self.claim(p, d, vec![l], 300_000 + p.dpt as u32)?;
                     }
                 }
             }
@@ -836,7 +834,7 @@ impl<'a> Chunk<'a> {
                     if self.alive(p, d) {
                         let mut l = Line::new(3111, 315, 60, 0);
                         l.act_nat = 24;
-                        self.claim(p, d, vec![l], 800_000 + p.dpt as u32, None)?;
+                        self.claim(p, d, vec![l], 800_000 + p.dpt as u32)?;
                     }
                 }
             }
@@ -857,7 +855,7 @@ impl<'a> Chunk<'a> {
                 }
                 let i = *pick_weighted(&mut self.rng, &eligible);
                 let pat = model::OTHER_STAYS[i].0;
-                self.stay(p, d, &pat, &[], false)?;
+                self.stay(p, d, &pat, false)?;
             }
             // Biology: a yearly check-up for adults, plus condition follow-up.
             let mut lab: Vec<(u32, f64)> = Vec::new();
@@ -895,7 +893,7 @@ impl<'a> Chunk<'a> {
                         }
                     }
                     if !lines.is_empty() {
-                        self.claim(p, d, lines, 700_000 + p.dpt as u32, None)?;
+                        self.claim(p, d, lines, 700_000 + p.dpt as u32)?;
                     }
                 }
             }
@@ -926,7 +924,7 @@ impl<'a> Chunk<'a> {
                             let mut l = Line::new(3111, 315, 100, 0);
                             l.act_nat = 24;
                             l.exo = if ald { 41 } else { 0 };
-                            self.claim(p, d, vec![l], 800_000 + p.dpt as u32, None)?;
+                            self.claim(p, d, vec![l], 800_000 + p.dpt as u32)?;
                         }
                     }
                 }
@@ -945,7 +943,7 @@ impl<'a> Chunk<'a> {
                         for k in 0..self.rng.random_range(4..12) {
                             let d = days(o, 30 + 21 * k);
                             if self.alive(p, d) && d.year() == y as i32 {
-                                self.stay(p, d, &model::CHEMO, &[], false)?;
+                                self.stay(p, d, &model::CHEMO, false)?;
                             }
                         }
                     }
@@ -956,8 +954,7 @@ impl<'a> Chunk<'a> {
                         _ => days(ystart, self.rng.random_range(0..365)),
                     };
                     if self.alive(p, d) {
-                        let dp_override: Vec<&'static str> = Vec::new();
-                        self.stay(p, d, &cond.stay, &dp_override, false)?;
+                        self.stay(p, d, &cond.stay, false)?;
                     }
                 }
             }
@@ -987,7 +984,7 @@ impl<'a> Chunk<'a> {
                         taa,
                         public: true,
                     });
-                    self.claim(p, d, vec![l], 0, None)?;
+                    self.claim(p, d, vec![l], 0)?;
                 }
             }
         }
@@ -1002,7 +999,7 @@ impl<'a> Chunk<'a> {
                 } else {
                     &model::DELIVERY
                 };
-                self.stay(p, *d, pat, &[], false)?;
+                self.stay(p, *d, pat, false)?;
                 continue;
             }
             let e = &ACUTE[*ei];
@@ -1015,18 +1012,18 @@ impl<'a> Chunk<'a> {
                     if self.alive(p, pd) {
                         let mut l = Line::new(3122, 1613, 60, 0);
                         l.act_nat = 26;
-                        self.claim(p, pd, vec![l], 900_000 + p.dpt as u32, None)?;
+                        self.claim(p, pd, vec![l], 900_000 + p.dpt as u32)?;
                     }
                 }
             }
-            let end = self.stay(p, *d, &e.stay, &[], fatal)?;
+            let end = self.stay(p, *d, &e.stay, fatal)?;
             if matches!(e.id, "hip_fracture" | "knee_replacement") {
                 for k in 0..15 {
                     let pd = days(end, 7 + 4 * k);
                     if self.alive(p, pd) {
                         let mut l = Line::new(3122, 1613, 60, 0);
                         l.act_nat = 26;
-                        self.claim(p, pd, vec![l], 900_000 + p.dpt as u32, None)?;
+                        self.claim(p, pd, vec![l], 900_000 + p.dpt as u32)?;
                     }
                 }
             }
@@ -1098,13 +1095,7 @@ impl<'a> Chunk<'a> {
         if self.rng.random_bool(0.3) {
             l.dep = self.rng.random_range(5..40) * 100;
         }
-        self.claim(
-            p,
-            d,
-            vec![l],
-            500_000 + spe as u32 * 100 + p.dpt as u32,
-            None,
-        )
+        self.claim(p, d, vec![l], 500_000 + spe as u32 * 100 + p.dpt as u32)
     }
 
     fn outpatient_act(
@@ -1130,7 +1121,7 @@ impl<'a> Chunk<'a> {
         };
         l.detail = Detail::Cam { code, price };
         l.exo = if ald { 41 } else { 0 };
-        self.claim(p, d, vec![l], 600_000 + p.dpt as u32, None)
+        self.claim(p, d, vec![l], 600_000 + p.dpt as u32)
     }
 
     /// Writes one claim (décompte) and its refinement rows; sometimes a
@@ -1141,16 +1132,14 @@ impl<'a> Chunk<'a> {
         care: NaiveDate,
         lines: Vec<Line>,
         provider: u32,
-        flow: Option<NaiveDate>,
     ) -> Result<(), SynthError> {
         if lines.is_empty() {
             return Ok(());
         }
-        // Flow month: 0-6 months after care, rarely up to 27.
+        // Flow month: data arrive on the 1st of a later month, 1-6 months
+        // after the care month, rarely up to 27.
         let u: f64 = self.rng.random();
-        let delay = if u < 0.30 {
-            0
-        } else if u < 0.70 {
+        let delay = if u < 0.70 {
             1
         } else if u < 0.85 {
             2
@@ -1165,7 +1154,7 @@ impl<'a> Chunk<'a> {
         } else {
             self.rng.random_range(7..=27)
         };
-        let flx = flow.unwrap_or_else(|| first_of_month_plus(care, delay.max(1)));
+        let flx = first_of_month_plus(care, delay);
         self.write_claim(p, care, &lines, provider, flx, 1)?;
         if self.rng.random_bool(0.015) {
             let later = first_of_month_plus(flx, self.rng.random_range(1..4));
@@ -1219,7 +1208,6 @@ impl<'a> Chunk<'a> {
         p.max_flow = Some(p.max_flow.map_or(flx, |m| m.max(flx)));
         let pair = p.pair_at(care);
         let (psa, rng_gem, cdi) = (pair.psa, pair.rng, pair.cdi);
-        let age_days = (care - p.birth).num_days();
         let months = (care.year() - p.birth.year()) * 12 + care.month() as i32
             - p.birth.month() as i32
             - i32::from(care.day() < p.birth.day());
@@ -1228,7 +1216,6 @@ impl<'a> Chunk<'a> {
         } else {
             (months / 12) as i64
         };
-        let _ = age_days;
         let yc = self.yc(year);
         let c = &yc.prs;
         let dpt_code = dcode;
@@ -1395,7 +1382,6 @@ impl<'a> Chunk<'a> {
         p: &mut Person,
         adm: NaiveDate,
         pat: &StayPattern,
-        _dp: &[&'static str],
         died: bool,
     ) -> Result<NaiveDate, SynthError> {
         let los = self.rng.random_range(pat.los.0..=pat.los.1) as i64;
