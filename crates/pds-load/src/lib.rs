@@ -239,8 +239,10 @@ struct PartWriter {
     rows: i64,
 }
 
-fn partition_of(r: &Recognised, batch: &RecordBatch) -> Vec<String> {
-    let n = batch.num_rows();
+/// Splits a batch by partition: DCIR by flow month of `FLX_DIS_DTD`, PMSI
+/// by year, referentials and beneficiary tables not at all. `None` means
+/// every row of the batch.
+fn partition_groups(r: &Recognised, batch: &RecordBatch) -> Vec<(String, Option<Vec<u32>>)> {
     match r.family {
         Some(Family::Dcir) => {
             let col = batch.schema().index_of("FLX_DIS_DTD").ok().and_then(|i| {
@@ -250,19 +252,28 @@ fn partition_of(r: &Recognised, batch: &RecordBatch) -> Vec<String> {
                     .downcast_ref::<Date32Array>()
                     .cloned()
             });
-            (0..n)
-                .map(|i| match &col {
-                    Some(c) if c.is_valid(i) => {
-                        let days = c.value(i) as i64;
-                        let (y, m) = civil_month(days);
-                        format!("flx_month={y:04}-{m:02}")
-                    }
-                    _ => "flx_month=unknown".into(),
+            let mut groups: BTreeMap<Option<(i64, i64)>, Vec<u32>> = BTreeMap::new();
+            for i in 0..batch.num_rows() {
+                let key = col
+                    .as_ref()
+                    .filter(|c| c.is_valid(i))
+                    .map(|c| civil_month(c.value(i) as i64));
+                groups.entry(key).or_default().push(i as u32);
+            }
+            let whole = groups.len() == 1;
+            groups
+                .into_iter()
+                .map(|(k, idx)| {
+                    let name = match k {
+                        Some((y, m)) => format!("flx_month={y:04}-{m:02}"),
+                        None => "flx_month=unknown".into(),
+                    };
+                    (name, (!whole).then_some(idx))
                 })
                 .collect()
         }
-        Some(Family::PmsiMco) => vec![format!("year={}", r.year); n],
-        _ => vec![String::new(); n],
+        Some(Family::PmsiMco) => vec![(format!("year={}", r.year), None)],
+        _ => vec![(String::new(), None)],
     }
 }
 
@@ -443,7 +454,8 @@ struct Chunk {
 }
 
 /// Reads `r` in chunks of 50 000 lines, checks and converts them,
-/// pseudonymises identifiers and splits rows by partition.
+/// pseudonymises identifiers and splits rows by partition. Hashes the file
+/// on the way (SHA-256 and size), so it is read once.
 fn produce(
     r: &Recognised,
     cols: &[&pds_snds::Column],
@@ -451,10 +463,13 @@ fn produce(
     pseudo: &Pseudonymiser,
     mut room: usize,
     tx: &std::sync::mpsc::SyncSender<Result<Chunk, LoadError>>,
-) -> Result<(), LoadError> {
+) -> Result<(String, u64), LoadError> {
     let mut reader = BufReader::with_capacity(1 << 20, File::open(&r.path).map_err(io(&r.path))?);
     let mut header = Vec::new();
     reader.read_until(b'\n', &mut header).map_err(io(&r.path))?;
+    let mut hash = Sha256::new();
+    hash.update(&header);
+    let mut size = header.len() as u64;
     let mut line_no = 2usize;
     let mut any_rejected = false;
     loop {
@@ -468,8 +483,10 @@ fn produce(
             lines += 1;
         }
         if lines == 0 {
-            return Ok(());
+            return Ok((hex::encode(hash.finalize()), size));
         }
+        hash.update(&text);
+        size += text.len() as u64;
         let mut problems = Vec::new();
         let (batch, rejected) = pds_snds::arrow::csv_to_batch_checked(
             cols,
@@ -490,20 +507,16 @@ fn produce(
             } else {
                 batch
             };
-            let keys = partition_of(r, &batch);
-            let mut groups: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-            for (i, p) in keys.iter().enumerate() {
-                groups.entry(p.as_str()).or_default().push(i as u32);
-            }
-            for (part, idx) in groups {
-                let sub = if idx.len() == batch.num_rows() {
-                    batch.clone()
-                } else {
-                    let ind = arrow_array::UInt32Array::from(idx);
-                    arrow_select::take::take_record_batch(&batch, &ind)
-                        .map_err(|e| LoadError::Parquet(e.to_string()))?
+            for (part, idx) in partition_groups(r, &batch) {
+                let sub = match idx {
+                    None => batch.clone(),
+                    Some(idx) => {
+                        let ind = arrow_array::UInt32Array::from(idx);
+                        arrow_select::take::take_record_batch(&batch, &ind)
+                            .map_err(|e| LoadError::Parquet(e.to_string()))?
+                    }
                 };
-                parts.push((part.to_string(), sub));
+                parts.push((part, sub));
             }
         }
         let chunk = Chunk {
@@ -513,7 +526,8 @@ fn produce(
             parts,
         };
         if tx.send(Ok(chunk)).is_err() {
-            return Ok(()); // the writer stopped (error or abort)
+            // The writer stopped (error or abort): the digest is not needed.
+            return Ok((String::new(), size));
         }
     }
 }
@@ -551,7 +565,6 @@ fn write_snapshot(
             .iter()
             .filter_map(|k| cols.iter().position(|c| &c.name == k))
             .collect();
-        let (sha, bytes) = sha256_file(&r.path)?;
         let file_name = r
             .path
             .file_name()
@@ -584,8 +597,8 @@ fn write_snapshot(
         let pseudo = &pseudo;
         let cols = &cols;
         let required = &required;
-        std::thread::scope(|scope| -> Result<(), LoadError> {
-            scope.spawn(move || {
+        let (sha, bytes) = std::thread::scope(|scope| -> Result<(String, u64), LoadError> {
+            let producer = scope.spawn(move || {
                 let res = produce(
                     r,
                     cols,
@@ -594,8 +607,12 @@ fn write_snapshot(
                     max_errors.saturating_sub(problems_before),
                     &tx,
                 );
-                if let Err(e) = res {
-                    let _ = tx.send(Err(e));
+                match res {
+                    Ok(digest) => Some(digest),
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        None
+                    }
                 }
             });
             for chunk in rx {
@@ -662,7 +679,13 @@ fn write_snapshot(
                 }
                 progress(done_bytes, total_bytes);
             }
-            Ok(())
+            // The channel closed after the last chunk: the producer is done.
+            let digest = producer
+                .join()
+                .map_err(|_| LoadError::Parquet("the reader thread panicked".into()))?;
+            digest.ok_or_else(|| {
+                LoadError::Parquet("the reader thread stopped without a result".into())
+            })
         })?;
         total_rows += file_rows;
         info.rows += file_rows as i64;

@@ -181,6 +181,18 @@ async fn a_delivery_becomes_an_encrypted_pseudonymised_snapshot() {
             .iter()
             .all(|s| s.sha256.len() == 64 && s.rows_rejected == 0)
     );
+    // ... and the digest and size are those of the delivered file.
+    for s in &sources {
+        use sha2::Digest;
+        let bytes = std::fs::read(delivery.join(&s.name)).unwrap();
+        assert_eq!(s.bytes as usize, bytes.len(), "{}", s.name);
+        assert_eq!(
+            s.sha256,
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            "{}",
+            s.name
+        );
+    }
 
     // A second load is a new snapshot; the first is untouched.
     let before: Vec<_> = tables

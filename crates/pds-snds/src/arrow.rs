@@ -52,6 +52,18 @@ fn epoch_days(d: NaiveDate) -> i32 {
     chrono::Datelike::num_days_from_ce(&d) - EPOCH_CE
 }
 
+/// One parsed field, before it is appended: a line is appended only when
+/// every field of it parsed, so a rejected line leaves no partial row.
+enum Value<'a> {
+    Null,
+    Str(&'a str),
+    I64(i64),
+    F64(f64),
+    Date(Option<i32>),
+    Ts(Option<i64>),
+    I32(Option<i32>),
+}
+
 enum Builder {
     Str(StringBuilder),
     I64(Int64Builder),
@@ -61,103 +73,258 @@ enum Builder {
     I32(Int32Builder),
 }
 
-/// Converts `;`-separated, header-less extraction text into a batch.
-///
-/// Empty fields and date sentinels become nulls. `first_line` numbers the
-/// lines in error messages.
-pub fn csv_to_batch(
-    columns: &[&Column],
-    text: &[u8],
-    first_line: usize,
-) -> Result<RecordBatch, SndsError> {
-    let schema = arrow_schema(columns);
-    let mut builders: Vec<Builder> = columns
-        .iter()
-        .map(|c| match arrow_type(c.ty) {
+impl Builder {
+    fn new(ty: ColumnType) -> Self {
+        match arrow_type(ty) {
             DataType::Utf8 => Builder::Str(StringBuilder::new()),
             DataType::Int64 => Builder::I64(Int64Builder::new()),
             DataType::Float64 => Builder::F64(Float64Builder::new()),
             DataType::Date32 => Builder::Date(Date32Builder::new()),
             DataType::Timestamp(..) => Builder::Ts(TimestampSecondBuilder::new()),
             _ => Builder::I32(Int32Builder::new()),
-        })
-        .collect();
+        }
+    }
+
+    fn append(&mut self, v: &Value<'_>) {
+        match (self, v) {
+            (Builder::Str(b), Value::Str(s)) => b.append_value(s),
+            (Builder::I64(b), Value::I64(x)) => b.append_value(*x),
+            (Builder::F64(b), Value::F64(x)) => b.append_value(*x),
+            (Builder::Date(b), Value::Date(x)) => b.append_option(*x),
+            (Builder::Ts(b), Value::Ts(x)) => b.append_option(*x),
+            (Builder::I32(b), Value::I32(x)) => b.append_option(*x),
+            (Builder::Str(b), _) => b.append_null(),
+            (Builder::I64(b), _) => b.append_null(),
+            (Builder::F64(b), _) => b.append_null(),
+            (Builder::Date(b), _) => b.append_null(),
+            (Builder::Ts(b), _) => b.append_null(),
+            (Builder::I32(b), _) => b.append_null(),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Builder::Str(mut b) => Arc::new(b.finish()),
+            Builder::I64(mut b) => Arc::new(b.finish()),
+            Builder::F64(mut b) => Arc::new(b.finish()),
+            Builder::Date(mut b) => Arc::new(b.finish()),
+            Builder::Ts(mut b) => Arc::new(b.finish()),
+            Builder::I32(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Parses one field in the dialect and checks it against its column (type,
+/// declared length); sentinels become nulls. The error is the rule broken.
+fn parse_field<'a>(col: &Column, field: &'a str) -> Result<Value<'a>, String> {
+    if field.is_empty() {
+        return Ok(Value::Null);
+    }
+    let bad = || format!("not a valid {}", expected_words(col.ty));
+    Ok(match col.ty {
+        ColumnType::String | ColumnType::Boolean => {
+            if let Some(max) = col.length.as_deref().and_then(|l| l.parse::<usize>().ok())
+                && field.chars().count() > max
+            {
+                return Err(format!("text longer than {max} characters"));
+            }
+            Value::Str(field)
+        }
+        ColumnType::Integer => Value::I64(field.parse().map_err(|_| bad())?),
+        ColumnType::Number => Value::F64(
+            field
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(bad)?,
+        ),
+        ColumnType::Date => {
+            Value::Date(dialect::parse_date(field).ok_or_else(bad)?.map(epoch_days))
+        }
+        ColumnType::CompactDate => Value::Date(
+            dialect::parse_compact_date(field)
+                .ok_or_else(bad)?
+                .map(epoch_days),
+        ),
+        ColumnType::SasDateTime => Value::Ts(
+            dialect::parse_sas_datetime(field)
+                .ok_or_else(bad)?
+                .map(|dt| dt.and_utc().timestamp()),
+        ),
+        ColumnType::Year => {
+            let y: i32 = field
+                .parse()
+                .ok()
+                .filter(|_| field.len() == 4)
+                .ok_or_else(bad)?;
+            Value::I32((y != dialect::SENTINEL_YEAR).then_some(y))
+        }
+        ColumnType::YearMonth => {
+            let ok = field.len() == 6
+                && field[4..]
+                    .parse::<u32>()
+                    .is_ok_and(|m| (1..=12).contains(&m));
+            Value::I32(Some(field.parse().ok().filter(|_| ok).ok_or_else(bad)?))
+        }
+        ColumnType::Month => {
+            let m: i32 = field
+                .parse()
+                .ok()
+                .filter(|m| (1..=12).contains(m))
+                .ok_or_else(bad)?;
+            Value::I32(Some(m))
+        }
+    })
+}
+
+fn expected_words(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::String | ColumnType::Boolean => "text",
+        ColumnType::Integer => "integer",
+        ColumnType::Number => "decimal number (dot as separator)",
+        ColumnType::Date => "date dd/MM/yyyy (01/01/1600 when missing)",
+        ColumnType::CompactDate => "date ddmmyyyy",
+        ColumnType::SasDateTime => "SAS datetime ddMMMyyyy:HH:mm:ss",
+        ColumnType::Year => "year yyyy",
+        ColumnType::YearMonth => "year-month yyyyMM",
+        ColumnType::Month => "month MM",
+    }
+}
+
+/// One problem found in an extraction file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line number (header = 1).
+    pub line: usize,
+    /// Column name.
+    pub column: String,
+    /// The offending value.
+    pub value: String,
+    /// The rule it breaks.
+    pub rule: String,
+}
+
+/// Parses `text` in one pass. Every problem goes to `on_problem`; a line with
+/// a problem is not appended. Returns the batch and the number of rejected
+/// lines, or the first error `on_problem` returns.
+fn convert(
+    columns: &[&Column],
+    required: &[usize],
+    text: &[u8],
+    first_line: usize,
+    mut on_problem: impl FnMut(Problem) -> Result<(), SndsError>,
+) -> Result<(RecordBatch, u64), SndsError> {
+    let schema = arrow_schema(columns);
+    let mut builders: Vec<Builder> = columns.iter().map(|c| Builder::new(c.ty)).collect();
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(b';')
         .has_headers(false)
+        .flexible(true)
         .from_reader(text);
-    for (i, rec) in rdr.records().enumerate() {
-        let line = first_line + i;
-        let rec = rec.map_err(|e| SndsError::Csv(format!("line {line}: {e}")))?;
+    let mut rec = csv::ByteRecord::new();
+    let mut rejected = 0u64;
+    let mut line = first_line;
+    loop {
+        match rdr.read_byte_record(&mut rec) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => return Err(SndsError::Csv(format!("line {line}: {e}"))),
+        }
+        let mut bad = false;
+        // Values borrow from `rec`, so the row lives for one line.
+        let mut row: Vec<Value<'_>> = Vec::with_capacity(columns.len());
         if rec.len() != columns.len() {
-            return Err(SndsError::Csv(format!(
-                "line {line}: {} fields, the schema has {} columns",
-                rec.len(),
-                columns.len()
-            )));
-        }
-        for ((field, col), b) in rec.iter().zip(columns).zip(builders.iter_mut()) {
-            let bad = |expected: &str| SndsError::BadValue {
+            bad = true;
+            on_problem(Problem {
                 line,
-                column: col.name.clone(),
-                value: field.to_string(),
-                expected: expected.to_string(),
-            };
-            if field.is_empty() {
-                match b {
-                    Builder::Str(b) => b.append_null(),
-                    Builder::I64(b) => b.append_null(),
-                    Builder::F64(b) => b.append_null(),
-                    Builder::Date(b) => b.append_null(),
-                    Builder::Ts(b) => b.append_null(),
-                    Builder::I32(b) => b.append_null(),
+                column: "(line)".into(),
+                value: format!("{} fields", rec.len()),
+                rule: format!("every line has the header's {} fields", columns.len()),
+            })?;
+        } else {
+            for (i, (raw, col)) in rec.iter().zip(columns).enumerate() {
+                let problem = |value: String, rule: String| Problem {
+                    line,
+                    column: col.name.clone(),
+                    value,
+                    rule,
+                };
+                let Ok(field) = std::str::from_utf8(raw) else {
+                    bad = true;
+                    on_problem(problem(
+                        String::from_utf8_lossy(raw).into_owned(),
+                        "text must be UTF-8".into(),
+                    ))?;
+                    continue;
+                };
+                if field.is_empty() && required.contains(&i) {
+                    bad = true;
+                    on_problem(problem(
+                        String::new(),
+                        "required key column is empty".into(),
+                    ))?;
+                    continue;
                 }
-                continue;
-            }
-            match b {
-                Builder::Str(b) => b.append_value(field),
-                Builder::I64(b) => b.append_value(field.parse().map_err(|_| bad("integer"))?),
-                Builder::F64(b) => {
-                    b.append_value(field.parse().map_err(|_| bad("decimal number"))?)
-                }
-                Builder::Date(b) => {
-                    let parsed = if col.ty == ColumnType::CompactDate {
-                        dialect::parse_compact_date(field).ok_or_else(|| bad("date ddmmyyyy"))?
-                    } else {
-                        dialect::parse_date(field).ok_or_else(|| bad("date dd/MM/yyyy"))?
-                    };
-                    b.append_option(parsed.map(epoch_days));
-                }
-                Builder::Ts(b) => {
-                    let parsed = dialect::parse_sas_datetime(field)
-                        .ok_or_else(|| bad("SAS datetime ddMMMyyyy:HH:mm:ss"))?;
-                    b.append_option(parsed.map(|dt| dt.and_utc().timestamp()));
-                }
-                Builder::I32(b) => {
-                    let v: i32 = field
-                        .parse()
-                        .map_err(|_| bad("year, year-month or month number"))?;
-                    b.append_option(
-                        (!(col.ty == ColumnType::Year && v == dialect::SENTINEL_YEAR)).then_some(v),
-                    );
+                match parse_field(col, field) {
+                    Ok(v) => row.push(v),
+                    Err(rule) => {
+                        bad = true;
+                        on_problem(problem(field.to_string(), rule))?;
+                    }
                 }
             }
         }
-    }
-    let arrays: Vec<ArrayRef> = builders
-        .into_iter()
-        .map(|b| -> ArrayRef {
-            match b {
-                Builder::Str(mut b) => Arc::new(b.finish()),
-                Builder::I64(mut b) => Arc::new(b.finish()),
-                Builder::F64(mut b) => Arc::new(b.finish()),
-                Builder::Date(mut b) => Arc::new(b.finish()),
-                Builder::Ts(mut b) => Arc::new(b.finish()),
-                Builder::I32(mut b) => Arc::new(b.finish()),
+        if bad {
+            rejected += 1;
+        } else {
+            for (b, v) in builders.iter_mut().zip(&row) {
+                b.append(v);
             }
+        }
+        line += 1;
+    }
+    let arrays: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
+    Ok((RecordBatch::try_new(schema, arrays)?, rejected))
+}
+
+/// Converts `;`-separated, header-less extraction text into a batch.
+///
+/// Empty fields and date sentinels become nulls; the first value that breaks
+/// its column's rule (type, dialect, length) stops the conversion with an
+/// error naming line, column, value and rule. `first_line` numbers the lines.
+pub fn csv_to_batch(
+    columns: &[&Column],
+    text: &[u8],
+    first_line: usize,
+) -> Result<RecordBatch, SndsError> {
+    let (batch, _) = convert(columns, &[], text, first_line, |p| {
+        Err(SndsError::BadValue {
+            line: p.line,
+            column: p.column,
+            value: p.value,
+            rule: p.rule,
         })
-        .collect();
-    Ok(RecordBatch::try_new(schema, arrays)?)
+    })?;
+    Ok(batch)
+}
+
+/// Like [`csv_to_batch`], but also requires the `required` columns and,
+/// instead of stopping at the first problem, rejects the bad lines and
+/// reports each problem. At most `max_problems` are reported.
+pub fn csv_to_batch_checked(
+    columns: &[&Column],
+    required: &[usize],
+    text: &[u8],
+    first_line: usize,
+    problems: &mut Vec<Problem>,
+    max_problems: usize,
+) -> Result<(RecordBatch, u64), SndsError> {
+    convert(columns, required, text, first_line, |p| {
+        if problems.len() < max_problems {
+            problems.push(p);
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -212,164 +379,6 @@ mod tests {
             "{err}"
         );
     }
-}
-
-/// One problem found in an extraction file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// 1-based line number (header = 1).
-    pub line: usize,
-    /// Column name.
-    pub column: String,
-    /// The offending value.
-    pub value: String,
-    /// The rule it breaks.
-    pub rule: String,
-}
-
-fn check_value(col: &Column, field: &str) -> Result<(), String> {
-    if field.is_empty() {
-        return Ok(());
-    }
-    let ok = match col.ty {
-        ColumnType::String | ColumnType::Boolean => {
-            match col.length.as_deref().and_then(|l| l.parse::<usize>().ok()) {
-                Some(max) if field.chars().count() > max => {
-                    return Err(format!("text longer than {max} characters"));
-                }
-                _ => true,
-            }
-        }
-        ColumnType::Integer => field.parse::<i64>().is_ok(),
-        ColumnType::Number => field.parse::<f64>().is_ok_and(f64::is_finite),
-        ColumnType::Date => dialect::parse_date(field).is_some(),
-        ColumnType::CompactDate => dialect::parse_compact_date(field).is_some(),
-        ColumnType::SasDateTime => dialect::parse_sas_datetime(field).is_some(),
-        ColumnType::Year => field.len() == 4 && field.parse::<i32>().is_ok(),
-        ColumnType::YearMonth => {
-            field.len() == 6
-                && field.parse::<i32>().is_ok()
-                && field[4..]
-                    .parse::<u32>()
-                    .is_ok_and(|m| (1..=12).contains(&m))
-        }
-        ColumnType::Month => field.parse::<u32>().is_ok_and(|m| (1..=12).contains(&m)),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("not a valid {}", expected_words(col.ty)))
-    }
-}
-
-fn expected_words(ty: ColumnType) -> &'static str {
-    match ty {
-        ColumnType::String | ColumnType::Boolean => "text",
-        ColumnType::Integer => "integer",
-        ColumnType::Number => "decimal number (dot as separator)",
-        ColumnType::Date => "date dd/MM/yyyy (01/01/1600 when missing)",
-        ColumnType::CompactDate => "date ddmmyyyy",
-        ColumnType::SasDateTime => "SAS datetime ddMMMyyyy:HH:mm:ss",
-        ColumnType::Year => "year yyyy",
-        ColumnType::YearMonth => "year-month yyyyMM",
-        ColumnType::Month => "month MM",
-    }
-}
-
-/// Like [`csv_to_batch`], but checks every value (type, length, required
-/// columns) and, instead of stopping at the first problem, rejects the bad
-/// lines and reports each problem. At most `max_problems` are reported.
-pub fn csv_to_batch_checked(
-    columns: &[&Column],
-    required: &[usize],
-    text: &[u8],
-    first_line: usize,
-    problems: &mut Vec<Problem>,
-    max_problems: usize,
-) -> Result<(RecordBatch, u64), SndsError> {
-    let mut good: Vec<u8> = Vec::with_capacity(text.len());
-    let mut rejected = 0u64;
-    let mut rdr = csv::ReaderBuilder::new()
-        .delimiter(b';')
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(text);
-    let mut rec = csv::ByteRecord::new();
-    let mut line = first_line;
-    let mut w = csv::WriterBuilder::new()
-        .delimiter(b';')
-        .from_writer(&mut good);
-    loop {
-        match rdr.read_byte_record(&mut rec) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => return Err(SndsError::Csv(format!("line {line}: {e}"))),
-        }
-        let mut bad = false;
-        let mut push = |p: Problem, problems: &mut Vec<Problem>| {
-            bad = true;
-            if problems.len() < max_problems {
-                problems.push(p);
-            }
-        };
-        if rec.len() != columns.len() {
-            push(
-                Problem {
-                    line,
-                    column: "(line)".into(),
-                    value: format!("{} fields", rec.len()),
-                    rule: format!("every line has the header's {} fields", columns.len()),
-                },
-                problems,
-            );
-        } else {
-            for (i, (raw, col)) in rec.iter().zip(columns).enumerate() {
-                let Ok(field) = std::str::from_utf8(raw) else {
-                    push(
-                        Problem {
-                            line,
-                            column: col.name.clone(),
-                            value: String::from_utf8_lossy(raw).into_owned(),
-                            rule: "text must be UTF-8".into(),
-                        },
-                        problems,
-                    );
-                    continue;
-                };
-                if field.is_empty() && required.contains(&i) {
-                    push(
-                        Problem {
-                            line,
-                            column: col.name.clone(),
-                            value: String::new(),
-                            rule: "required key column is empty".into(),
-                        },
-                        problems,
-                    );
-                } else if let Err(rule) = check_value(col, field) {
-                    push(
-                        Problem {
-                            line,
-                            column: col.name.clone(),
-                            value: field.to_string(),
-                            rule,
-                        },
-                        problems,
-                    );
-                }
-            }
-        }
-        if bad {
-            rejected += 1;
-        } else {
-            w.write_byte_record(&rec)
-                .map_err(|e| SndsError::Csv(e.to_string()))?;
-        }
-        line += 1;
-    }
-    w.flush().map_err(|e| SndsError::Csv(e.to_string()))?;
-    drop(w);
-    Ok((csv_to_batch(columns, &good, first_line)?, rejected))
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ pub enum SndsError {
     },
     /// A value in an extraction file does not match its column type.
     #[error(
-        "line {line}, column {column}: value `{value}` is not a valid {expected}; fix the extraction or the column type"
+        "line {line}, column {column}: value `{value}`: {rule}; fix the extraction or the column type"
     )]
     BadValue {
         /// 1-based line number in the chunk (header = line 1).
@@ -48,8 +48,8 @@ pub enum SndsError {
         column: String,
         /// The offending text.
         value: String,
-        /// What was expected, in words.
-        expected: String,
+        /// The rule it breaks, in words.
+        rule: String,
     },
     /// A CSV chunk does not have the expected header or field count.
     #[error("malformed CSV: {0}")]
