@@ -505,6 +505,24 @@ impl Catalog {
         }
         Ok(())
     }
+
+    /// Replaces the wrapped keys of several snapshots in one transaction
+    /// (master-key rotation): either every key is replaced or none is.
+    pub async fn set_wrapped_keys(&self, keys: &[(i64, String)]) -> Result<(), CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        for (snapshot, wrapped) in keys {
+            let r = sqlx::query("UPDATE snapshots SET wrapped_key = $1 WHERE id = $2")
+                .bind(wrapped.as_str())
+                .bind(*snapshot)
+                .execute(&mut *tx)
+                .await?;
+            if r.rows_affected() == 0 {
+                return Err(CatalogError::NoSnapshot(*snapshot));
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

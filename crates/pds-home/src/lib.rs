@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use pds_catalog::Catalog;
 use pds_keys::{KeyStore, MasterSource};
+use pds_storage::{S3Options, Storage};
 use serde::{Deserialize, Serialize};
 
 /// Name of the configuration file.
@@ -42,6 +43,12 @@ pub enum HomeError {
         /// What is wrong, with line and column when known.
         reason: String,
     },
+    /// Another process holds the write lock.
+    #[error("{0}")]
+    Busy(String),
+    /// Storage error.
+    #[error(transparent)]
+    Storage(#[from] pds_storage::StorageError),
     /// Key store error.
     #[error(transparent)]
     Keys(#[from] pds_keys::KeyError),
@@ -113,12 +120,16 @@ pub struct LoadConfig {
     /// Abort a load after this many rejected values.
     #[serde(default = "default_max_errors")]
     pub max_errors: u64,
+    /// Converter and encoder threads (each); 0 = one per core.
+    #[serde(default)]
+    pub threads: u64,
 }
 
 impl Default for LoadConfig {
     fn default() -> Self {
         LoadConfig {
             max_errors: default_max_errors(),
+            threads: 0,
         }
     }
 }
@@ -165,6 +176,17 @@ fn render(c: &Config) -> String {
         Some(p) => format!("master_key_file = {}\n", toml_str(p)),
         None => "# master_key_file = \"/secure/place/pds-master.key\"\n".into(),
     };
+    let s3 = format!(
+        "{}{}",
+        match &c.storage.s3_endpoint {
+            Some(e) => format!("s3_endpoint = {}\n", toml_str(e)),
+            None => "# s3_endpoint = \"https://s3.example.org\"   # for S3-compatible stores (default: none, AWS rules)\n".into(),
+        },
+        match &c.storage.s3_region {
+            Some(r) => format!("s3_region = {}\n", toml_str(r)),
+            None => "# s3_region = \"fr-par\"                     # (default: none)\n".into(),
+        }
+    );
     format!(
         r#"# PDS configuration. Every option is listed with its default value.
 # Relative paths are relative to this home directory.
@@ -180,8 +202,8 @@ url = {catalogue}
 #   file://objects          a local folder (default)
 #   s3://bucket/prefix      an S3-compatible store (Garage, MinIO, Ceph, SecNumCloud providers)
 url = {storage}
-# s3_endpoint = "https://s3.example.org"   # for S3-compatible stores (default: none, AWS rules)
-# s3_region = "fr-par"                     # (default: none)
+{s3}# S3 credentials are never written here: PDS reads AWS_ACCESS_KEY_ID and
+# AWS_SECRET_ACCESS_KEY (or the instance metadata service) from its environment.
 
 [keys]
 # Key store directory (wrapped platform key and check value; never the master key).
@@ -194,6 +216,9 @@ master = {master}
 [load]
 # A load stops after this many rejected values (every one is reported).
 max_errors = {max_errors}
+# Threads that check and convert, and threads that encode and encrypt (each);
+# 0 means one per core.
+threads = {threads}
 "#,
         catalogue = toml_str(&c.catalogue.url),
         storage = toml_str(&c.storage.url),
@@ -203,6 +228,8 @@ max_errors = {max_errors}
             MasterKind::Passphrase => "passphrase",
         }),
         max_errors = c.load.max_errors,
+        s3 = s3,
+        threads = c.load.threads,
     )
 }
 
@@ -419,6 +446,68 @@ impl Home {
     pub async fn catalog(&self) -> Result<Catalog, HomeError> {
         Ok(Catalog::connect(&self.catalogue_url()).await?)
     }
+
+    /// Records a new master-key protection in `config.toml` (after a key
+    /// rotation). The file is replaced atomically; other settings are kept
+    /// (comments are regenerated).
+    pub fn set_master(&mut self, master: &InitMaster) -> Result<(), HomeError> {
+        match master {
+            InitMaster::KeyFile(p) => {
+                let abs = if p.is_absolute() {
+                    p.clone()
+                } else {
+                    std::env::current_dir().map_err(io(p))?.join(p)
+                };
+                self.config.keys.master = MasterKind::KeyFile;
+                self.config.keys.master_key_file = Some(abs.display().to_string());
+            }
+            InitMaster::Passphrase(_) => {
+                self.config.keys.master = MasterKind::Passphrase;
+                self.config.keys.master_key_file = None;
+            }
+        }
+        let path = self.root.join(CONFIG_FILE);
+        let tmp = self.root.join(format!("{CONFIG_FILE}.new"));
+        fs::write(&tmp, render(&self.config)).map_err(io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// Opens the object store of `storage.url`.
+    pub fn storage(&self) -> Result<Storage, HomeError> {
+        let s3 = S3Options {
+            endpoint: self.config.storage.s3_endpoint.clone(),
+            region: self.config.storage.s3_region.clone(),
+        };
+        Ok(Storage::open(&self.config.storage.url, &self.root, &s3)?)
+    }
+
+    /// Takes the home's exclusive lock for writers (loads, key rotation):
+    /// two loads never race on the same next snapshot or sweep each other's
+    /// files. The operating system releases it when the process ends, even
+    /// on SIGKILL, so a crash never leaves a stale lock.
+    pub fn lock_for_writing(&self, what: &str) -> Result<HomeLock, HomeError> {
+        let path = self.root.join(".write.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(HomeLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(HomeError::Busy(format!(
+                "another PDS process is writing to {} (load or key rotation); {what} waits for it to finish: try again later",
+                self.root.display()
+            ))),
+            Err(fs::TryLockError::Error(e)) => Err(HomeError::Io { path, source: e }),
+        }
+    }
+}
+
+/// Held while a process writes to the home; released on drop or exit.
+#[derive(Debug)]
+pub struct HomeLock {
+    _file: fs::File,
 }
 
 #[cfg(test)]

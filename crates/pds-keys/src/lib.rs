@@ -70,6 +70,9 @@ pub enum KeyError {
     /// The operating system's random source failed.
     #[error("random source: {0}")]
     Random(String),
+    /// A rotation to the master key already in use.
+    #[error("the new master key is the current one; give a different key file or passphrase")]
+    SameMasterKey,
 }
 
 /// A 256-bit secret, zeroed on drop, never printed.
@@ -446,18 +449,31 @@ impl KeyStore {
 
     /// Replaces the master key: re-wraps the platform key under the new one
     /// and atomically rewrites the key store. Returns the store opened with
-    /// the new master key; re-wrap stored data keys with [`KeyStore::rewrap`]
-    /// (old store) before dropping the old one. No data file is rewritten.
+    /// the new master key. Prefer [`KeyStore::prepare_rotation`] when data
+    /// keys are stored elsewhere (the catalogue), to re-wrap them first.
     pub fn rotate_master(&self, new_source: &MasterSource) -> Result<KeyStore, KeyError> {
+        let new = self.prepare_rotation(new_source)?;
+        new.commit_rotation()?;
+        Ok(new)
+    }
+
+    /// First half of a rotation: the store under a new master key, in
+    /// memory only. Re-wrap the stored data keys with [`KeyStore::rewrap`],
+    /// save them, then call [`KeyStore::commit_rotation`] on the result. A
+    /// crash in between leaves the old store in place; running the rotation
+    /// again with the same two keys completes it (see `rewrap`).
+    pub fn prepare_rotation(&self, new_source: &MasterSource) -> Result<KeyStore, KeyError> {
         let spec = new_spec(new_source)?;
         let master = derive(new_source, &spec)?;
+        if master == self.master {
+            return Err(KeyError::SameMasterKey);
+        }
         let file = StoreFile {
             version: 1,
             master: spec,
             check: wrap(&master, CHECK_PURPOSE, CHECK_VALUE)?,
             platform_key: wrap(&master, PLATFORM_PURPOSE, self.platform.expose())?,
         };
-        write_store(&self.dir, &file, true)?;
         Ok(KeyStore {
             dir: self.dir.clone(),
             master,
@@ -466,10 +482,22 @@ impl KeyStore {
         })
     }
 
-    /// Re-wraps a key wrapped by this store's master key under `new`'s.
+    /// Second half of a rotation: atomically replaces the key store file.
+    pub fn commit_rotation(&self) -> Result<(), KeyError> {
+        write_store(&self.dir, &self.file, true)
+    }
+
+    /// Re-wraps a key wrapped by this store's master key under `new`'s. A key
+    /// that `new` already unwraps (a rotation interrupted after the data keys
+    /// were saved) is returned as it is, so a rotation can be run again.
     pub fn rewrap(&self, new: &KeyStore, w: &WrappedKey) -> Result<WrappedKey, KeyError> {
-        let k = unwrap_key(&self.master, w, &w.purpose)?;
-        wrap(&new.master, &w.purpose, k.expose())
+        match unwrap_key(&self.master, w, &w.purpose) {
+            Ok(k) => wrap(&new.master, &w.purpose, k.expose()),
+            Err(e) => match unwrap_key(&new.master, w, &w.purpose) {
+                Ok(_) => Ok(w.clone()),
+                Err(_) => Err(e),
+            },
+        }
     }
 
     /// Whether the store is protected by a passphrase (else a key file).
