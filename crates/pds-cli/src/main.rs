@@ -1,8 +1,15 @@
 //! `pds`: the single command-line entry point of PDS.
 //!
 //! Subcommands are thin: they parse arguments, call a library crate, and add
-//! context to errors. Today: `pds synth`, the synthetic SNDS generator.
+//! context to errors.
 #![forbid(unsafe_code)]
+
+#[cfg(feature = "sql")]
+mod demo;
+mod keys_cmd;
+mod load_cmd;
+#[cfg(feature = "sql")]
+mod sql_cmd;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,21 +39,18 @@ enum Command {
     /// List the committed snapshots of the catalogue.
     Snapshots,
     /// Load a CNAM delivery (directory of `;` CSV files) as a new snapshot.
-    Load(LoadArgs),
+    Load(load_cmd::LoadArgs),
     /// List the tables of a snapshot (default: the latest) with rows and columns.
     Tables(TablesArgs),
-}
-
-#[derive(clap::Args, Debug)]
-struct LoadArgs {
-    /// The delivery directory.
-    dir: PathBuf,
-    /// Stop after this many problems (default: `load.max_errors` of config.toml, 100).
-    #[arg(long)]
-    max_errors: Option<usize>,
-    /// A note recorded with the snapshot.
-    #[arg(long, default_value = "")]
-    note: String,
+    /// Run a read-only SQL query on a snapshot (a steward's check tool).
+    #[cfg(feature = "sql")]
+    Sql(sql_cmd::SqlArgs),
+    /// Key management (master-key rotation).
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCommand),
+    /// Try PDS end to end: init a home, synthesise, load, run three analyses.
+    #[cfg(feature = "sql")]
+    Demo(demo::DemoArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -60,11 +64,11 @@ struct TablesArgs {
 }
 
 #[derive(clap::Args, Debug)]
-struct InitArgs {
+pub(crate) struct InitArgs {
     /// Protect the master key with this key file (created, mode 0600, if missing).
     /// Keep it off the data disk. Without it, PDS_MASTER_PASSPHRASE is used.
     #[arg(long)]
-    master_key_file: Option<PathBuf>,
+    pub(crate) master_key_file: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -124,8 +128,15 @@ fn main() {
         Command::Synth(a) => synth(a),
         Command::Init(a) => runtime().and_then(|rt| rt.block_on(init(&cli.home, a))),
         Command::Snapshots => runtime().and_then(|rt| rt.block_on(snapshots(&cli.home))),
-        Command::Load(a) => runtime().and_then(|rt| rt.block_on(load(&cli.home, a))),
+        Command::Load(a) => {
+            runtime().and_then(|rt| rt.block_on(load_cmd::load(&cli.home, a)).map(|_| ()))
+        }
         Command::Tables(a) => runtime().and_then(|rt| rt.block_on(tables(&cli.home, a))),
+        #[cfg(feature = "sql")]
+        Command::Sql(a) => runtime().and_then(|rt| rt.block_on(sql_cmd::sql(&cli.home, a))),
+        Command::Keys(k) => runtime().and_then(|rt| rt.block_on(keys_cmd::run(&cli.home, k))),
+        #[cfg(feature = "sql")]
+        Command::Demo(a) => runtime().and_then(|rt| rt.block_on(demo::demo(a))),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -140,7 +151,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-async fn init(home: &std::path::Path, a: InitArgs) -> Result<()> {
+pub(crate) async fn init(home: &std::path::Path, a: InitArgs) -> Result<()> {
     let master = match (a.master_key_file, std::env::var("PDS_MASTER_PASSPHRASE")) {
         (Some(f), _) => pds_home::InitMaster::KeyFile(f),
         (None, Ok(p)) => pds_home::InitMaster::Passphrase(p),
@@ -197,70 +208,6 @@ async fn snapshots(home: &std::path::Path) -> Result<()> {
     }
     cat.close().await;
     Ok(())
-}
-
-async fn load(home: &std::path::Path, a: LoadArgs) -> Result<()> {
-    let h = pds_home::Home::open(home)?;
-    let opts = pds_load::LoadOptions {
-        max_errors: a
-            .max_errors
-            .unwrap_or(h.config.load.max_errors as usize)
-            .max(1),
-        created_by: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-        note: a.note,
-    };
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let progress = |done: u64, total: u64| {
-        bar.set_length(total);
-        bar.set_position(done);
-    };
-    let result = pds_load::load(&h, &a.dir, &opts, &progress).await;
-    bar.finish_and_clear();
-    match result {
-        Ok(r) => {
-            println!(
-                "Snapshot {} committed: {} rows from {:.1} MB of CSV in {:.1} s ({:.0} rows/s), 0 rejected lines",
-                r.snapshot,
-                r.rows,
-                r.source_bytes as f64 / 1e6,
-                r.seconds,
-                r.rows as f64 / r.seconds.max(1e-9)
-            );
-            println!("{:<12} {:>12} {:>10} {:>6}", "table", "rows", "MB", "files");
-            for (t, rows, bytes, files) in &r.tables {
-                println!(
-                    "{t:<12} {rows:>12} {:>10.1} {files:>6}",
-                    *bytes as f64 / 1e6
-                );
-            }
-            Ok(())
-        }
-        Err(pds_load::LoadError::Invalid { problems, aborted }) => {
-            for (file, p) in &problems {
-                eprintln!(
-                    "{file}:{}: column {}: value `{}`: {}; fix the delivery (or the extraction) and load again",
-                    p.line, p.column, p.value, p.rule
-                );
-            }
-            bail!(
-                "{} problem(s){}; nothing was loaded, the catalogue and storage are unchanged",
-                problems.len(),
-                if aborted {
-                    " (stopped at --max-errors)"
-                } else {
-                    ""
-                }
-            )
-        }
-        Err(e) => Err(anyhow::Error::new(e).context(format!(
-            "loading {} failed; nothing was loaded",
-            a.dir.display()
-        ))),
-    }
 }
 
 async fn tables(home: &std::path::Path, a: TablesArgs) -> Result<()> {

@@ -78,6 +78,22 @@ fn sigkill_during_load_never_exposes_a_partial_snapshot() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let snap1 = home.join("objects/snapshots/1");
     let before = tree_digest(&snap1);
+    let read_back = || {
+        let o = pds()
+            .arg("--home")
+            .arg(&home)
+            .args(["sql", "--snapshot", "1", "--format", "csv"])
+            .arg("SELECT COUNT(*) AS n, COUNT(DISTINCT BEN_NIR_PSA) AS people, ROUND(SUM(PRS_PAI_MNT), 2) AS paid FROM ER_PRS_F")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let answer_before = read_back();
+    assert!(
+        answer_before.starts_with("n,people,paid\n"),
+        "{answer_before}"
+    );
     let listing = snapshots(&home);
     let catalogue_before = std::fs::read(home.join("catalogue.db")).unwrap().len();
     assert!(catalogue_before > 0);
@@ -165,14 +181,18 @@ fn sigkill_during_load_never_exposes_a_partial_snapshot() {
         out.contains(&format!("Snapshot {expected_next} committed")),
         "{out}"
     );
-    let leftovers: Vec<_> = std::fs::read_dir(home.join("objects"))
+    // Only committed snapshots remain in storage.
+    let mut folders: Vec<String> = std::fs::read_dir(home.join("objects/snapshots"))
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".staging"))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(leftovers.is_empty(), "staging leftovers remain");
+    folders.sort();
+    let committed: Vec<String> = (1..=expected_next).map(|i| i.to_string()).collect();
+    assert_eq!(folders, committed, "leftovers of killed loads remain");
     assert!(
         tree_digest(&snap1) == before,
         "snapshot 1 changed after the next load"
     );
+    assert_eq!(read_back(), answer_before, "snapshot 1 reads differently");
 }

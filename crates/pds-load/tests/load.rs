@@ -3,10 +3,11 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow_array::{Array, RecordBatch, StringArray};
 use pds_home::{Home, InitMaster};
-use pds_load::{LoadError, LoadOptions, load, read_file};
+use pds_load::{LoadError, LoadOptions, Progress, ProgressFn, load, read_file};
 
 fn synth(dir: &Path, n: u64, seed: u64) {
     let cfg = pds_synth::Config {
@@ -35,7 +36,12 @@ fn opts() -> LoadOptions {
         max_errors: 100,
         created_by: "steward".into(),
         note: String::new(),
+        threads: 2,
     }
+}
+
+fn quiet() -> ProgressFn {
+    Arc::new(|_: &Progress| {})
 }
 
 fn strings(batches: &[RecordBatch], col: &str) -> Vec<String> {
@@ -71,7 +77,7 @@ async fn a_delivery_becomes_an_encrypted_pseudonymised_snapshot() {
     let delivery = dir.path().join("delivery");
     synth(&delivery, 400, 3);
     let h = home(dir.path()).await;
-    let report = load(&h, &delivery, &opts(), &|_, _| {}).await.unwrap();
+    let report = load(&h, &delivery, &opts(), quiet()).await.unwrap();
     assert_eq!(report.snapshot, 1);
     let cat = h.catalog().await.unwrap();
     let tables = cat.tables(1).await.unwrap();
@@ -113,6 +119,7 @@ async fn a_delivery_becomes_an_encrypted_pseudonymised_snapshot() {
     let keys = h.keys().unwrap();
     let key = keys.unwrap_data_key(&wrapped, "pds/snapshot/1").unwrap();
     let objects = h.local_storage_dir().unwrap();
+    let storage = h.storage().unwrap();
 
     // Encrypted: no clear identifier, no readable footer without the key.
     let ben_file = &tables.iter().find(|t| t.name == "IR_BEN_R").unwrap().files[0];
@@ -126,19 +133,19 @@ async fn a_delivery_becomes_an_encrypted_pseudonymised_snapshot() {
     );
     let other = keys.new_data_key("pds/snapshot/1").unwrap().0;
     assert!(
-        read_file(&objects, &ben_file.path, &other).is_err(),
+        read_file(&storage, &ben_file.path, &other).await.is_err(),
         "another key cannot read"
     );
     // Bound to its path: the same bytes under another name do not decrypt.
     let moved = format!("{}.copy", ben_file.path);
     std::fs::copy(objects.join(&ben_file.path), objects.join(&moved)).unwrap();
     assert!(
-        read_file(&objects, &moved, &key).is_err(),
+        read_file(&storage, &moved, &key).await.is_err(),
         "a swapped file must not decrypt"
     );
 
     // Pseudonymised, with linkage kept across DCIR, PMSI and IR_BEN_R.
-    let ben = read_file(&objects, &ben_file.path, &key).unwrap();
+    let ben = read_file(&storage, &ben_file.path, &key).await.unwrap();
     let ben_psa: HashSet<String> = strings(&ben, "BEN_NIR_PSA").into_iter().collect();
     assert_eq!(ben_psa.len(), clear_psa.len());
     assert!(
@@ -152,14 +159,14 @@ async fn a_delivery_becomes_an_encrypted_pseudonymised_snapshot() {
     let mut prs_psa = HashSet::new();
     for f in &prs.files {
         prs_psa.extend(strings(
-            &read_file(&objects, &f.path, &key).unwrap(),
+            &read_file(&storage, &f.path, &key).await.unwrap(),
             "BEN_NIR_PSA",
         ));
     }
     assert!(prs_psa.is_subset(&ben_psa), "DCIR ↔ IR_BEN_R linkage");
     let c = tables.iter().find(|t| t.name == "T_MCO21C").unwrap();
     let nir17 = strings(
-        &read_file(&objects, &c.files[0].path, &key).unwrap(),
+        &read_file(&storage, &c.files[0].path, &key).await.unwrap(),
         "NIR_ANO_17",
     );
     let linked = nir17.iter().filter(|n| ben_psa.contains(*n)).count();
@@ -199,7 +206,7 @@ async fn a_delivery_becomes_an_encrypted_pseudonymised_snapshot() {
         .iter()
         .flat_map(|t| t.files.iter().map(|f| (f.path.clone(), f.sha256.clone())))
         .collect();
-    let r2 = load(&h, &delivery, &opts(), &|_, _| {}).await.unwrap();
+    let r2 = load(&h, &delivery, &opts(), quiet()).await.unwrap();
     assert_eq!(r2.snapshot, 2);
     for (path, sha) in before {
         let bytes = std::fs::read(objects.join(&path)).unwrap();
@@ -222,7 +229,7 @@ async fn a_delivery_becomes_an_encrypted_pseudonymised_snapshot() {
         .unwrap();
     assert!(key2 != key, "a fresh data key per snapshot");
     let psa2: HashSet<String> = strings(
-        &read_file(&objects, &ben2.path, &key2).unwrap(),
+        &read_file(&storage, &ben2.path, &key2).await.unwrap(),
         "BEN_NIR_PSA",
     )
     .into_iter()
@@ -262,23 +269,49 @@ async fn bad_input_is_reported_precisely_and_loads_nothing() {
     f[psa] = String::new();
     lines[3] = f.join(";");
     write(&path, &(lines.join("\n") + "\n"));
-    let e = load(&h, &delivery, &opts(), &|_, _| {}).await.unwrap_err();
+    // A sex code outside IR_SEX_V on line 2 of IR_BEN_R (value-list check).
+    let ben_path = delivery.join("IR_BEN_R.csv");
+    let ben_text = std::fs::read_to_string(&ben_path).unwrap();
+    let mut ben_lines: Vec<String> = ben_text.lines().map(String::from).collect();
+    let sex = ben_lines[0]
+        .split(';')
+        .position(|c| c == "BEN_SEX_COD")
+        .unwrap();
+    let mut f: Vec<String> = ben_lines[1].split(';').map(String::from).collect();
+    f[sex] = "7".into();
+    ben_lines[1] = f.join(";");
+    write(&ben_path, &(ben_lines.join("\n") + "\n"));
+    let e = load(&h, &delivery, &opts(), quiet()).await.unwrap_err();
     let LoadError::Invalid { problems, aborted } = &e else {
         panic!("{e}")
     };
     assert!(!aborted);
-    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(problems.len(), 3, "{problems:?}");
     assert_eq!(
         (
             problems[0].0.as_str(),
             problems[0].1.line,
-            problems[0].1.column.as_str()
+            problems[0].1.column.as_str(),
+            problems[0].1.value.as_str()
+        ),
+        ("IR_BEN_R.csv", 2, "BEN_SEX_COD", "7")
+    );
+    assert!(
+        problems[0].1.rule.contains("not in IR_SEX_V"),
+        "{}",
+        problems[0].1.rule
+    );
+    assert_eq!(
+        (
+            problems[1].0.as_str(),
+            problems[1].1.line,
+            problems[1].1.column.as_str()
         ),
         ("IR_IMB_R.csv", 3, "IMB_ALD_DTD")
     );
-    assert_eq!(problems[0].1.value, "2021-13-45");
+    assert_eq!(problems[1].1.value, "2021-13-45");
     assert_eq!(
-        (problems[1].1.line, problems[1].1.column.as_str()),
+        (problems[2].1.line, problems[2].1.column.as_str()),
         (4, "BEN_NIR_PSA")
     );
     // Nothing visible, nothing left in storage.
@@ -292,6 +325,7 @@ async fn bad_input_is_reported_precisely_and_loads_nothing() {
         .collect();
     assert!(left.iter().all(|n| n == "snapshots"), "leftovers: {left:?}");
     assert!(!objects.join("snapshots/1").exists());
+    assert!(h.storage().unwrap().list("").await.unwrap().is_empty());
     // --max-errors 1 stops at the first problem.
     let e = load(
         &h,
@@ -300,7 +334,7 @@ async fn bad_input_is_reported_precisely_and_loads_nothing() {
             max_errors: 1,
             ..opts()
         },
-        &|_, _| {},
+        quiet(),
     )
     .await
     .unwrap_err();
@@ -310,7 +344,7 @@ async fn bad_input_is_reported_precisely_and_loads_nothing() {
     );
     // A wrong header names the column.
     write(&path, &text.replacen("BEN_NIR_PSA", "BEN_NIR_XXX", 1));
-    let e = load(&h, &delivery, &opts(), &|_, _| {})
+    let e = load(&h, &delivery, &opts(), quiet())
         .await
         .unwrap_err()
         .to_string();
@@ -321,7 +355,7 @@ async fn bad_input_is_reported_precisely_and_loads_nothing() {
     // An unknown file is refused before anything is written.
     write(&delivery.join("NOTES.csv"), "a;b\n");
     std::fs::write(&path, &text).unwrap();
-    let e = load(&h, &delivery, &opts(), &|_, _| {})
+    let e = load(&h, &delivery, &opts(), quiet())
         .await
         .unwrap_err()
         .to_string();
@@ -330,9 +364,10 @@ async fn bad_input_is_reported_precisely_and_loads_nothing() {
         "{e}"
     );
     std::fs::remove_file(delivery.join("NOTES.csv")).unwrap();
+    write(&ben_path, &ben_text);
     // The repaired delivery loads as snapshot 1.
     assert_eq!(
-        load(&h, &delivery, &opts(), &|_, _| {})
+        load(&h, &delivery, &opts(), quiet())
             .await
             .unwrap()
             .snapshot,

@@ -1,0 +1,224 @@
+//! `pds demo`: the whole steward path on synthetic data, in one command.
+//!
+//! init a home → synthesise a delivery → load it as snapshot 1 → run three
+//! analyses researchers typically start with, printing the SQL and results.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+/// Arguments of `pds demo`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct DemoArgs {
+    /// Working directory (home, master key, delivery). Re-running replaces an
+    /// earlier demo there; any other non-empty directory is refused.
+    #[arg(long, default_value = "pds-demo")]
+    dir: PathBuf,
+    /// Beneficiaries to synthesise.
+    #[arg(long, short = 'n', default_value_t = 20_000)]
+    beneficiaries: u64,
+    /// Care years.
+    #[arg(long, default_value = "2022-2023")]
+    years: String,
+    /// Seed of the synthetic data.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+const MARKER: &str = ".pds-demo";
+
+/// The three analyses, for care years `y0..=y1`.
+pub(crate) fn analyses(y0: u16, y1: u16) -> Vec<(&'static str, String)> {
+    // The 9 keys that join a DCIR claim line to its refinement tables.
+    let keys = |a: &str, b: &str| {
+        [
+            "FLX_DIS_DTD",
+            "FLX_TRT_DTD",
+            "FLX_EMT_TYP",
+            "FLX_EMT_NUM",
+            "FLX_EMT_ORD",
+            "ORG_CLE_NUM",
+            "DCT_ORD_NUM",
+            "PRS_ORD_NUM",
+            "REM_TYP_AFF",
+        ]
+        .iter()
+        .map(|k| format!("{a}.{k} = {b}.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+    };
+    let stays = (y0..=y1)
+        .map(|y| {
+            let yy = y % 100;
+            format!(
+                "SELECT {y} AS year, b.ETA_NUM, b.RSA_NUM, b.DGN_PAL, b.SEJ_NBJ, b.GRG_GHM, c.NIR_ANO_17 \
+                 FROM T_MCO{yy:02}B b JOIN T_MCO{yy:02}C c ON b.ETA_NUM = c.ETA_NUM AND b.RSA_NUM = c.RSA_NUM \
+                 WHERE c.NIR_RET = '0' AND c.NAI_RET = '0' AND c.SEX_RET = '0' AND c.SEJ_RET = '0' \
+                 AND c.FHO_RET = '0' AND c.PMS_RET = '0' AND c.DAT_RET = '0'"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n    UNION ALL ");
+    vec![
+        (
+            "People dispensed an antidiabetic (ATC A10) per year and age group",
+            format!(
+                "SELECT EXTRACT(YEAR FROM p.EXE_SOI_DTD) AS year,
+       CASE WHEN EXTRACT(YEAR FROM p.EXE_SOI_DTD) - p.BEN_NAI_ANN < 45 THEN '00-44'
+            WHEN EXTRACT(YEAR FROM p.EXE_SOI_DTD) - p.BEN_NAI_ANN < 65 THEN '45-64'
+            WHEN EXTRACT(YEAR FROM p.EXE_SOI_DTD) - p.BEN_NAI_ANN < 80 THEN '65-79'
+            ELSE '80+' END AS age_group,
+       COUNT(DISTINCT p.BEN_NIR_PSA) AS people,
+       SUM(f.PHA_ACT_QSN) AS boxes
+FROM ER_PRS_F p
+JOIN ER_PHA_F f ON {}
+JOIN IR_PHA_R r ON f.PHA_PRS_C13 = r.PHA_CIP_C13
+WHERE r.PHA_ATC_C07 LIKE 'A10%' AND p.DPN_QLF <> 71 AND p.CPL_MAJ_TOP < 2
+  AND EXTRACT(YEAR FROM p.EXE_SOI_DTD) BETWEEN {y0} AND {y1}
+GROUP BY 1, 2 ORDER BY 1, 2",
+                keys("p", "f")
+            ),
+        ),
+        (
+            "Acute stays with a main diagnosis of ischaemic stroke (ICD-10 I63), chained patients only",
+            format!(
+                "WITH stays AS (
+    {stays}
+)
+SELECT year, COUNT(*) AS stays, COUNT(DISTINCT NIR_ANO_17) AS patients,
+       ROUND(AVG(SEJ_NBJ), 1) AS mean_length_days
+FROM stays
+WHERE DGN_PAL LIKE 'I63%' AND GRG_GHM NOT LIKE '90%'
+GROUP BY year ORDER BY year"
+            ),
+        ),
+        (
+            "HbA1c tests (NABM 1577) per person with a diabetes ALD (ICD-10 E11)",
+            format!(
+                "WITH diabetics AS (
+    SELECT DISTINCT BEN_NIR_PSA FROM IR_IMB_R WHERE MED_MTF_COD LIKE 'E11%'
+), tests AS (
+    SELECT p.BEN_NIR_PSA, EXTRACT(YEAR FROM p.EXE_SOI_DTD) AS year, SUM(b.BIO_ACT_QSN) AS n
+    FROM ER_PRS_F p JOIN ER_BIO_F b ON {}
+    WHERE b.BIO_PRS_IDE = 1577 AND p.DPN_QLF <> 71
+    GROUP BY 1, 2
+), years AS (
+    SELECT DISTINCT year FROM tests WHERE year BETWEEN {y0} AND {y1}
+)
+SELECT y.year, COUNT(*) AS diabetics,
+       ROUND(AVG(COALESCE(t.n, 0)), 2) AS tests_per_diabetic,
+       ROUND(100.0 * AVG(CASE WHEN t.n > 0 THEN 1 ELSE 0 END), 1) AS pct_with_a_test
+FROM diabetics d CROSS JOIN years y
+LEFT JOIN tests t ON t.BEN_NIR_PSA = d.BEN_NIR_PSA AND t.year = y.year
+GROUP BY y.year ORDER BY y.year",
+                keys("p", "b")
+            ),
+        ),
+    ]
+}
+
+fn prepare_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .next()
+            .is_none();
+        if !empty {
+            if !dir.join(MARKER).exists() {
+                bail!(
+                    "{} exists and was not made by `pds demo`; choose another --dir",
+                    dir.display()
+                );
+            }
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("removing the previous demo in {}", dir.display()))?;
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join(MARKER),
+        "made by `pds demo`; `pds demo` may delete this directory\n",
+    )
+    .with_context(|| format!("writing in {}", dir.display()))?;
+    Ok(())
+}
+
+/// Runs the demo.
+pub(crate) async fn demo(a: DemoArgs) -> Result<()> {
+    let started = Instant::now();
+    let (y0, y1) = crate::parse_years(&a.years)?;
+    let cfg = pds_synth::Config {
+        beneficiaries: a.beneficiaries,
+        first_year: y0,
+        last_year: y1,
+        seed: a.seed,
+        out: a.dir.join("delivery"),
+        format: pds_synth::Format::Csv,
+        threads: None,
+    };
+    cfg.validate()?;
+    prepare_dir(&a.dir)?;
+    let home = a.dir.join("home");
+
+    println!("== 1/4 Create a home (config, key store, SQLite catalogue, local object store)");
+    crate::init(
+        &home,
+        crate::InitArgs {
+            master_key_file: Some(a.dir.join("master.key")),
+        },
+    )
+    .await?;
+
+    println!(
+        "\n== 2/4 Synthesise a CNAM delivery: {} beneficiaries, {y0}-{y1}",
+        a.beneficiaries
+    );
+    let report = tokio::task::spawn_blocking(move || pds_synth::generate(&cfg, &|_| {}))
+        .await
+        .context("the generator thread failed")??;
+    let rows: u64 = report.tables.iter().map(|t| t.rows).sum();
+    let bytes: u64 = report.tables.iter().map(|t| t.bytes).sum();
+    println!(
+        "{rows} rows in {} files ({:.1} MB of CSV) in {:.1} s",
+        report.tables.iter().map(|t| t.files).sum::<usize>() + report.referentials.len(),
+        bytes as f64 / 1e6,
+        report.seconds
+    );
+
+    println!("\n== 3/4 Load it: validate, pseudonymise, encrypt, commit snapshot 1");
+    crate::load_cmd::load(
+        &home,
+        crate::load_cmd::LoadArgs {
+            dir: a.dir.join("delivery"),
+            max_errors: None,
+            note: "pds demo".into(),
+            threads: None,
+            quiet: false,
+        },
+    )
+    .await?;
+
+    println!("\n== 4/4 Three analyses (read-only SQL on the snapshot; `pds sql` runs your own)");
+    let h = pds_home::Home::open(&home)?;
+    let session = pds_query::SnapshotSession::open(&h, None).await?;
+    for (i, (title, sql)) in analyses(y0, y1).into_iter().enumerate() {
+        let t = Instant::now();
+        let (schema, batches) = session
+            .sql(&sql)
+            .await
+            .with_context(|| format!("analysis {}: {title}", i + 1))?;
+        println!("\n-- {}. {title}\n{sql};", i + 1);
+        print!(
+            "{}",
+            pds_query::format(&schema, &batches, pds_query::Format::Table)?
+        );
+        println!("({:.2} s)", t.elapsed().as_secs_f64());
+    }
+    println!(
+        "\nDone in {:.1} s. Try: pds --home {} sql \"SELECT COUNT(*) FROM ER_PRS_F\"",
+        started.elapsed().as_secs_f64(),
+        home.display()
+    );
+    Ok(())
+}

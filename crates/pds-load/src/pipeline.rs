@@ -1,0 +1,618 @@
+//! The load pipeline for one delivery, run on a blocking thread.
+//!
+//! Per file, four kinds of threads, connected by bounded channels so memory
+//! stays flat whatever the file size:
+//!
+//! ```text
+//! reader ──chunks of 50 000 lines──▶ converters (N) ──▶ dispatcher ──▶ encoders (N)
+//!  SHA-256 of the file               check, convert,     in file order,   one Parquet writer
+//!                                    value lists,        counts, errors   per partition,
+//!                                    pseudonymise,                        zstd + AES-GCM,
+//!                                    split by partition                   object store upload
+//! ```
+//!
+//! The dispatcher restores file order, so a file's rows keep their order
+//! inside each partition and a load is reproducible. Each partition goes to
+//! one encoder (by hash), so a Parquet file is written by one thread.
+//! Writers are closed at the end of each file: at most one file's partitions
+//! are open at once, which bounds memory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::io::{BufRead, BufReader, Write};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use arrow_array::{Array, Date32Array, RecordBatch};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::encryption::encrypt::FileEncryptionProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use pds_catalog::{ColumnInfo, DataFile, SourceFile, TableInfo};
+use pds_snds::arrow::Problem;
+use pds_snds::schema::Family;
+use pds_storage::{ObjectWriter, Storage};
+use sha2::{Digest, Sha256};
+
+use crate::values::ValueLists;
+use crate::{LoadError, LoadOptions, Progress, ProgressFn, Pseudonymiser, Recognised, io};
+
+/// Lines per chunk: large enough to amortise per-batch costs, small enough
+/// that a few chunks in flight stay well under 100 MiB.
+const CHUNK_LINES: usize = 50_000;
+
+/// Everything a load needs, owned, so it can run on a blocking thread.
+pub(crate) struct Job {
+    pub recognised: Vec<Recognised>,
+    pub storage: Storage,
+    pub prefix: String,
+    pub data_key: pds_keys::SecretKey,
+    pub pseudo: Pseudonymiser,
+    pub lists: ValueLists,
+    pub opts: LoadOptions,
+    pub total_bytes: u64,
+    pub progress: ProgressFn,
+    pub rt: tokio::runtime::Handle,
+}
+
+/// What a successful pipeline produced (not yet committed).
+pub(crate) struct Written {
+    pub tables: Vec<TableInfo>,
+    pub sources: Vec<SourceFile>,
+    pub rows: u64,
+}
+
+/// Cumulative counters across the files of a load.
+#[derive(Default)]
+struct Totals {
+    progress: Progress,
+    problems: Vec<(String, Problem)>,
+}
+
+impl Job {
+    pub(crate) fn run(self) -> Result<Written, LoadError> {
+        let mut totals = Totals {
+            progress: Progress {
+                bytes_total: self.total_bytes,
+                ..Progress::default()
+            },
+            problems: Vec::new(),
+        };
+        let mut tables: BTreeMap<String, TableInfo> = BTreeMap::new();
+        let mut sources = Vec::new();
+        for (index, r) in self.recognised.iter().enumerate() {
+            let file_name = r
+                .path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let out = self.run_file(index, r, &file_name, &mut totals)?;
+            let info = tables.entry(r.table.clone()).or_insert_with(|| TableInfo {
+                name: r.table.clone(),
+                title: r.title.clone(),
+                rows: 0,
+                bytes: 0,
+                columns: r
+                    .columns
+                    .iter()
+                    .map(|c| ColumnInfo {
+                        name: c.name.clone(),
+                        data_type: pds_snds::arrow::arrow_type(c.ty).to_string(),
+                        description: c.description.clone(),
+                        nomenclature: c.nomenclature.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+                files: vec![],
+            });
+            // A table loaded from several yearly files: add the columns the
+            // later years introduced, so the catalogue describes them all.
+            for c in &r.columns {
+                if !info.columns.iter().any(|k| k.name == c.name) {
+                    info.columns.push(ColumnInfo {
+                        name: c.name.clone(),
+                        data_type: pds_snds::arrow::arrow_type(c.ty).to_string(),
+                        description: c.description.clone(),
+                        nomenclature: c.nomenclature.clone().unwrap_or_default(),
+                    });
+                }
+            }
+            info.rows += out.rows as i64;
+            for f in out.files {
+                info.bytes += f.bytes;
+                info.files.push(f);
+            }
+            sources.push(SourceFile {
+                name: file_name,
+                table: r.table.clone(),
+                bytes: out.size as i64,
+                sha256: out.sha256,
+                rows_loaded: out.rows as i64,
+                rows_rejected: out.rejected as i64,
+            });
+        }
+        if !totals.problems.is_empty() {
+            return Err(LoadError::Invalid {
+                problems: totals.problems,
+                aborted: false,
+            });
+        }
+        for t in tables.values_mut() {
+            t.files.sort_by(|a, b| a.path.cmp(&b.path));
+        }
+        Ok(Written {
+            tables: tables.into_values().collect(),
+            sources,
+            rows: totals.progress.rows,
+        })
+    }
+
+    fn run_file(
+        &self,
+        index: usize,
+        r: &Recognised,
+        file_name: &str,
+        totals: &mut Totals,
+    ) -> Result<FileOutcome, LoadError> {
+        let threads = self.opts.threads.max(1);
+        let cols: Vec<&pds_snds::Column> = r.columns.iter().collect();
+        let required: Vec<usize> = r
+            .required
+            .iter()
+            .filter_map(|k| cols.iter().position(|c| &c.name == k))
+            .collect();
+        let check_lists = r.family.is_some() && self.lists.applies_to(&cols);
+        // Set once anything is rejected (nothing will be committed, so stop
+        // spending time on pseudonyms and partitions) or the load aborts.
+        let rejected_seen = AtomicBool::new(totals.progress.rejected > 0);
+        let abort = AtomicBool::new(false);
+        let (work_tx, work_rx) = sync_channel::<Work>(threads);
+        let work_rx = Mutex::new(work_rx);
+        let (res_tx, res_rx) = sync_channel::<(usize, Result<Chunk, LoadError>)>(threads * 2);
+        let ctx = ConvertCtx {
+            r,
+            cols: &cols,
+            required: &required,
+            pseudo: &self.pseudo,
+            lists: check_lists.then_some(&self.lists),
+            room: self.opts.max_errors,
+            rejected_seen: &rejected_seen,
+        };
+        std::thread::scope(|s| -> Result<FileOutcome, LoadError> {
+            let reader = s.spawn(move || read_chunks(r, work_tx));
+            for _ in 0..threads {
+                let res_tx = res_tx.clone();
+                let work_rx = &work_rx;
+                let ctx = &ctx;
+                s.spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next chunk.
+                        let next = match work_rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(work) = next else { return };
+                        let seq = work.seq;
+                        let out = ctx.convert(work);
+                        if res_tx.send((seq, out)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(res_tx);
+            let mut enc_txs = Vec::new();
+            let mut encoders = Vec::new();
+            for _ in 0..threads {
+                let (tx, rx) = sync_channel::<(String, RecordBatch)>(4);
+                enc_txs.push(tx);
+                let abort = &abort;
+                encoders.push(s.spawn(move || self.encode(index, r, rx, abort)));
+            }
+            let dispatched = self.dispatch(r, file_name, res_rx, &enc_txs, totals, &rejected_seen);
+            if dispatched.is_err() {
+                abort.store(true, Ordering::SeqCst);
+            }
+            drop(enc_txs);
+            let mut files = Vec::new();
+            let mut encode_error = None;
+            for e in encoders {
+                match e.join() {
+                    Ok(Ok(mut f)) => files.append(&mut f),
+                    Ok(Err(err)) => encode_error = encode_error.or(Some(err)),
+                    Err(_) => {
+                        encode_error = encode_error.or(Some(LoadError::Parquet(
+                            "an encoder thread panicked".into(),
+                        )))
+                    }
+                }
+            }
+            let (rows, rejected) = dispatched?;
+            if let Some(e) = encode_error {
+                return Err(e);
+            }
+            let (sha256, size) = reader
+                .join()
+                .map_err(|_| LoadError::Parquet("the reader thread panicked".into()))??;
+            Ok(FileOutcome {
+                rows,
+                rejected,
+                files,
+                sha256,
+                size,
+            })
+        })
+    }
+
+    /// Receives converted chunks, puts them back in file order, counts,
+    /// collects problems and hands partitions to the encoders. Returns
+    /// (rows, rejected lines) of the file.
+    fn dispatch(
+        &self,
+        r: &Recognised,
+        file_name: &str,
+        res_rx: Receiver<(usize, Result<Chunk, LoadError>)>,
+        enc_txs: &[SyncSender<(String, RecordBatch)>],
+        totals: &mut Totals,
+        rejected_seen: &AtomicBool,
+    ) -> Result<(u64, u64), LoadError> {
+        let mut pending: BTreeMap<usize, Chunk> = BTreeMap::new();
+        let mut next = 0usize;
+        let mut rows = 0u64;
+        let mut rejected = 0u64;
+        for (seq, chunk) in res_rx {
+            pending.insert(seq, chunk?);
+            while let Some(chunk) = pending.remove(&next) {
+                next += 1;
+                totals.progress.bytes_done += chunk.bytes;
+                totals.progress.rejected += chunk.rejected;
+                rejected += chunk.rejected;
+                for p in chunk.problems {
+                    if totals.problems.len() < self.opts.max_errors {
+                        totals.problems.push((file_name.to_string(), p));
+                    }
+                }
+                if totals.problems.len() >= self.opts.max_errors {
+                    return Err(LoadError::Invalid {
+                        problems: std::mem::take(&mut totals.problems),
+                        aborted: true,
+                    });
+                }
+                if totals.progress.rejected > 0 {
+                    // Keep checking the rest to report every problem, but write nothing more.
+                    rejected_seen.store(true, Ordering::Relaxed);
+                } else {
+                    for (part, batch) in chunk.parts {
+                        let n = batch.num_rows() as u64;
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        part.hash(&mut h);
+                        let e = (h.finish() % enc_txs.len() as u64) as usize;
+                        if enc_txs[e].send((part, batch)).is_err() {
+                            // The encoder stopped on an error; it is reported by its join.
+                            return Err(LoadError::Parquet(format!("writing {} stopped", r.table)));
+                        }
+                        rows += n;
+                        totals.progress.rows += n;
+                    }
+                }
+                (self.progress)(&totals.progress);
+            }
+        }
+        Ok((rows, rejected))
+    }
+
+    /// Owns the Parquet writers of the partitions hashed to it; closes them
+    /// when the file is done (or abandons them on abort).
+    fn encode(
+        &self,
+        index: usize,
+        r: &Recognised,
+        rx: Receiver<(String, RecordBatch)>,
+        abort: &AtomicBool,
+    ) -> Result<Vec<DataFile>, LoadError> {
+        let mut writers: HashMap<String, PartWriter> = HashMap::new();
+        for (part, batch) in rx {
+            if !writers.contains_key(&part) {
+                let rel = if part.is_empty() {
+                    format!("{}/{}/part-{index}.parquet", self.prefix, r.table)
+                } else {
+                    format!("{}/{}/{part}/part-{index}.parquet", self.prefix, r.table)
+                };
+                let sink = HashingWriter {
+                    inner: self.storage.writer(&rel, self.rt.clone()),
+                    hash: Sha256::new(),
+                };
+                let writer = ArrowWriter::try_new(
+                    sink,
+                    batch.schema(),
+                    Some(writer_props(&self.data_key, &rel)?),
+                )
+                .map_err(pq)?;
+                writers.insert(
+                    part.clone(),
+                    PartWriter {
+                        rel_path: rel,
+                        writer,
+                        rows: 0,
+                    },
+                );
+            }
+            let w = writers
+                .get_mut(&part)
+                .ok_or_else(|| LoadError::Parquet("writer vanished".into()))?;
+            w.rows += batch.num_rows() as i64;
+            w.writer.write(&batch).map_err(pq)?;
+            // Bound memory: close a row group early rather than buffer a
+            // whole partition when rows are wide.
+            if w.writer.in_progress_size() > 16 << 20 {
+                w.writer.flush().map_err(pq)?;
+            }
+        }
+        if abort.load(Ordering::SeqCst) {
+            // Dropping the writers abandons their uploads.
+            return Ok(vec![]);
+        }
+        let mut files = Vec::new();
+        for (part, w) in writers {
+            let sink = w.writer.into_inner().map_err(pq)?;
+            let sha = hex::encode(sink.hash.finalize());
+            let bytes = sink.inner.finish()?;
+            files.push(DataFile {
+                path: w.rel_path,
+                partition: part
+                    .trim_start_matches("flx_month=")
+                    .trim_start_matches("year=")
+                    .to_string(),
+                rows: w.rows,
+                bytes: bytes as i64,
+                sha256: sha,
+            });
+        }
+        Ok(files)
+    }
+}
+
+fn pq(e: parquet::errors::ParquetError) -> LoadError {
+    LoadError::Parquet(e.to_string())
+}
+
+struct FileOutcome {
+    rows: u64,
+    rejected: u64,
+    files: Vec<DataFile>,
+    sha256: String,
+    size: u64,
+}
+
+struct PartWriter {
+    rel_path: String,
+    writer: ArrowWriter<HashingWriter>,
+    rows: i64,
+}
+
+/// Hashes what it forwards, so each data file's SHA-256 is known without
+/// reading it back.
+struct HashingWriter {
+    inner: ObjectWriter,
+    hash: Sha256,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A chunk of raw lines.
+struct Work {
+    seq: usize,
+    text: Vec<u8>,
+    first_line: usize,
+}
+
+/// A converted chunk, ready to write.
+struct Chunk {
+    bytes: u64,
+    rejected: u64,
+    problems: Vec<Problem>,
+    parts: Vec<(String, RecordBatch)>,
+}
+
+/// Reads the file in chunks of whole lines, hashing everything it reads
+/// (so the file is read once). Returns the SHA-256 and size.
+fn read_chunks(r: &Recognised, tx: SyncSender<Work>) -> Result<(String, u64), LoadError> {
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(&r.path).map_err(io(&r.path))?);
+    let mut header = Vec::new();
+    reader.read_until(b'\n', &mut header).map_err(io(&r.path))?;
+    let mut hash = Sha256::new();
+    hash.update(&header);
+    let mut size = header.len() as u64;
+    let mut line_no = 2usize;
+    let mut seq = 0usize;
+    loop {
+        let mut text = Vec::with_capacity(8 << 20);
+        let mut lines = 0usize;
+        while lines < CHUNK_LINES {
+            let n = reader.read_until(b'\n', &mut text).map_err(io(&r.path))?;
+            if n == 0 {
+                break;
+            }
+            lines += 1;
+        }
+        if lines == 0 {
+            return Ok((hex::encode(hash.finalize()), size));
+        }
+        hash.update(&text);
+        size += text.len() as u64;
+        let work = Work {
+            seq,
+            text,
+            first_line: line_no,
+        };
+        seq += 1;
+        line_no += lines;
+        if tx.send(work).is_err() {
+            // The load stopped (error or abort): the digest is not needed.
+            return Ok((String::new(), size));
+        }
+    }
+}
+
+struct ConvertCtx<'a> {
+    r: &'a Recognised,
+    cols: &'a [&'a pds_snds::Column],
+    required: &'a [usize],
+    pseudo: &'a Pseudonymiser,
+    lists: Option<&'a ValueLists>,
+    room: usize,
+    rejected_seen: &'a AtomicBool,
+}
+
+impl ConvertCtx<'_> {
+    fn convert(&self, work: Work) -> Result<Chunk, LoadError> {
+        let mut problems = Vec::new();
+        let (batch, mut rejected) = pds_snds::arrow::csv_to_batch_checked(
+            self.cols,
+            self.required,
+            &work.text,
+            work.first_line,
+            &mut problems,
+            self.room,
+        )?;
+        if rejected == 0
+            && let Some(lists) = self.lists
+        {
+            rejected += lists.check(&batch, work.first_line, &mut problems, self.room);
+        }
+        let mut parts = Vec::new();
+        if rejected == 0 && !self.rejected_seen.load(Ordering::Relaxed) {
+            // Referentials hold no patient identifier.
+            let batch = if self.r.family.is_some() {
+                self.pseudo.apply(&batch)?
+            } else {
+                batch
+            };
+            for (part, idx) in partition_groups(self.r, &batch) {
+                let sub = match idx {
+                    None => batch.clone(),
+                    Some(idx) => {
+                        let ind = arrow_array::UInt32Array::from(idx);
+                        arrow_select::take::take_record_batch(&batch, &ind)
+                            .map_err(|e| LoadError::Parquet(e.to_string()))?
+                    }
+                };
+                parts.push((part, sub));
+            }
+        }
+        Ok(Chunk {
+            bytes: work.text.len() as u64,
+            rejected,
+            problems,
+            parts,
+        })
+    }
+}
+
+/// Splits a batch by partition: DCIR by flow month of `FLX_DIS_DTD`, PMSI
+/// by year, referentials and beneficiary tables not at all. `None` means
+/// every row of the batch.
+fn partition_groups(r: &Recognised, batch: &RecordBatch) -> Vec<(String, Option<Vec<u32>>)> {
+    match r.family {
+        Some(Family::Dcir) => {
+            let col = batch.schema().index_of("FLX_DIS_DTD").ok().and_then(|i| {
+                batch
+                    .column(i)
+                    .as_any()
+                    .downcast_ref::<Date32Array>()
+                    .cloned()
+            });
+            // Months are few: index them by their day number's month, found
+            // once per distinct day.
+            let mut month_of_day: HashMap<i32, Option<(i32, u32)>> = HashMap::new();
+            let mut groups: BTreeMap<Option<(i32, u32)>, Vec<u32>> = BTreeMap::new();
+            for i in 0..batch.num_rows() {
+                let key = match col.as_ref().filter(|c| c.is_valid(i)) {
+                    Some(c) => *month_of_day
+                        .entry(c.value(i))
+                        .or_insert_with(|| Some(civil_month(c.value(i)))),
+                    None => None,
+                };
+                groups.entry(key).or_default().push(i as u32);
+            }
+            let whole = groups.len() == 1;
+            groups
+                .into_iter()
+                .map(|(k, idx)| {
+                    let name = match k {
+                        Some((y, m)) => format!("flx_month={y:04}-{m:02}"),
+                        None => "flx_month=unknown".into(),
+                    };
+                    (name, (!whole).then_some(idx))
+                })
+                .collect()
+        }
+        Some(Family::PmsiMco) => vec![(format!("year={}", r.year), None)],
+        _ => vec![(String::new(), None)],
+    }
+}
+
+fn civil_month(days: i32) -> (i32, u32) {
+    use chrono::Datelike;
+    // Date32 counts days from 1970-01-01, i.e. day 719 163 of the common era.
+    chrono::NaiveDate::from_num_days_from_ce_opt(days.saturating_add(719_163))
+        .map_or((0, 0), |d| (d.year(), d.month()))
+}
+
+/// Writer properties for one file: zstd, statistics on, row groups sized for
+/// pruning, encrypted with the snapshot key and bound to its path.
+pub(crate) fn writer_props(
+    key: &pds_keys::SecretKey,
+    rel_path: &str,
+) -> Result<WriterProperties, LoadError> {
+    let enc = FileEncryptionProperties::builder(key.expose().to_vec())
+        .with_aad_prefix(rel_path.as_bytes().to_vec())
+        .with_aad_prefix_storage(false)
+        .build()
+        .map_err(pq)?;
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(pq)?))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .set_created_by("pds load".into())
+        .with_file_encryption_properties(enc)
+        .build())
+}
+
+/// Codes of the referentials the delivery carries (first column of each
+/// line), used for the value-list checks instead of the vendored copies.
+pub(crate) fn delivered_codes(
+    recognised: &[Recognised],
+) -> Result<HashMap<String, Vec<String>>, LoadError> {
+    let mut out = HashMap::new();
+    for r in recognised {
+        if r.family.is_some()
+            || !crate::values::CHECKED
+                .iter()
+                .any(|(_, referential)| *referential == r.table)
+        {
+            continue;
+        }
+        let reader = BufReader::new(File::open(&r.path).map_err(io(&r.path))?);
+        let mut codes = Vec::new();
+        for line in reader.lines().skip(1) {
+            let line = line.map_err(io(&r.path))?;
+            if let Some(code) = line.split(';').next().filter(|c| !c.is_empty()) {
+                codes.push(code.trim_end_matches('\r').to_string());
+            }
+        }
+        out.insert(r.table.clone(), codes);
+    }
+    Ok(out)
+}

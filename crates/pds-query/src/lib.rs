@@ -1,0 +1,353 @@
+//! Read-only SQL over one PDS snapshot, with DataFusion.
+//!
+//! [`SnapshotSession::open`] builds a DataFusion session in which:
+//!
+//! * every table of the snapshot is registered from the catalogue's file
+//!   list (never by listing storage, so stray objects are never read);
+//! * the only object store is the home's storage (`pds://store`); `file://`
+//!   is removed, as are CREATE EXTERNAL TABLE factories, so SQL cannot reach
+//!   other files;
+//! * Parquet files are decrypted by [`SnapshotKeys`], a DataFusion
+//!   `EncryptionFactory` that holds the unwrapped snapshot key in memory and
+//!   binds each file's path as AAD. No key ever appears in SQL text or in
+//!   the session configuration;
+//! * statements run with DDL, DML (incl. COPY) and `SET` refused.
+//!
+//! SNDS names are upper case and identifiers are case-sensitive (no folding
+//! to lower case), so queries read like the SNDS documentation:
+//! `SELECT BEN_NIR_PSA FROM ER_PRS_F`.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::common::TableReference;
+use datafusion::common::config::{EncryptionFactoryOptions, TableParquetOptions};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
+use datafusion::execution::parquet_encryption::EncryptionFactory;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use parquet::encryption::decrypt::FileDecryptionProperties;
+use parquet::encryption::encrypt::FileEncryptionProperties;
+use pds_home::Home;
+use pds_keys::SecretKey;
+
+/// The URL under which the home's storage is registered.
+pub const STORE_URL: &str = "pds://store";
+/// The id of the decryption factory in the DataFusion runtime.
+pub const FACTORY_ID: &str = "pds-snapshot-keys";
+
+/// Errors of the query layer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The SQL is refused or fails.
+    #[error("{0}")]
+    Sql(String),
+    /// The snapshot does not exist or cannot be opened.
+    #[error("{0}")]
+    Snapshot(String),
+    /// Home error.
+    #[error(transparent)]
+    Home(#[from] pds_home::HomeError),
+    /// Catalogue error.
+    #[error(transparent)]
+    Catalog(#[from] pds_catalog::CatalogError),
+    /// Key error.
+    #[error(transparent)]
+    Keys(#[from] pds_keys::KeyError),
+    /// Output formatting error.
+    #[error("output: {0}")]
+    Output(String),
+}
+
+fn df(e: datafusion::error::DataFusionError) -> QueryError {
+    QueryError::Sql(e.to_string())
+}
+
+/// An `EncryptionFactory` holding the data keys of open snapshots, by
+/// storage prefix (`snapshots/3`). A file outside a known prefix gets no key
+/// and fails to read: fail closed.
+#[derive(Clone, Default)]
+pub struct SnapshotKeys {
+    keys: HashMap<String, SecretKey>,
+}
+
+impl std::fmt::Debug for SnapshotKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys themselves.
+        f.debug_struct("SnapshotKeys")
+            .field("prefixes", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl SnapshotKeys {
+    /// Adds the key of the snapshot stored under `prefix`.
+    pub fn insert(&mut self, prefix: &str, key: SecretKey) {
+        self.keys
+            .insert(prefix.trim_end_matches('/').to_string(), key);
+    }
+
+    fn key_for(&self, path: &str) -> Option<&SecretKey> {
+        self.keys
+            .iter()
+            .find(|(prefix, _)| {
+                path.strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+            .map(|(_, k)| k)
+    }
+}
+
+#[async_trait]
+impl EncryptionFactory for SnapshotKeys {
+    async fn get_file_encryption_properties(
+        &self,
+        _config: &EncryptionFactoryOptions,
+        _schema: &SchemaRef,
+        file_path: &object_store::path::Path,
+    ) -> datafusion::error::Result<Option<Arc<FileEncryptionProperties>>> {
+        // Snapshots are immutable: nothing is ever written through a session.
+        Err(datafusion::error::DataFusionError::Plan(format!(
+            "refusing to write {file_path}: PDS snapshots are read-only"
+        )))
+    }
+
+    async fn get_file_decryption_properties(
+        &self,
+        _config: &EncryptionFactoryOptions,
+        file_path: &object_store::path::Path,
+    ) -> datafusion::error::Result<Option<Arc<FileDecryptionProperties>>> {
+        let path = file_path.as_ref();
+        let key = self.key_for(path).ok_or_else(|| {
+            datafusion::error::DataFusionError::Plan(format!(
+                "{path} belongs to no open snapshot; it cannot be decrypted here"
+            ))
+        })?;
+        let props = FileDecryptionProperties::builder(key.expose().to_vec())
+            .with_aad_prefix(path.as_bytes().to_vec())
+            .build()
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        Ok(Some(props))
+    }
+}
+
+/// The statement options of every PDS query: no DDL, no DML (so no COPY),
+/// no `SET`.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// A DataFusion session over one snapshot.
+pub struct SnapshotSession {
+    ctx: SessionContext,
+    /// The snapshot id.
+    pub snapshot: i64,
+    /// Registered tables, in name order.
+    pub tables: Vec<String>,
+}
+
+impl SnapshotSession {
+    /// Opens `snapshot` (the latest when `None`) of the home's `snds`
+    /// dataset: unwraps its data key with the master key and registers every
+    /// table.
+    pub async fn open(home: &Home, snapshot: Option<i64>) -> Result<SnapshotSession, QueryError> {
+        let cat = home.catalog().await?;
+        let info = match snapshot {
+            Some(id) => cat.snapshot(id).await.map_err(|_| {
+                QueryError::Snapshot(format!(
+                    "snapshot {id} does not exist; `pds snapshots` lists the existing ones"
+                ))
+            })?,
+            None => cat.latest("snds").await.map_err(|_| {
+                QueryError::Snapshot(
+                    "the home holds no snapshot yet; load a delivery with `pds load DIR`".into(),
+                )
+            })?,
+        };
+        let tables = cat.tables(info.id).await?;
+        cat.close().await;
+        let keys = home.keys()?;
+        let wrapped: pds_keys::WrappedKey =
+            serde_json::from_str(&info.wrapped_key).map_err(|e| {
+                QueryError::Snapshot(format!("snapshot {}: bad key record: {e}", info.id))
+            })?;
+        let key = keys.unwrap_data_key(&wrapped, &format!("pds/snapshot/{}", info.id))?;
+        let mut factory = SnapshotKeys::default();
+        factory.insert(&info.storage_prefix, key);
+        let storage = home.storage()?;
+        let ctx = context(storage.store(), factory)?;
+        let mut names = Vec::new();
+        for t in &tables {
+            let urls = t
+                .files
+                .iter()
+                .map(|f| ListingTableUrl::parse(format!("{STORE_URL}/{}", f.path)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(df)?;
+            if urls.is_empty() {
+                continue;
+            }
+            let config = ListingTableConfig::new_with_multi_paths(urls)
+                .with_listing_options(listing_options())
+                .infer_schema(&ctx.state())
+                .await
+                .map_err(df)?;
+            let table = ListingTable::try_new(config).map_err(df)?;
+            // `bare` keeps the case; a `&str` would be parsed and folded to lower case.
+            ctx.register_table(TableReference::bare(t.name.as_str()), Arc::new(table))
+                .map_err(df)?;
+            names.push(t.name.clone());
+        }
+        names.sort();
+        Ok(SnapshotSession {
+            ctx,
+            snapshot: info.id,
+            tables: names,
+        })
+    }
+
+    /// Runs one read-only statement and collects its result.
+    pub async fn sql(&self, text: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+        let frame = self
+            .ctx
+            .sql_with_options(text, read_only())
+            .await
+            .map_err(|e| QueryError::Sql(explain(e, &self.tables)))?;
+        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let batches = frame.collect().await.map_err(df)?;
+        Ok((schema, batches))
+    }
+}
+
+/// Adds the hint a user needs to the most common planning errors.
+fn explain(e: datafusion::error::DataFusionError, tables: &[String]) -> String {
+    let msg = e.to_string();
+    if msg.contains("not found") && msg.contains("table") {
+        format!(
+            "{msg}\nhint: table names are upper case, as in the SNDS documentation; this snapshot has: {}",
+            tables.join(", ")
+        )
+    } else if msg.contains("No field named") {
+        format!(
+            "{msg}\nhint: column names are upper case (BEN_NIR_PSA, not ben_nir_psa); `pds tables --columns` lists them"
+        )
+    } else if msg.contains("not supported") || msg.contains("Unsupported") {
+        format!("{msg}\nhint: `pds sql` is read-only: SELECT, WITH, EXPLAIN, SHOW")
+    } else {
+        msg
+    }
+}
+
+fn listing_options() -> ListingOptions {
+    let mut opts = TableParquetOptions::default();
+    opts.crypto.factory_id = Some(FACTORY_ID.to_string());
+    ListingOptions::new(Arc::new(ParquetFormat::default().with_options(opts)))
+        .with_file_extension(".parquet")
+}
+
+/// A session whose only storage is `store` and whose only keys are `keys`.
+pub fn context(
+    store: Arc<dyn object_store::ObjectStore>,
+    keys: SnapshotKeys,
+) -> Result<SessionContext, QueryError> {
+    let registry = DefaultObjectStoreRegistry::new();
+    // DataFusion pre-registers the local file system: take it out, so no
+    // statement can read a file that is not part of the snapshot.
+    let local = url::Url::parse("file://").map_err(|e| QueryError::Sql(e.to_string()))?;
+    let _ = registry.deregister_store(&local);
+    let ours = url::Url::parse(STORE_URL).map_err(|e| QueryError::Sql(e.to_string()))?;
+    registry.register_store(&ours, store);
+    let runtime = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(registry))
+        .build_arc()
+        .map_err(df)?;
+    runtime.register_parquet_encryption_factory(FACTORY_ID, Arc::new(keys));
+    let mut config = SessionConfig::new().with_information_schema(true);
+    config.options_mut().sql_parser.enable_ident_normalization = false;
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        // After the defaults, which add them: no CREATE EXTERNAL TABLE formats.
+        .with_table_factories(HashMap::new())
+        .build();
+    Ok(SessionContext::new_with_state(state))
+}
+
+/// Output formats of [`format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// An aligned text table.
+    Table,
+    /// CSV with a header.
+    Csv,
+    /// A JSON array of objects.
+    Json,
+}
+
+/// Renders a result.
+pub fn format(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    f: Format,
+) -> Result<String, QueryError> {
+    let out = |e: arrow::error::ArrowError| QueryError::Output(e.to_string());
+    match f {
+        Format::Table => {
+            if batches.iter().all(|b| b.num_rows() == 0) {
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                return Ok(format!("{}\n(0 rows)\n", names.join(" | ")));
+            }
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            let table = arrow::util::pretty::pretty_format_batches(batches).map_err(out)?;
+            Ok(format!(
+                "{table}\n({rows} row{})\n",
+                if rows == 1 { "" } else { "s" }
+            ))
+        }
+        Format::Csv => {
+            let mut buf = Vec::new();
+            {
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut buf);
+                if batches.is_empty() {
+                    w.write(&RecordBatch::new_empty(schema.clone()))
+                        .map_err(out)?;
+                }
+                for b in batches {
+                    w.write(b).map_err(out)?;
+                }
+            }
+            String::from_utf8(buf).map_err(|e| QueryError::Output(e.to_string()))
+        }
+        Format::Json => {
+            let mut buf = Vec::new();
+            {
+                let mut w = arrow::json::ArrayWriter::new(&mut buf);
+                for b in batches {
+                    w.write(b).map_err(out)?;
+                }
+                w.finish().map_err(out)?;
+            }
+            let mut s = String::from_utf8(buf).map_err(|e| QueryError::Output(e.to_string()))?;
+            if s.is_empty() {
+                s.push_str("[]");
+            }
+            s.push('\n');
+            Ok(s)
+        }
+    }
+}
