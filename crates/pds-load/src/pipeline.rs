@@ -4,7 +4,7 @@
 //! stays flat whatever the file size:
 //!
 //! ```text
-//! reader ──chunks of 50 000 lines──▶ converters (N) ──▶ dispatcher ──▶ encoders (N)
+//! reader ──chunks of 25 000 lines──▶ converters (N) ──▶ dispatcher ──▶ encoders (N)
 //!  SHA-256 of the file               check, convert,     in file order,   one Parquet writer
 //!                                    value lists,        counts, errors   per partition,
 //!                                    pseudonymise,                        zstd + AES-GCM,
@@ -40,8 +40,8 @@ use crate::values::ValueLists;
 use crate::{LoadError, LoadOptions, Progress, ProgressFn, Pseudonymiser, Recognised, io};
 
 /// Lines per chunk: large enough to amortise per-batch costs, small enough
-/// that a few chunks in flight stay well under 100 MiB.
-const CHUNK_LINES: usize = 50_000;
+/// that the chunks in flight (about 4 per thread) stay near 100 MiB.
+const CHUNK_LINES: usize = 25_000;
 
 /// Everything a load needs, owned, so it can run on a blocking thread.
 pub(crate) struct Job {
@@ -162,20 +162,32 @@ impl Job {
             .iter()
             .filter_map(|k| cols.iter().position(|c| &c.name == k))
             .collect();
-        let check_lists = r.family.is_some() && self.lists.applies_to(&cols);
+        // Value lists apply to data tables (a referential defines its codes).
+        let value_rules: Vec<Option<&dyn pds_snds::arrow::ValueRule>> = cols
+            .iter()
+            .map(|c| {
+                r.family
+                    .is_some()
+                    .then(|| self.lists.for_column(&c.name))
+                    .flatten()
+                    .map(|set| set as &dyn pds_snds::arrow::ValueRule)
+            })
+            .collect();
         // Set once anything is rejected (nothing will be committed, so stop
         // spending time on pseudonyms and partitions) or the load aborts.
         let rejected_seen = AtomicBool::new(totals.progress.rejected > 0);
         let abort = AtomicBool::new(false);
         let (work_tx, work_rx) = sync_channel::<Work>(threads);
         let work_rx = Mutex::new(work_rx);
-        let (res_tx, res_rx) = sync_channel::<(usize, Result<Chunk, LoadError>)>(threads * 2);
+        let (res_tx, res_rx) = sync_channel::<(usize, Result<Chunk, LoadError>)>(threads);
         let ctx = ConvertCtx {
             r,
             cols: &cols,
-            required: &required,
+            checks: pds_snds::arrow::Checks {
+                required: &required,
+                values: value_rules,
+            },
             pseudo: &self.pseudo,
-            lists: check_lists.then_some(&self.lists),
             room: self.opts.max_errors,
             rejected_seen: &rejected_seen,
         };
@@ -205,7 +217,7 @@ impl Job {
             let mut enc_txs = Vec::new();
             let mut encoders = Vec::new();
             for _ in 0..threads {
-                let (tx, rx) = sync_channel::<(String, RecordBatch)>(4);
+                let (tx, rx) = sync_channel::<(String, RecordBatch)>(2);
                 enc_txs.push(tx);
                 let abort = &abort;
                 encoders.push(s.spawn(move || self.encode(index, r, rx, abort)));
@@ -312,6 +324,10 @@ impl Job {
         abort: &AtomicBool,
     ) -> Result<Vec<DataFile>, LoadError> {
         let mut writers: HashMap<String, PartWriter> = HashMap::new();
+        // Batches wait here and go to Parquet a whole row group at a time:
+        // an open row group holds a compressor per column (zstd contexts
+        // are large), so only one row group is open at any moment.
+        let mut buffered = 0usize;
         for (part, batch) in rx {
             if !writers.contains_key(&part) {
                 let rel = if part.is_empty() {
@@ -326,7 +342,7 @@ impl Job {
                 let writer = ArrowWriter::try_new(
                     sink,
                     batch.schema(),
-                    Some(writer_props(&self.data_key, &rel)?),
+                    Some(writer_props(&self.data_key, &rel, &batch.schema())?),
                 )
                 .map_err(pq)?;
                 writers.insert(
@@ -335,23 +351,38 @@ impl Job {
                         rel_path: rel,
                         writer,
                         rows: 0,
+                        pending: Vec::new(),
+                        pending_rows: 0,
+                        pending_bytes: 0,
                     },
                 );
             }
             let w = writers
                 .get_mut(&part)
                 .ok_or_else(|| LoadError::Parquet("writer vanished".into()))?;
+            let bytes = batch.get_array_memory_size();
             w.rows += batch.num_rows() as i64;
-            w.writer.write(&batch).map_err(pq)?;
-            // Bound memory: close a row group early rather than buffer a
-            // whole partition when rows are wide.
-            if w.writer.in_progress_size() > 16 << 20 {
-                w.writer.flush().map_err(pq)?;
+            w.pending_rows += batch.num_rows();
+            w.pending_bytes += bytes;
+            w.pending.push(batch);
+            buffered += bytes;
+            if w.pending_rows >= ROW_GROUP_ROWS {
+                buffered -= w.write_row_group()?;
+            }
+            // Over budget: write out the partition holding the most.
+            while buffered > ENCODER_BUFFER_BYTES {
+                let Some(biggest) = writers.values_mut().max_by_key(|w| w.pending_bytes) else {
+                    break;
+                };
+                buffered -= biggest.write_row_group()?;
             }
         }
         if abort.load(Ordering::SeqCst) {
             // Dropping the writers abandons their uploads.
             return Ok(vec![]);
+        }
+        for w in writers.values_mut() {
+            w.write_row_group()?;
         }
         let mut files = Vec::new();
         for (part, w) in writers {
@@ -385,10 +416,35 @@ struct FileOutcome {
     size: u64,
 }
 
+/// Rows per row group (at most): large enough for good compression and
+/// few footers, small enough for pruning by flow date.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Arrow bytes an encoder may hold before writing the largest partition.
+const ENCODER_BUFFER_BYTES: usize = 96 << 20;
+
 struct PartWriter {
     rel_path: String,
     writer: ArrowWriter<HashingWriter>,
     rows: i64,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    pending_bytes: usize,
+}
+
+impl PartWriter {
+    /// Writes the pending batches as one row group; returns the bytes freed.
+    fn write_row_group(&mut self) -> Result<usize, LoadError> {
+        if self.pending.is_empty() {
+            return Ok(0);
+        }
+        for b in self.pending.drain(..) {
+            self.writer.write(&b).map_err(pq)?;
+        }
+        self.writer.flush().map_err(pq)?;
+        self.pending_rows = 0;
+        Ok(std::mem::take(&mut self.pending_bytes))
+    }
 }
 
 /// Hashes what it forwards, so each data file's SHA-256 is known without
@@ -468,9 +524,8 @@ fn read_chunks(r: &Recognised, tx: SyncSender<Work>) -> Result<(String, u64), Lo
 struct ConvertCtx<'a> {
     r: &'a Recognised,
     cols: &'a [&'a pds_snds::Column],
-    required: &'a [usize],
+    checks: pds_snds::arrow::Checks<'a>,
     pseudo: &'a Pseudonymiser,
-    lists: Option<&'a ValueLists>,
     room: usize,
     rejected_seen: &'a AtomicBool,
 }
@@ -478,19 +533,14 @@ struct ConvertCtx<'a> {
 impl ConvertCtx<'_> {
     fn convert(&self, work: Work) -> Result<Chunk, LoadError> {
         let mut problems = Vec::new();
-        let (batch, mut rejected) = pds_snds::arrow::csv_to_batch_checked(
+        let (batch, rejected) = pds_snds::arrow::csv_to_batch_with(
             self.cols,
-            self.required,
+            &self.checks,
             &work.text,
             work.first_line,
             &mut problems,
             self.room,
         )?;
-        if rejected == 0
-            && let Some(lists) = self.lists
-        {
-            rejected += lists.check(&batch, work.first_line, &mut problems, self.room);
-        }
         let mut parts = Vec::new();
         if rejected == 0 && !self.rejected_seen.load(Ordering::Relaxed) {
             // Referentials hold no patient identifier.
@@ -533,17 +583,15 @@ fn partition_groups(r: &Recognised, batch: &RecordBatch) -> Vec<(String, Option<
                     .downcast_ref::<Date32Array>()
                     .cloned()
             });
-            // Months are few: index them by their day number's month, found
-            // once per distinct day.
-            let mut month_of_day: HashMap<i32, Option<(i32, u32)>> = HashMap::new();
+            // Few distinct flow days per chunk: find each one's month once.
+            let mut month_of_day: HashMap<i32, (i32, u32)> = HashMap::new();
             let mut groups: BTreeMap<Option<(i32, u32)>, Vec<u32>> = BTreeMap::new();
             for i in 0..batch.num_rows() {
-                let key = match col.as_ref().filter(|c| c.is_valid(i)) {
-                    Some(c) => *month_of_day
+                let key = col.as_ref().filter(|c| c.is_valid(i)).map(|c| {
+                    *month_of_day
                         .entry(c.value(i))
-                        .or_insert_with(|| Some(civil_month(c.value(i)))),
-                    None => None,
-                };
+                        .or_insert_with(|| civil_month(c.value(i)))
+                });
                 groups.entry(key).or_default().push(i as u32);
             }
             let whole = groups.len() == 1;
@@ -575,19 +623,41 @@ fn civil_month(days: i32) -> (i32, u32) {
 pub(crate) fn writer_props(
     key: &pds_keys::SecretKey,
     rel_path: &str,
+    schema: &arrow_schema::Schema,
 ) -> Result<WriterProperties, LoadError> {
     let enc = FileEncryptionProperties::builder(key.expose().to_vec())
         .with_aad_prefix(rel_path.as_bytes().to_vec())
         .with_aad_prefix_storage(false)
         .build()
         .map_err(pq)?;
-    Ok(WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(pq)?))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(128 * 1024))
-        .set_created_by("pds load".into())
-        .with_file_encryption_properties(enc)
-        .build())
+    let mut b = WriterProperties::builder()
+        // Dictionaries pay off on text codes and pseudonyms; on numbers and
+        // dates zstd does nearly as well for a fraction of the CPU.
+        .set_dictionary_enabled(true);
+    for f in schema.fields() {
+        match f.data_type() {
+            arrow_schema::DataType::Utf8 => {
+                b = b.set_column_dictionary_enabled(f.name().as_str().into(), false);
+            }
+            // Page-level min/max (the page index) where queries filter on
+            // ranges: dates. Elsewhere row-group statistics are enough.
+            arrow_schema::DataType::Date32 | arrow_schema::DataType::Timestamp(..) => {
+                b = b.set_column_statistics_enabled(
+                    f.name().as_str().into(),
+                    EnabledStatistics::Page,
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(
+        b.set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(pq)?))
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_created_by("pds load".into())
+            .with_file_encryption_properties(enc)
+            .build(),
+    )
 }
 
 /// Codes of the referentials the delivery carries (first column of each

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arrow_array::builder::StringBuilder;
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -76,17 +77,18 @@ impl Pseudonymiser {
                     f.name()
                 )));
             };
+            // People recur on many lines of a chunk: one MAC per distinct value.
             let mut cache: HashMap<&str, String> = HashMap::new();
-            let out: StringArray = (0..a.len())
-                .map(|r| {
-                    if a.is_null(r) {
-                        None
-                    } else {
-                        let v = a.value(r);
-                        Some(cache.entry(v).or_insert_with(|| self.pseudonym(v)).clone())
-                    }
-                })
-                .collect();
+            let mut out = StringBuilder::with_capacity(a.len(), a.len() * 32);
+            for r in 0..a.len() {
+                if a.is_null(r) {
+                    out.append_null();
+                } else {
+                    let v = a.value(r);
+                    out.append_value(cache.entry(v).or_insert_with(|| self.pseudonym(v)));
+                }
+            }
+            let out = out.finish();
             cols[i] = Arc::new(out);
         }
         RecordBatch::try_new(schema, cols).map_err(|e| LoadError::Parquet(e.to_string()))

@@ -22,10 +22,7 @@
 //! extensions missing from IR_CIM_V), CCAM and CIP13 (versions change every
 //! few months), organism and establishment numbers (open lists).
 
-use std::collections::{HashMap, HashSet};
-
-use arrow_array::{Array, Int64Array, RecordBatch, StringArray};
-use pds_snds::arrow::Problem;
+use std::collections::HashMap;
 
 use crate::LoadError;
 
@@ -38,11 +35,13 @@ pub const CHECKED: &[(&str, &str)] = &[
     ("PSE_SPE_COD", "IR_SPE_V"),
 ];
 
-/// A set of codes with numeric normalisation.
+/// A set of codes with numeric normalisation. Sorted vectors, not hash
+/// sets: lists are small (at most a few thousand codes) and a binary search
+/// beats hashing the value on every one of millions of lines.
 #[derive(Debug, Default, Clone)]
 pub struct CodeSet {
-    text: HashSet<String>,
-    numbers: HashSet<i64>,
+    text: Vec<String>,
+    numbers: Vec<i64>,
     /// Where the codes came from (for the message).
     pub source: String,
 }
@@ -56,15 +55,22 @@ impl CodeSet {
         };
         for c in codes {
             if let Some(n) = as_number(&c) {
-                s.numbers.insert(n);
+                s.numbers.push(n);
             }
-            s.text.insert(c);
+            s.text.push(c);
         }
+        s.text.sort_unstable();
+        s.text.dedup();
+        s.numbers.sort_unstable();
+        s.numbers.dedup();
         s
     }
 
     fn contains_str(&self, v: &str) -> bool {
-        self.text.contains(v) || as_number(v).is_some_and(|n| self.numbers.contains(&n))
+        match as_number(v) {
+            Some(n) => self.numbers.binary_search(&n).is_ok(),
+            None => self.text.binary_search_by(|c| c.as_str().cmp(v)).is_ok(),
+        }
     }
 }
 
@@ -103,96 +109,40 @@ impl ValueLists {
         Ok(ValueLists { by_column })
     }
 
-    /// Whether any column of `columns` is checked.
-    pub fn applies_to(&self, columns: &[&pds_snds::Column]) -> bool {
-        columns.iter().any(|c| self.by_column.contains_key(&c.name))
+    /// The list a column is checked against, if any.
+    pub fn for_column(&self, column: &str) -> Option<&CodeSet> {
+        self.by_column.get(column)
     }
+}
 
-    /// Checks `batch` whose row `i` came from line `first_line + i`, adding
-    /// at most `room` problems. Returns how many rows break a list.
-    pub fn check(
-        &self,
-        batch: &RecordBatch,
-        first_line: usize,
-        problems: &mut Vec<Problem>,
-        room: usize,
-    ) -> u64 {
-        let mut bad_rows = HashSet::new();
-        let schema = batch.schema();
-        for (i, field) in schema.fields().iter().enumerate() {
-            let Some(set) = self.by_column.get(field.name()) else {
-                continue;
-            };
-            let col = batch.column(i);
-            let mut report = |row: usize, value: String| {
-                bad_rows.insert(row);
-                if problems.len() < room {
-                    problems.push(Problem {
-                        line: first_line + row,
-                        column: field.name().clone(),
-                        value,
-                        rule: format!(
-                            "code not in {}; correct the value, or if the code is new, add the current referential file to the delivery",
-                            set.source
-                        ),
-                    });
-                }
-            };
-            if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
-                for r in 0..a.len() {
-                    if a.is_valid(r) && !set.contains_str(a.value(r)) {
-                        report(r, a.value(r).to_string());
-                    }
-                }
-            } else if let Some(a) = col.as_any().downcast_ref::<Int64Array>() {
-                for r in 0..a.len() {
-                    if a.is_valid(r) && !set.numbers.contains(&a.value(r)) {
-                        report(r, a.value(r).to_string());
-                    }
-                }
-            }
-        }
-        bad_rows.len() as u64
+impl pds_snds::arrow::ValueRule for CodeSet {
+    fn violation(&self, value: &str) -> Option<String> {
+        (!self.contains_str(value)).then(|| {
+            format!(
+                "code not in {}; correct the value, or if the code is new, add the current referential file to the delivery",
+                self.source
+            )
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use pds_snds::arrow::ValueRule;
 
     #[test]
-    fn numeric_codes_compare_as_numbers_and_unknown_codes_are_reported() {
+    fn numeric_codes_compare_as_numbers_and_unknown_codes_are_named() {
         let lists = ValueLists::new(&HashMap::new()).unwrap();
-        let schema = Arc::new(arrow_schema::Schema::new(vec![
-            arrow_schema::Field::new("BEN_RES_DPT", arrow_schema::DataType::Utf8, true),
-            arrow_schema::Field::new("BEN_SEX_COD", arrow_schema::DataType::Int64, true),
-        ]));
-        let batch = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(StringArray::from(vec![
-                    Some("075"),
-                    Some("75"),
-                    Some("ZZZ"),
-                    None,
-                ])),
-                Arc::new(Int64Array::from(vec![Some(1), Some(2), Some(2), Some(7)])),
-            ],
-        )
-        .unwrap();
-        let mut problems = vec![];
-        let bad = lists.check(&batch, 10, &mut problems, 100);
-        assert_eq!(bad, 2);
-        let got: Vec<(usize, &str, &str)> = problems
-            .iter()
-            .map(|p| (p.line, p.column.as_str(), p.value.as_str()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![(12, "BEN_RES_DPT", "ZZZ"), (13, "BEN_SEX_COD", "7")]
-        );
-        assert!(problems[0].rule.contains("IR_DPT_V (vendored)"));
+        let dpt = lists.for_column("BEN_RES_DPT").unwrap();
+        assert_eq!(dpt.violation("075"), None);
+        assert_eq!(dpt.violation("75"), None);
+        let rule = dpt.violation("ZZZ").unwrap();
+        assert!(rule.contains("IR_DPT_V (vendored)"), "{rule}");
+        let sex = lists.for_column("BEN_SEX_COD").unwrap();
+        assert_eq!(sex.violation("2"), None);
+        assert!(sex.violation("7").is_some());
+        assert!(lists.for_column("PRS_PAI_MNT").is_none());
     }
 
     #[test]
@@ -202,16 +152,9 @@ mod tests {
             vec!["1".into(), "2".into(), "7".into()],
         )]);
         let lists = ValueLists::new(&delivered).unwrap();
-        let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
-            "BEN_SEX_COD",
-            arrow_schema::DataType::Int64,
-            true,
-        )]));
-        let batch =
-            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![7, 8]))]).unwrap();
-        let mut problems = vec![];
-        assert_eq!(lists.check(&batch, 2, &mut problems, 100), 1);
-        assert_eq!(problems[0].value, "8");
-        assert!(problems[0].rule.contains("IR_SEX_V of this delivery"));
+        let sex = lists.for_column("BEN_SEX_COD").unwrap();
+        assert_eq!(sex.violation("7"), None);
+        let rule = sex.violation("8").unwrap();
+        assert!(rule.contains("IR_SEX_V of this delivery"), "{rule}");
     }
 }

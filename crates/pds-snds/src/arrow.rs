@@ -53,10 +53,12 @@ fn epoch_days(d: NaiveDate) -> i32 {
 }
 
 /// One parsed field, before it is appended: a line is appended only when
-/// every field of it parsed, so a rejected line leaves no partial row.
-enum Value<'a> {
+/// every field of it parsed, so a rejected line leaves no partial row. Text
+/// is not copied here: it is appended from the line itself.
+#[derive(Clone, Copy)]
+enum Value {
     Null,
-    Str(&'a str),
+    Str,
     I64(i64),
     F64(f64),
     Date(Option<i32>),
@@ -85,14 +87,14 @@ impl Builder {
         }
     }
 
-    fn append(&mut self, v: &Value<'_>) {
+    fn append(&mut self, v: Value, text: &str) {
         match (self, v) {
-            (Builder::Str(b), Value::Str(s)) => b.append_value(s),
-            (Builder::I64(b), Value::I64(x)) => b.append_value(*x),
-            (Builder::F64(b), Value::F64(x)) => b.append_value(*x),
-            (Builder::Date(b), Value::Date(x)) => b.append_option(*x),
-            (Builder::Ts(b), Value::Ts(x)) => b.append_option(*x),
-            (Builder::I32(b), Value::I32(x)) => b.append_option(*x),
+            (Builder::Str(b), Value::Str) => b.append_value(text),
+            (Builder::I64(b), Value::I64(x)) => b.append_value(x),
+            (Builder::F64(b), Value::F64(x)) => b.append_value(x),
+            (Builder::Date(b), Value::Date(x)) => b.append_option(x),
+            (Builder::Ts(b), Value::Ts(x)) => b.append_option(x),
+            (Builder::I32(b), Value::I32(x)) => b.append_option(x),
             (Builder::Str(b), _) => b.append_null(),
             (Builder::I64(b), _) => b.append_null(),
             (Builder::F64(b), _) => b.append_null(),
@@ -116,19 +118,21 @@ impl Builder {
 
 /// Parses one field in the dialect and checks it against its column (type,
 /// declared length); sentinels become nulls. The error is the rule broken.
-fn parse_field<'a>(col: &Column, field: &'a str) -> Result<Value<'a>, String> {
+fn parse_field(col: &Column, max_len: Option<usize>, field: &str) -> Result<Value, String> {
     if field.is_empty() {
         return Ok(Value::Null);
     }
     let bad = || format!("not a valid {}", expected_words(col.ty));
     Ok(match col.ty {
         ColumnType::String | ColumnType::Boolean => {
-            if let Some(max) = col.length.as_deref().and_then(|l| l.parse::<usize>().ok())
+            // Characters never outnumber bytes: count them only when needed.
+            if let Some(max) = max_len
+                && field.len() > max
                 && field.chars().count() > max
             {
                 return Err(format!("text longer than {max} characters"));
             }
-            Value::Str(field)
+            Value::Str
         }
         ColumnType::Integer => Value::I64(field.parse().map_err(|_| bad())?),
         ColumnType::Number => Value::F64(
@@ -209,13 +213,24 @@ pub struct Problem {
 /// lines, or the first error `on_problem` returns.
 fn convert(
     columns: &[&Column],
-    required: &[usize],
+    opts: &Checks<'_>,
     text: &[u8],
     first_line: usize,
     mut on_problem: impl FnMut(Problem) -> Result<(), SndsError>,
 ) -> Result<(RecordBatch, u64), SndsError> {
     let schema = arrow_schema(columns);
+    let required = opts.required;
     let mut builders: Vec<Builder> = columns.iter().map(|c| Builder::new(c.ty)).collect();
+    let max_lens: Vec<Option<usize>> = columns
+        .iter()
+        .map(|c| c.length.as_deref().and_then(|l| l.parse::<usize>().ok()))
+        .collect();
+    let mut is_required = vec![false; columns.len()];
+    for &i in required {
+        if let Some(r) = is_required.get_mut(i) {
+            *r = true;
+        }
+    }
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(b';')
         .has_headers(false)
@@ -224,6 +239,8 @@ fn convert(
     let mut rec = csv::ByteRecord::new();
     let mut rejected = 0u64;
     let mut line = first_line;
+    // Reused for every line: no allocation per row.
+    let mut row: Vec<Value> = Vec::with_capacity(columns.len());
     loop {
         match rdr.read_byte_record(&mut rec) {
             Ok(false) => break,
@@ -231,8 +248,9 @@ fn convert(
             Err(e) => return Err(SndsError::Csv(format!("line {line}: {e}"))),
         }
         let mut bad = false;
-        // Values borrow from `rec`, so the row lives for one line.
-        let mut row: Vec<Value<'_>> = Vec::with_capacity(columns.len());
+        row.clear();
+        // One UTF-8 check for the whole line; fields are then slices of it.
+        let whole = std::str::from_utf8(rec.as_slice()).ok();
         if rec.len() != columns.len() {
             bad = true;
             on_problem(Problem {
@@ -242,22 +260,34 @@ fn convert(
                 rule: format!("every line has the header's {} fields", columns.len()),
             })?;
         } else {
-            for (i, (raw, col)) in rec.iter().zip(columns).enumerate() {
+            for (i, col) in columns.iter().enumerate() {
                 let problem = |value: String, rule: String| Problem {
                     line,
                     column: col.name.clone(),
                     value,
                     rule,
                 };
-                let Ok(field) = std::str::from_utf8(raw) else {
-                    bad = true;
-                    on_problem(problem(
-                        String::from_utf8_lossy(raw).into_owned(),
-                        "text must be UTF-8".into(),
-                    ))?;
-                    continue;
+                // A slice of the valid line is valid unless it cuts a
+                // character (bytes of two fields that only form UTF-8 together).
+                let sliced = whole.and_then(|w| rec.range(i).and_then(|r| w.get(r)));
+                let field = match sliced {
+                    Some(f) => f,
+                    None => {
+                        let raw = rec.get(i).unwrap_or_default();
+                        match std::str::from_utf8(raw) {
+                            Ok(f) if whole.is_none() => f,
+                            _ => {
+                                bad = true;
+                                on_problem(problem(
+                                    String::from_utf8_lossy(raw).into_owned(),
+                                    "text must be UTF-8".into(),
+                                ))?;
+                                continue;
+                            }
+                        }
+                    }
                 };
-                if field.is_empty() && required.contains(&i) {
+                if field.is_empty() && is_required[i] {
                     bad = true;
                     on_problem(problem(
                         String::new(),
@@ -265,8 +295,18 @@ fn convert(
                     ))?;
                     continue;
                 }
-                match parse_field(col, field) {
-                    Ok(v) => row.push(v),
+                match parse_field(col, max_lens[i], field) {
+                    Ok(v) => {
+                        if !field.is_empty()
+                            && let Some(Some(check)) = opts.values.get(i)
+                            && let Some(rule) = check.violation(field)
+                        {
+                            bad = true;
+                            on_problem(problem(field.to_string(), rule))?;
+                            continue;
+                        }
+                        row.push(v)
+                    }
                     Err(rule) => {
                         bad = true;
                         on_problem(problem(field.to_string(), rule))?;
@@ -276,15 +316,35 @@ fn convert(
         }
         if bad {
             rejected += 1;
-        } else {
-            for (b, v) in builders.iter_mut().zip(&row) {
-                b.append(v);
+        } else if let Some(w) = whole {
+            for (i, (b, v)) in builders.iter_mut().zip(&row).enumerate() {
+                let text = match v {
+                    Value::Str => rec.range(i).and_then(|r| w.get(r)).unwrap_or(""),
+                    _ => "",
+                };
+                b.append(*v, text);
             }
         }
         line += 1;
     }
     let arrays: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
     Ok((RecordBatch::try_new(schema, arrays)?, rejected))
+}
+
+/// A value rule beyond the column's type (a value list, for instance).
+pub trait ValueRule: Sync {
+    /// The rule `value` breaks, if any, worded for the steward.
+    fn violation(&self, value: &str) -> Option<String>;
+}
+
+/// What [`csv_to_batch_with`] checks beyond types and formats.
+#[derive(Default)]
+pub struct Checks<'a> {
+    /// Columns that must not be empty (indexes into the columns).
+    pub required: &'a [usize],
+    /// Per column (by index), an extra rule on non-empty values, e.g. a
+    /// value list.
+    pub values: Vec<Option<&'a dyn ValueRule>>,
 }
 
 /// Converts `;`-separated, header-less extraction text into a batch.
@@ -297,7 +357,7 @@ pub fn csv_to_batch(
     text: &[u8],
     first_line: usize,
 ) -> Result<RecordBatch, SndsError> {
-    let (batch, _) = convert(columns, &[], text, first_line, |p| {
+    let (batch, _) = convert(columns, &Checks::default(), text, first_line, |p| {
         Err(SndsError::BadValue {
             line: p.line,
             column: p.column,
@@ -319,7 +379,24 @@ pub fn csv_to_batch_checked(
     problems: &mut Vec<Problem>,
     max_problems: usize,
 ) -> Result<(RecordBatch, u64), SndsError> {
-    convert(columns, required, text, first_line, |p| {
+    let checks = Checks {
+        required,
+        ..Checks::default()
+    };
+    csv_to_batch_with(columns, &checks, text, first_line, problems, max_problems)
+}
+
+/// Like [`csv_to_batch_checked`], with extra value rules (a value list per
+/// column, for instance) checked in the same pass.
+pub fn csv_to_batch_with(
+    columns: &[&Column],
+    checks: &Checks<'_>,
+    text: &[u8],
+    first_line: usize,
+    problems: &mut Vec<Problem>,
+    max_problems: usize,
+) -> Result<(RecordBatch, u64), SndsError> {
+    convert(columns, checks, text, first_line, |p| {
         if problems.len() < max_problems {
             problems.push(p);
         }

@@ -72,8 +72,26 @@ pub fn push_year_month(buf: &mut Vec<u8>, d: NaiveDate) {
 
 /// Parses `dd/MM/yyyy`; the sentinel gives `Ok(None)`.
 pub fn parse_date(s: &str) -> Option<Option<NaiveDate>> {
-    let d = NaiveDate::parse_from_str(s, "%d/%m/%Y").ok()?;
+    // Hand-written: the loader parses tens of millions of dates, and a
+    // format-string parser costs several times more. Strict: two-digit day
+    // and month, four-digit year, as CNAM writes them.
+    let b = s.as_bytes();
+    if b.len() != 10 || b[2] != b'/' || b[5] != b'/' {
+        return None;
+    }
+    let d = NaiveDate::from_ymd_opt(
+        digits(&b[6..10])? as i32,
+        digits(&b[3..5])?,
+        digits(&b[0..2])?,
+    )?;
     Some((d != SENTINEL_DATE).then_some(d))
+}
+
+/// The value of a run of ASCII digits (`None` if any byte is not one).
+fn digits(b: &[u8]) -> Option<u32> {
+    b.iter().try_fold(0u32, |acc, c| {
+        c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+    })
 }
 
 /// Parses a SAS datetime (`01JAN2016:00:00:00`); a 1600 date gives `Ok(None)`.
@@ -99,7 +117,15 @@ pub fn parse_sas_datetime(s: &str) -> Option<Option<NaiveDateTime>> {
 
 /// Parses `ddmmyyyy`.
 pub fn parse_compact_date(s: &str) -> Option<Option<NaiveDate>> {
-    let d = NaiveDate::parse_from_str(s, "%d%m%Y").ok()?;
+    let b = s.as_bytes();
+    if b.len() != 8 {
+        return None;
+    }
+    let d = NaiveDate::from_ymd_opt(
+        digits(&b[4..8])? as i32,
+        digits(&b[2..4])?,
+        digits(&b[0..2])?,
+    )?;
     Some((d != SENTINEL_DATE).then_some(d))
 }
 
@@ -144,5 +170,25 @@ mod tests {
         assert_eq!(parse_date("32/01/2016"), None);
         assert_eq!(parse_sas_datetime("01JAN1600:00:00:00"), Some(None));
         assert_eq!(parse_sas_datetime("01XYZ2016:00:00:00"), None);
+        // Strict widths, real calendar dates only.
+        for bad in [
+            "7/01/2016",
+            "07/1/2016",
+            "07/01/16",
+            "07-01-2016",
+            "29/02/2021",
+            "0a/01/2016",
+            " 7/01/2016",
+        ] {
+            assert_eq!(parse_date(bad), None, "{bad}");
+        }
+        assert_eq!(
+            parse_date("29/02/2020"),
+            Some(NaiveDate::from_ymd_opt(2020, 2, 29))
+        );
+        assert_eq!(parse_compact_date("01011600"), Some(None));
+        for bad in ["1012016", "31022016", "0101201a", "010120166"] {
+            assert_eq!(parse_compact_date(bad), None, "{bad}");
+        }
     }
 }

@@ -115,7 +115,7 @@ impl Storage {
             let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
                 Arc::new(s3store)
             } else {
-                Arc::new(PrefixStore::new(s3store, prefix))
+                Arc::new(Rooted::new(s3store, prefix))
             };
             return Ok(Storage {
                 store,
@@ -213,7 +213,10 @@ impl Storage {
     /// `std::io::Write` (the Parquet writer) on a blocking thread. Bytes go
     /// out in parts as they come (multipart upload), so memory stays bounded.
     pub fn writer(&self, path: &str, rt: tokio::runtime::Handle) -> ObjectWriter {
-        let inner = BufWriter::with_capacity(self.store(), Path::from(path), 8 << 20);
+        // Many objects are written at once (one per partition): keep each
+        // one's buffered and in-flight bytes small (5 MiB is S3's minimum part).
+        let inner = BufWriter::with_capacity(self.store(), Path::from(path), 5 << 20)
+            .with_max_concurrency(2);
         ObjectWriter {
             path: path.to_string(),
             bridge: SyncIoBridge::new_with_handle(inner, rt),
@@ -225,6 +228,123 @@ impl Storage {
 impl std::fmt::Display for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.description)
+    }
+}
+
+/// `PrefixStore` that also strips the prefix from the metadata of `get`
+/// and `head` results. object_store 0.13's `PrefixStore` returns the full
+/// key there, so DataFusion, which compares the location it gets back with
+/// the one it asked for, would find no file.
+#[derive(Debug)]
+struct Rooted<T: ObjectStore> {
+    inner: PrefixStore<T>,
+    prefix: Path,
+}
+
+impl<T: ObjectStore> Rooted<T> {
+    fn new(store: T, prefix: &str) -> Self {
+        Rooted {
+            inner: PrefixStore::new(store, prefix),
+            prefix: Path::from(prefix),
+        }
+    }
+}
+
+impl<T: ObjectStore> std::fmt::Display for Rooted<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+#[async_trait::async_trait]
+impl<T: ObjectStore> ObjectStore for Rooted<T> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        let mut r = self.inner.get_opts(location, options).await?;
+        let stripped: Option<Path> = r
+            .meta
+            .location
+            .prefix_match(&self.prefix)
+            .map(|rest| rest.collect());
+        if let Some(p) = stripped {
+            r.meta.location = p;
+        }
+        Ok(r)
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> object_store::Result<Vec<bytes::Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: object_store::RenameOptions,
+    ) -> object_store::Result<()> {
+        self.inner.rename_opts(from, to, options).await
     }
 }
 

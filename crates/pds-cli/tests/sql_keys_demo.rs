@@ -1,0 +1,195 @@
+//! `pds sql`, `pds keys rotate` and `pds demo` through the real binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn pds() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pds"))
+}
+
+fn run(home: &Path, args: &[&str]) -> Output {
+    pds().arg("--home").arg(home).args(args).output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((
+                    e.path().display().to_string(),
+                    std::fs::read(e.path()).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn sql_answers_and_key_rotation_rewraps_without_rewriting_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let k1 = dir.path().join("k1");
+    ok(&run(
+        &home,
+        &["init", "--master-key-file", k1.to_str().unwrap()],
+    ));
+    let e = err(&run(&home, &["sql", "SELECT 1"]));
+    assert!(
+        e.contains("no snapshot yet") && e.contains("pds load"),
+        "{e}"
+    );
+    let delivery = dir.path().join("delivery");
+    ok(&pds()
+        .args(["synth", "-q", "-n", "80", "--years", "2021", "--out"])
+        .arg(&delivery)
+        .output()
+        .unwrap());
+    ok(&run(&home, &["load", "-q", delivery.to_str().unwrap()]));
+
+    // Answers match the delivery.
+    let ben = std::fs::read_to_string(delivery.join("IR_BEN_R.csv")).unwrap();
+    let q = "SELECT COUNT(*) AS n FROM IR_BEN_R";
+    let answer = ok(&run(&home, &["sql", "--format", "csv", q]));
+    assert_eq!(answer, format!("n\n{}\n", ben.lines().count() - 1));
+    let json = ok(&run(&home, &["sql", "--format", "json", q]));
+    assert_eq!(
+        json.trim(),
+        format!("[{{\"n\":{}}}]", ben.lines().count() - 1)
+    );
+    // Read-only and helpful errors.
+    let e = err(&run(&home, &["sql", "DROP TABLE IR_BEN_R"]));
+    assert!(e.contains("error"), "{e}");
+    let e = err(&run(&home, &["sql", "SELECT * FROM ir_ben_r"]));
+    assert!(e.contains("upper case"), "{e}");
+    let e = err(&run(&home, &["sql", "--snapshot", "7", q]));
+    assert!(e.contains("snapshot 7 does not exist"), "{e}");
+
+    // Rotate to a new key file: data untouched, same answers.
+    let data_before = files(&home.join("objects"));
+    let k2 = dir.path().join("k2");
+    let out = ok(&run(
+        &home,
+        &[
+            "keys",
+            "rotate",
+            "--new-master-key-file",
+            k2.to_str().unwrap(),
+        ],
+    ));
+    assert!(out.contains("1 snapshot key(s) re-wrapped"), "{out}");
+    assert!(k2.exists());
+    let config = std::fs::read_to_string(home.join("config.toml")).unwrap();
+    assert!(config.contains(k2.to_str().unwrap()), "{config}");
+    assert_eq!(
+        files(&home.join("objects")),
+        data_before,
+        "no data file rewritten"
+    );
+    assert_eq!(ok(&run(&home, &["sql", "--format", "csv", q])), answer);
+    // The old key no longer opens the home.
+    std::fs::write(
+        home.join("config.toml"),
+        config.replace(k2.to_str().unwrap(), k1.to_str().unwrap()),
+    )
+    .unwrap();
+    let e = err(&run(&home, &["sql", q]));
+    assert!(e.contains("does not open the key store"), "{e}");
+    std::fs::write(home.join("config.toml"), &config).unwrap();
+    // Rotating to the key in use is refused and changes nothing.
+    let e = err(&run(
+        &home,
+        &[
+            "keys",
+            "rotate",
+            "--new-master-key-file",
+            k2.to_str().unwrap(),
+        ],
+    ));
+    assert!(e.contains("is the current one"), "{e}");
+    assert_eq!(ok(&run(&home, &["sql", "--format", "csv", q])), answer);
+    // A second load after rotation works and the first snapshot still reads.
+    ok(&run(&home, &["load", "-q", delivery.to_str().unwrap()]));
+    assert_eq!(
+        ok(&run(
+            &home,
+            &["sql", "--snapshot", "1", "--format", "csv", q]
+        )),
+        answer
+    );
+}
+
+#[test]
+fn demo_runs_end_to_end_and_refuses_a_foreign_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let o = pds()
+        .args(["demo", "-n", "3000", "--years", "2022-2022", "--dir"])
+        .arg(&demo)
+        .output()
+        .unwrap();
+    let out = ok(&o);
+    for needle in [
+        "== 1/4",
+        "Snapshot 1 committed",
+        "-- 1. People dispensed an antidiabetic",
+        "-- 2. Acute stays",
+        "-- 3. HbA1c tests",
+    ] {
+        assert!(out.contains(needle), "{needle} missing:\n{out}");
+    }
+    // Every analysis printed a non-empty result.
+    let results: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with('(') && l.ends_with("rows)") || *l == "(1 row)")
+        .collect();
+    assert_eq!(results.len(), 3, "{out}");
+    assert!(!out.contains("(0 rows)"), "{out}");
+    // The home it made answers `pds sql`.
+    let n = ok(&run(
+        &demo.join("home"),
+        &[
+            "sql",
+            "--format",
+            "csv",
+            "SELECT COUNT(*) AS n FROM ER_PRS_F",
+        ],
+    ));
+    let rows: i64 = n.lines().nth(1).unwrap().parse().unwrap();
+    assert!(rows > 10_000, "{n}");
+    // Running it again replaces the earlier demo; a foreign directory is refused.
+    let foreign = dir.path().join("mine");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("thesis.tex"), "x").unwrap();
+    let e = err(&pds()
+        .args(["demo", "-n", "100", "--dir"])
+        .arg(&foreign)
+        .output()
+        .unwrap());
+    assert!(e.contains("not made by `pds demo`"), "{e}");
+    assert!(foreign.join("thesis.tex").exists());
+}
