@@ -4,7 +4,7 @@
 //! stays flat whatever the file size:
 //!
 //! ```text
-//! reader ──chunks of 25 000 lines──▶ converters (N) ──▶ dispatcher ──▶ encoders (N)
+//! reader ──chunks of ~6 MiB of lines──▶ converters (N) ──▶ dispatcher ──▶ encoders (N)
 //!  SHA-256 of the file               check, convert,     in file order,   one Parquet writer
 //!                                    value lists,        counts, errors   per partition,
 //!                                    pseudonymise,                        zstd + AES-GCM,
@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -39,9 +39,9 @@ use sha2::{Digest, Sha256};
 use crate::values::ValueLists;
 use crate::{LoadError, LoadOptions, Progress, ProgressFn, Pseudonymiser, Recognised, io};
 
-/// Lines per chunk: large enough to amortise per-batch costs, small enough
-/// that the chunks in flight (about 4 per thread) stay near 100 MiB.
-const CHUNK_LINES: usize = 25_000;
+/// Bytes per chunk (whole lines): large enough to amortise per-batch costs,
+/// small enough that the chunks in flight (about 4 per thread) stay small.
+const CHUNK_BYTES: usize = 6 << 20;
 
 /// Everything a load needs, owned, so it can run on a blocking thread.
 pub(crate) struct Job {
@@ -481,32 +481,59 @@ struct Chunk {
     parts: Vec<(String, RecordBatch)>,
 }
 
-/// Reads the file in chunks of whole lines, hashing everything it reads
-/// (so the file is read once). Returns the SHA-256 and size.
+/// Reads the file in chunks of whole lines (about [`CHUNK_BYTES`]), hashing
+/// everything it reads, so the file is read once and copied once. Returns
+/// the SHA-256 and size.
 fn read_chunks(r: &Recognised, tx: SyncSender<Work>) -> Result<(String, u64), LoadError> {
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(&r.path).map_err(io(&r.path))?);
-    let mut header = Vec::new();
-    reader.read_until(b'\n', &mut header).map_err(io(&r.path))?;
+    read_chunks_of(&r.path, CHUNK_BYTES, tx)
+}
+
+fn read_chunks_of(
+    path: &std::path::Path,
+    chunk_bytes: usize,
+    tx: SyncSender<Work>,
+) -> Result<(String, u64), LoadError> {
+    let mut file = File::open(path).map_err(io(path))?;
     let mut hash = Sha256::new();
-    hash.update(&header);
-    let mut size = header.len() as u64;
+    let mut size = 0u64;
+    let mut carry: Vec<u8> = Vec::new();
+    let mut eof = false;
+    let mut header_skipped = false;
     let mut line_no = 2usize;
     let mut seq = 0usize;
     loop {
-        let mut text = Vec::with_capacity(8 << 20);
-        let mut lines = 0usize;
-        while lines < CHUNK_LINES {
-            let n = reader.read_until(b'\n', &mut text).map_err(io(&r.path))?;
-            if n == 0 {
-                break;
+        let mut text = std::mem::take(&mut carry);
+        text.reserve(chunk_bytes + (64 << 10));
+        // Fill the chunk; keep reading while it holds no complete line.
+        while !eof && (text.len() < chunk_bytes || !text.contains(&b'\n')) {
+            let start = text.len();
+            let n = (&mut file)
+                .take((chunk_bytes + (64 << 10) - start.min(chunk_bytes)) as u64)
+                .read_to_end(&mut text)
+                .map_err(io(path))?;
+            hash.update(&text[start..]);
+            size += n as u64;
+            eof = n == 0;
+        }
+        if !header_skipped {
+            // The header was checked by `recognise`.
+            let end = memchr::memchr(b'\n', &text).map_or(text.len(), |i| i + 1);
+            text.drain(..end);
+            header_skipped = true;
+        }
+        if !eof && let Some(last) = memchr::memrchr(b'\n', &text) {
+            carry = text.split_off(last + 1);
+        }
+        if text.is_empty() {
+            if eof {
+                return Ok((hex::encode(hash.finalize()), size));
             }
+            continue;
+        }
+        let mut lines = memchr::memchr_iter(b'\n', &text).count();
+        if text.last() != Some(&b'\n') {
             lines += 1;
         }
-        if lines == 0 {
-            return Ok((hex::encode(hash.finalize()), size));
-        }
-        hash.update(&text);
-        size += text.len() as u64;
         let work = Work {
             seq,
             text,
@@ -685,4 +712,49 @@ pub(crate) fn delivered_codes(
         out.insert(r.table.clone(), codes);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads `text` in chunks of `size` bytes; returns (first line, text) of each.
+    fn chunks(text: &[u8], size: usize) -> (Vec<(usize, Vec<u8>)>, String, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("T.csv");
+        std::fs::write(&path, text).unwrap();
+        let (tx, rx) = sync_channel(1000);
+        let (sha, n) = read_chunks_of(&path, size, tx).unwrap();
+        let got = rx.into_iter().map(|w| (w.first_line, w.text)).collect();
+        (got, sha, n)
+    }
+
+    #[test]
+    fn chunks_are_whole_lines_numbered_from_two_and_the_digest_covers_the_file() {
+        let mut text = b"A;B\n".to_vec();
+        for i in 0..500 {
+            text.extend_from_slice(format!("{i};{}\r\n", "x".repeat(i % 37)).as_bytes());
+        }
+        text.extend_from_slice(b"last;no-newline");
+        for size in [7, 64, 1000, 1 << 20] {
+            let (got, sha, n) = chunks(&text, size);
+            assert_eq!(n, text.len() as u64);
+            use sha2::Digest;
+            assert_eq!(sha, hex::encode(Sha256::digest(&text)));
+            let mut line = 2;
+            let mut joined = Vec::new();
+            for (first, t) in &got {
+                assert_eq!(*first, line, "chunk size {size}");
+                assert!(t.ends_with(b"\n") || t.ends_with(b"no-newline"));
+                line += t.iter().filter(|b| **b == b'\n').count();
+                joined.extend_from_slice(t);
+            }
+            assert_eq!(joined, &text[4..], "chunk size {size}");
+            // 500 lines, then the last one without a newline.
+            assert_eq!(line, 502);
+        }
+        // A header alone gives no chunk.
+        let (got, _, _) = chunks(b"A;B\n", 8);
+        assert!(got.is_empty());
+    }
 }
