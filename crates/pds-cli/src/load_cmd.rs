@@ -102,7 +102,7 @@ pub(crate) async fn load(home: &Path, a: LoadArgs) -> Result<pds_load::LoadRepor
         Err(pds_load::LoadError::Invalid { problems, aborted }) => {
             for (file, p) in &problems {
                 eprintln!(
-                    "{file}:{}: column {}: value `{}`: {}",
+                    "{file}:{}:{}: value `{}`: {}",
                     p.line, p.column, p.value, p.rule
                 );
             }

@@ -223,7 +223,9 @@ fn load_then_tables_and_a_bad_delivery_is_refused() {
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("IR_BEN_R.csv:2: column") && err.contains("nothing was loaded"),
+        err.contains("IR_BEN_R.csv:2:")
+            && err.contains("value `X`")
+            && err.contains("nothing was loaded"),
         "{err}"
     );
     let o = pds()

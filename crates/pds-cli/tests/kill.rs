@@ -122,9 +122,31 @@ fn sigkill_during_load_never_exposes_a_partial_snapshot() {
     assert!(o.status.success());
     let full = t.elapsed();
 
-    // Kill points spread over the load (fixed fractions: reproducible).
+    // Kill points spread over the load.
     let mut expected_next = 2;
-    for frac in [0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.97] {
+    // Random kill points over the whole load; the seed is printed so a
+    // failure can be replayed with PDS_KILL_SEED.
+    let seed: u64 = std::env::var("PDS_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("kill points from PDS_KILL_SEED={seed}");
+    let mut state = seed | 1;
+    let mut fracs: Vec<f64> = (0..8)
+        .map(|_| {
+            // xorshift64: enough to spread points, no dependency.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            0.02 + 0.96 * (state % 10_000) as f64 / 10_000.0
+        })
+        .collect();
+    fracs.sort_by(f64::total_cmp);
+    for frac in fracs {
         let mut child = pds()
             .arg("--home")
             .arg(&home)
@@ -150,7 +172,7 @@ fn sigkill_during_load_never_exposes_a_partial_snapshot() {
             assert_eq!(
                 now.lines().count(),
                 listing.lines().count() + 1,
-                "killed at {frac}: {now}"
+                "killed at {frac} (PDS_KILL_SEED={seed}): {now}"
             );
             let o = pds()
                 .arg("--home")
@@ -164,7 +186,7 @@ fn sigkill_during_load_never_exposes_a_partial_snapshot() {
         }
         assert!(
             tree_digest(&snap1) == before,
-            "killed at {frac}: snapshot 1 changed"
+            "killed at {frac} (PDS_KILL_SEED={seed}): snapshot 1 changed"
         );
     }
     // The next load cleans leftovers and commits snapshot 2.
