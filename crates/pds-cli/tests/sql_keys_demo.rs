@@ -193,3 +193,107 @@ fn demo_runs_end_to_end_and_refuses_a_foreign_directory() {
     assert!(e.contains("not made by `pds demo`"), "{e}");
     assert!(foreign.join("thesis.tex").exists());
 }
+
+#[test]
+fn an_interrupted_rotation_is_completed_by_running_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let k1 = dir.path().join("k1");
+    ok(&run(
+        &home,
+        &["init", "--master-key-file", k1.to_str().unwrap()],
+    ));
+    let delivery = dir.path().join("delivery");
+    ok(&pds()
+        .args(["synth", "-q", "-n", "50", "--years", "2021", "--out"])
+        .arg(&delivery)
+        .output()
+        .unwrap());
+    ok(&run(&home, &["load", "-q", delivery.to_str().unwrap()]));
+    ok(&run(&home, &["load", "-q", delivery.to_str().unwrap()]));
+    let q = "SELECT COUNT(*) AS n FROM IR_BEN_R";
+    let answer = ok(&run(&home, &["sql", "--format", "csv", q]));
+
+    // Crash after step 2: snapshot keys re-wrapped in the catalogue, key
+    // store and config not yet replaced.
+    let k2 = dir.path().join("k2");
+    pds_keys::MasterSource::create_key_file(&k2).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let h = pds_home::Home::open(&home).unwrap();
+        let old = h.keys().unwrap();
+        let new = old
+            .prepare_rotation(&pds_keys::MasterSource::KeyFile(k2.clone()))
+            .unwrap();
+        let cat = h.catalog().await.unwrap();
+        let mut rewrapped = Vec::new();
+        for s in cat.snapshots().await.unwrap() {
+            let w: pds_keys::WrappedKey = serde_json::from_str(&s.wrapped_key).unwrap();
+            let w2 = old.rewrap(&new, &w).unwrap();
+            rewrapped.push((s.id, serde_json::to_string(&w2).unwrap()));
+        }
+        // Only the first snapshot's key made it before the "crash".
+        cat.set_wrapped_keys(&rewrapped[..1]).await.unwrap();
+        cat.close().await;
+    });
+    // The half-rotated home cannot read snapshot 1 with the old key...
+    let e = err(&run(&home, &["sql", "--snapshot", "1", q]));
+    assert!(e.contains("does not decrypt") && e.contains("run it again"), "{e}");
+    // ... and the same command again finishes the job.
+    let out = ok(&run(
+        &home,
+        &[
+            "keys",
+            "rotate",
+            "--new-master-key-file",
+            k2.to_str().unwrap(),
+        ],
+    ));
+    assert!(out.contains("2 snapshot key(s) re-wrapped"), "{out}");
+    for snap in ["1", "2"] {
+        assert_eq!(
+            ok(&run(
+                &home,
+                &["sql", "--snapshot", snap, "--format", "csv", q]
+            )),
+            answer
+        );
+    }
+}
+
+#[test]
+fn a_second_writer_is_refused_while_a_load_holds_the_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    ok(&run(
+        &home,
+        &[
+            "init",
+            "--master-key-file",
+            dir.path().join("k").to_str().unwrap(),
+        ],
+    ));
+    let delivery = dir.path().join("delivery");
+    ok(&pds()
+        .args(["synth", "-q", "-n", "30", "--years", "2021", "--out"])
+        .arg(&delivery)
+        .output()
+        .unwrap());
+    let h = pds_home::Home::open(&home).unwrap();
+    let lock = h.lock_for_writing("test").unwrap();
+    let e = err(&run(&home, &["load", "-q", delivery.to_str().unwrap()]));
+    assert!(e.contains("another PDS process is writing"), "{e}");
+    let e = err(&run(
+        &home,
+        &[
+            "keys",
+            "rotate",
+            "--new-master-key-file",
+            dir.path().join("k2").to_str().unwrap(),
+        ],
+    ));
+    assert!(e.contains("another PDS process is writing"), "{e}");
+    drop(lock);
+    let out = ok(&run(&home, &["load", "-q", delivery.to_str().unwrap()]));
+    assert!(out.contains("Snapshot 1 committed"), "{out}");
+}

@@ -183,7 +183,14 @@ impl SnapshotSession {
             serde_json::from_str(&info.wrapped_key).map_err(|e| {
                 QueryError::Snapshot(format!("snapshot {}: bad key record: {e}", info.id))
             })?;
-        let key = keys.unwrap_data_key(&wrapped, &format!("pds/snapshot/{}", info.id))?;
+        let key = keys
+            .unwrap_data_key(&wrapped, &format!("pds/snapshot/{}", info.id))
+            .map_err(|e| {
+                QueryError::Snapshot(format!(
+                    "snapshot {}: {e}. If a `pds keys rotate` was interrupted, run it again with the same new key",
+                    info.id
+                ))
+            })?;
         let mut factory = SnapshotKeys::default();
         factory.insert(&info.storage_prefix, key);
         let storage = home.storage()?;
