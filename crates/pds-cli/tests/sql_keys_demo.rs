@@ -238,7 +238,10 @@ fn an_interrupted_rotation_is_completed_by_running_it_again() {
     });
     // The half-rotated home cannot read snapshot 1 with the old key...
     let e = err(&run(&home, &["sql", "--snapshot", "1", q]));
-    assert!(e.contains("does not decrypt") && e.contains("run it again"), "{e}");
+    assert!(
+        e.contains("does not decrypt") && e.contains("run it again"),
+        "{e}"
+    );
     // ... and the same command again finishes the job.
     let out = ok(&run(
         &home,

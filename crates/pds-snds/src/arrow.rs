@@ -58,7 +58,8 @@ fn epoch_days(d: NaiveDate) -> i32 {
 #[derive(Clone, Copy)]
 enum Value {
     Null,
-    Str,
+    /// Byte range of the text in the line.
+    Str(u32, u32),
     I64(i64),
     F64(f64),
     Date(Option<i32>),
@@ -89,7 +90,7 @@ impl Builder {
 
     fn append(&mut self, v: Value, text: &str) {
         match (self, v) {
-            (Builder::Str(b), Value::Str) => b.append_value(text),
+            (Builder::Str(b), Value::Str(..)) => b.append_value(text),
             (Builder::I64(b), Value::I64(x)) => b.append_value(x),
             (Builder::F64(b), Value::F64(x)) => b.append_value(x),
             (Builder::Date(b), Value::Date(x)) => b.append_option(x),
@@ -118,12 +119,12 @@ impl Builder {
 
 /// Parses one field in the dialect and checks it against its column (type,
 /// declared length); sentinels become nulls. The error is the rule broken.
-fn parse_field(col: &Column, max_len: Option<usize>, field: &str) -> Result<Value, String> {
+fn parse_field(ty: ColumnType, max_len: Option<usize>, field: &str) -> Result<Value, String> {
     if field.is_empty() {
         return Ok(Value::Null);
     }
-    let bad = || format!("not a valid {}", expected_words(col.ty));
-    Ok(match col.ty {
+    let bad = || format!("not a valid {}", expected_words(ty));
+    Ok(match ty {
         ColumnType::String | ColumnType::Boolean => {
             // Characters never outnumber bytes: count them only when needed.
             if let Some(max) = max_len
@@ -132,7 +133,8 @@ fn parse_field(col: &Column, max_len: Option<usize>, field: &str) -> Result<Valu
             {
                 return Err(format!("text longer than {max} characters"));
             }
-            Value::Str
+            // The range is filled in by the caller, which knows the line.
+            Value::Str(0, 0)
         }
         ColumnType::Integer => Value::I64(field.parse().map_err(|_| bad())?),
         ColumnType::Number => Value::F64(
@@ -221,6 +223,8 @@ fn convert(
     let schema = arrow_schema(columns);
     let required = opts.required;
     let mut builders: Vec<Builder> = columns.iter().map(|c| Builder::new(c.ty)).collect();
+    // Column types side by side: the loop below reads them for every field.
+    let tys: Vec<ColumnType> = columns.iter().map(|c| c.ty).collect();
     let max_lens: Vec<Option<usize>> = columns
         .iter()
         .map(|c| c.length.as_deref().and_then(|l| l.parse::<usize>().ok()))
@@ -260,16 +264,17 @@ fn convert(
                 rule: format!("every line has the header's {} fields", columns.len()),
             })?;
         } else {
-            for (i, col) in columns.iter().enumerate() {
+            for (i, &ty) in tys.iter().enumerate() {
                 let problem = |value: String, rule: String| Problem {
                     line,
-                    column: col.name.clone(),
+                    column: columns[i].name.clone(),
                     value,
                     rule,
                 };
                 // A slice of the valid line is valid unless it cuts a
                 // character (bytes of two fields that only form UTF-8 together).
-                let sliced = whole.and_then(|w| rec.range(i).and_then(|r| w.get(r)));
+                let range = rec.range(i);
+                let sliced = whole.and_then(|w| range.clone().and_then(|r| w.get(r)));
                 let field = match sliced {
                     Some(f) => f,
                     None => {
@@ -295,8 +300,8 @@ fn convert(
                     ))?;
                     continue;
                 }
-                match parse_field(col, max_lens[i], field) {
-                    Ok(v) => {
+                match parse_field(ty, max_lens[i], field) {
+                    Ok(mut v) => {
                         if !field.is_empty()
                             && let Some(Some(check)) = opts.values.get(i)
                             && let Some(rule) = check.violation(field)
@@ -304,6 +309,9 @@ fn convert(
                             bad = true;
                             on_problem(problem(field.to_string(), rule))?;
                             continue;
+                        }
+                        if let (Value::Str(..), Some(r)) = (v, &range) {
+                            v = Value::Str(r.start as u32, r.end as u32);
                         }
                         row.push(v)
                     }
@@ -317,9 +325,9 @@ fn convert(
         if bad {
             rejected += 1;
         } else if let Some(w) = whole {
-            for (i, (b, v)) in builders.iter_mut().zip(&row).enumerate() {
-                let text = match v {
-                    Value::Str => rec.range(i).and_then(|r| w.get(r)).unwrap_or(""),
+            for (b, v) in builders.iter_mut().zip(&row) {
+                let text = match *v {
+                    Value::Str(a, z) => w.get(a as usize..z as usize).unwrap_or(""),
                     _ => "",
                 };
                 b.append(*v, text);
