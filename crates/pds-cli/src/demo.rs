@@ -32,21 +32,11 @@ const MARKER: &str = ".pds-demo";
 pub(crate) fn analyses(y0: u16, y1: u16) -> Vec<(&'static str, String)> {
     // The 9 keys that join a DCIR claim line to its refinement tables.
     let keys = |a: &str, b: &str| {
-        [
-            "FLX_DIS_DTD",
-            "FLX_TRT_DTD",
-            "FLX_EMT_TYP",
-            "FLX_EMT_NUM",
-            "FLX_EMT_ORD",
-            "ORG_CLE_NUM",
-            "DCT_ORD_NUM",
-            "PRS_ORD_NUM",
-            "REM_TYP_AFF",
-        ]
-        .iter()
-        .map(|k| format!("{a}.{k} = {b}.{k}"))
-        .collect::<Vec<_>>()
-        .join(" AND ")
+        pds_snds::schema::DCIR_JOIN_KEYS
+            .iter()
+            .map(|k| format!("{a}.{k} = {b}.{k}"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
     };
     let stays = (y0..=y1)
         .map(|y| {

@@ -21,6 +21,18 @@ fn ok(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+fn rotate(home: &Path, new_key: &Path) -> Output {
+    run(
+        home,
+        &[
+            "keys",
+            "rotate",
+            "--new-master-key-file",
+            new_key.to_str().unwrap(),
+        ],
+    )
+}
+
 fn err(o: &Output) -> String {
     assert!(
         !o.status.success(),
@@ -92,15 +104,7 @@ fn sql_answers_and_key_rotation_rewraps_without_rewriting_data() {
     // Rotate to a new key file: data untouched, same answers.
     let data_before = files(&home.join("objects"));
     let k2 = dir.path().join("k2");
-    let out = ok(&run(
-        &home,
-        &[
-            "keys",
-            "rotate",
-            "--new-master-key-file",
-            k2.to_str().unwrap(),
-        ],
-    ));
+    let out = ok(&rotate(&home, &k2));
     assert!(out.contains("1 snapshot key(s) re-wrapped"), "{out}");
     assert!(k2.exists());
     let config = std::fs::read_to_string(home.join("config.toml")).unwrap();
@@ -121,15 +125,7 @@ fn sql_answers_and_key_rotation_rewraps_without_rewriting_data() {
     assert!(e.contains("does not open the key store"), "{e}");
     std::fs::write(home.join("config.toml"), &config).unwrap();
     // Rotating to the key in use is refused and changes nothing.
-    let e = err(&run(
-        &home,
-        &[
-            "keys",
-            "rotate",
-            "--new-master-key-file",
-            k2.to_str().unwrap(),
-        ],
-    ));
+    let e = err(&rotate(&home, &k2));
     assert!(e.contains("is the current one"), "{e}");
     assert_eq!(ok(&run(&home, &["sql", "--format", "csv", q])), answer);
     // A second load after rotation works and the first snapshot still reads.
@@ -243,15 +239,7 @@ fn an_interrupted_rotation_is_completed_by_running_it_again() {
         "{e}"
     );
     // ... and the same command again finishes the job.
-    let out = ok(&run(
-        &home,
-        &[
-            "keys",
-            "rotate",
-            "--new-master-key-file",
-            k2.to_str().unwrap(),
-        ],
-    ));
+    let out = ok(&rotate(&home, &k2));
     assert!(out.contains("2 snapshot key(s) re-wrapped"), "{out}");
     for snap in ["1", "2"] {
         assert_eq!(
@@ -286,15 +274,7 @@ fn a_second_writer_is_refused_while_a_load_holds_the_home() {
     let lock = h.lock_for_writing("test").unwrap();
     let e = err(&run(&home, &["load", "-q", delivery.to_str().unwrap()]));
     assert!(e.contains("another PDS process is writing"), "{e}");
-    let e = err(&run(
-        &home,
-        &[
-            "keys",
-            "rotate",
-            "--new-master-key-file",
-            dir.path().join("k2").to_str().unwrap(),
-        ],
-    ));
+    let e = err(&rotate(&home, &dir.path().join("k2")));
     assert!(e.contains("another PDS process is writing"), "{e}");
     drop(lock);
     let out = ok(&run(&home, &["load", "-q", delivery.to_str().unwrap()]));

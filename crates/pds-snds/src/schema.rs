@@ -293,6 +293,20 @@ pub const LENGTH_OVERRIDES: &[(&str, &str, &str)] = &[(
     "BEN_IDT_ANO is BEN_NIR_PSA (17) followed by BEN_RNG_GEM when the NIR is unknown: 18 characters (KI_CCI_R declares 18)",
 )];
 
+/// The nine keys that join a DCIR claim line (`ER_PRS_F`) to its
+/// refinement tables (`ER_PHA_F`, `ER_BIO_F`, `ER_CAM_F`, `ER_ETE_F`, ...).
+pub const DCIR_JOIN_KEYS: [&str; 9] = [
+    "FLX_DIS_DTD",
+    "FLX_TRT_DTD",
+    "FLX_EMT_TYP",
+    "FLX_EMT_NUM",
+    "FLX_EMT_ORD",
+    "ORG_CLE_NUM",
+    "DCT_ORD_NUM",
+    "PRS_ORD_NUM",
+    "REM_TYP_AFF",
+];
+
 /// Identifier columns that must never be empty, for tables whose schema
 /// declares no primary key (a row without them cannot be linked).
 pub const REQUIRED_WITHOUT_KEY: &[(&str, &[&str])] = &[

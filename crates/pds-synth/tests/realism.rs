@@ -153,17 +153,7 @@ fn referentials_are_written_with_their_schema_columns() {
     }
 }
 
-const K9: [&str; 9] = [
-    "FLX_DIS_DTD",
-    "FLX_TRT_DTD",
-    "FLX_EMT_TYP",
-    "FLX_EMT_NUM",
-    "FLX_EMT_ORD",
-    "ORG_CLE_NUM",
-    "DCT_ORD_NUM",
-    "PRS_ORD_NUM",
-    "REM_TYP_AFF",
-];
+const K9: [&str; 9] = pds_snds::schema::DCIR_JOIN_KEYS;
 
 fn key9(f: &Csv, r: &[String]) -> Vec<String> {
     K9.iter().map(|k| r[f.col(k)].clone()).collect()
