@@ -21,9 +21,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 
 use arrow_array::{Array, Date32Array, RecordBatch};
 use parquet::arrow::ArrowWriter;
@@ -178,7 +178,9 @@ impl Job {
         let rejected_seen = AtomicBool::new(totals.progress.rejected > 0);
         let abort = AtomicBool::new(false);
         let (work_tx, work_rx) = sync_channel::<Work>(threads);
-        let work_rx = Mutex::new(work_rx);
+        // Shared by the converters only: when they have all stopped, the
+        // receiver is gone and a reader blocked on a full queue wakes up.
+        let work_rx = Arc::new(Mutex::new(work_rx));
         let (res_tx, res_rx) = sync_channel::<(usize, Result<Chunk, LoadError>)>(threads);
         let ctx = ConvertCtx {
             r,
@@ -195,8 +197,9 @@ impl Job {
             let reader = s.spawn(move || read_chunks(r, work_tx));
             for _ in 0..threads {
                 let res_tx = res_tx.clone();
-                let work_rx = &work_rx;
+                let work_rx = Arc::clone(&work_rx);
                 let ctx = &ctx;
+                let abort = &abort;
                 s.spawn(move || {
                     loop {
                         // The lock is held only while waiting for the next chunk.
@@ -205,6 +208,9 @@ impl Job {
                             Err(_) => return,
                         };
                         let Ok(work) = next else { return };
+                        if abort.load(Ordering::SeqCst) {
+                            return;
+                        }
                         let seq = work.seq;
                         let out = ctx.convert(work);
                         if res_tx.send((seq, out)).is_err() {
@@ -214,6 +220,7 @@ impl Job {
                 });
             }
             drop(res_tx);
+            drop(work_rx);
             let mut enc_txs = Vec::new();
             let mut encoders = Vec::new();
             for _ in 0..threads {
@@ -240,13 +247,20 @@ impl Job {
                     }
                 }
             }
-            let (rows, rejected) = dispatched?;
+            // An encoder's own error says more than the dispatcher's "stopped".
             if let Some(e) = encode_error {
                 return Err(e);
             }
-            let (sha256, size) = reader
+            let (rows, rejected, received) = dispatched?;
+            let (sha256, size, sent) = reader
                 .join()
                 .map_err(|_| LoadError::Parquet("the reader thread panicked".into()))??;
+            if received != sent {
+                // A converter died (panic) and its chunk never arrived.
+                return Err(LoadError::Parquet(format!(
+                    "{file_name}: {received} of {sent} chunks converted; a converter thread failed"
+                )));
+            }
             Ok(FileOutcome {
                 rows,
                 rejected,
@@ -259,7 +273,7 @@ impl Job {
 
     /// Receives converted chunks, puts them back in file order, counts,
     /// collects problems and hands partitions to the encoders. Returns
-    /// (rows, rejected lines) of the file.
+    /// (rows, rejected lines, chunks received) of the file.
     fn dispatch(
         &self,
         r: &Recognised,
@@ -268,7 +282,7 @@ impl Job {
         enc_txs: &[SyncSender<(String, RecordBatch)>],
         totals: &mut Totals,
         rejected_seen: &AtomicBool,
-    ) -> Result<(u64, u64), LoadError> {
+    ) -> Result<(u64, u64, usize), LoadError> {
         let mut pending: BTreeMap<usize, Chunk> = BTreeMap::new();
         let mut next = 0usize;
         let mut rows = 0u64;
@@ -280,8 +294,17 @@ impl Job {
                 totals.progress.bytes_done += chunk.bytes;
                 totals.progress.rejected += chunk.rejected;
                 rejected += chunk.rejected;
-                for p in chunk.problems {
+                for mut p in chunk.problems {
                     if totals.problems.len() < self.opts.max_errors {
+                        // Clear patient identifiers never reach the terminal or logs.
+                        if crate::IDENTIFIER_COLUMNS.contains(&p.column.as_str())
+                            && !p.value.is_empty()
+                        {
+                            p.value = format!(
+                                "<patient identifier, {} characters, not shown>",
+                                p.value.chars().count()
+                            );
+                        }
                         totals.problems.push((file_name.to_string(), p));
                     }
                 }
@@ -311,7 +334,12 @@ impl Job {
                 (self.progress)(&totals.progress);
             }
         }
-        Ok((rows, rejected))
+        if !pending.is_empty() {
+            return Err(LoadError::Parquet(format!(
+                "{file_name}: chunk {next} never arrived; a converter thread failed"
+            )));
+        }
+        Ok((rows, rejected, next))
     }
 
     /// Owns the Parquet writers of the partitions hashed to it; closes them
@@ -484,7 +512,7 @@ struct Chunk {
 /// Reads the file in chunks of whole lines (about [`CHUNK_BYTES`]), hashing
 /// everything it reads, so the file is read once and copied once. Returns
 /// the SHA-256 and size.
-fn read_chunks(r: &Recognised, tx: SyncSender<Work>) -> Result<(String, u64), LoadError> {
+fn read_chunks(r: &Recognised, tx: SyncSender<Work>) -> Result<(String, u64, usize), LoadError> {
     read_chunks_of(&r.path, CHUNK_BYTES, tx)
 }
 
@@ -492,7 +520,7 @@ fn read_chunks_of(
     path: &std::path::Path,
     chunk_bytes: usize,
     tx: SyncSender<Work>,
-) -> Result<(String, u64), LoadError> {
+) -> Result<(String, u64, usize), LoadError> {
     let mut file = File::open(path).map_err(io(path))?;
     let mut hash = Sha256::new();
     let mut size = 0u64;
@@ -521,12 +549,12 @@ fn read_chunks_of(
             text.drain(..end);
             header_skipped = true;
         }
-        if !eof && let Some(last) = memchr::memrchr(b'\n', &text) {
+        if !eof && let Some(last) = last_record_end(&text) {
             carry = text.split_off(last + 1);
         }
         if text.is_empty() {
             if eof {
-                return Ok((hex::encode(hash.finalize()), size));
+                return Ok((hex::encode(hash.finalize()), size, seq));
             }
             continue;
         }
@@ -543,9 +571,28 @@ fn read_chunks_of(
         line_no += lines;
         if tx.send(work).is_err() {
             // The load stopped (error or abort): the digest is not needed.
-            return Ok((String::new(), size));
+            return Ok((String::new(), size, seq));
         }
     }
+}
+
+/// The last line break of `text` that ends a record: outside double quotes
+/// (a quoted field may hold line breaks). `text` starts at a record start.
+fn last_record_end(text: &[u8]) -> Option<usize> {
+    if memchr::memchr(b'"', text).is_none() {
+        return memchr::memrchr(b'\n', text);
+    }
+    // `""` inside a quoted field flips twice, so parity tells inside/outside.
+    let mut inside = false;
+    let mut last = None;
+    for i in memchr::memchr2_iter(b'"', b'\n', text) {
+        if text[i] == b'"' {
+            inside = !inside;
+        } else if !inside {
+            last = Some(i);
+        }
+    }
+    last
 }
 
 struct ConvertCtx<'a> {
@@ -724,7 +771,7 @@ mod tests {
         let path = dir.path().join("T.csv");
         std::fs::write(&path, text).unwrap();
         let (tx, rx) = sync_channel(1000);
-        let (sha, n) = read_chunks_of(&path, size, tx).unwrap();
+        let (sha, n, _) = read_chunks_of(&path, size, tx).unwrap();
         let got = rx.into_iter().map(|w| (w.first_line, w.text)).collect();
         (got, sha, n)
     }
@@ -752,6 +799,26 @@ mod tests {
             assert_eq!(joined, &text[4..], "chunk size {size}");
             // 500 lines, then the last one without a newline.
             assert_eq!(line, 502);
+        }
+        // A quoted field with line breaks is never cut between chunks.
+        let mut q = b"A;B\n".to_vec();
+        for i in 0..50 {
+            q.extend_from_slice(format!("{i};\"two\nlines \"\"quoted\"\"\"\n").as_bytes());
+        }
+        for size in [5, 40, 333] {
+            let (got, _, _) = chunks(&q, size);
+            let mut line = 2;
+            for (first, t) in &got {
+                assert_eq!(*first, line);
+                let quotes = t.iter().filter(|b| **b == b'"').count();
+                assert_eq!(
+                    quotes % 2,
+                    0,
+                    "chunk cut inside a quoted field (size {size})"
+                );
+                line += t.iter().filter(|b| **b == b'\n').count();
+            }
+            assert_eq!(line, 102);
         }
         // A header alone gives no chunk.
         let (got, _, _) = chunks(b"A;B\n", 8);

@@ -374,3 +374,61 @@ async fn bad_input_is_reported_precisely_and_loads_nothing() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_early_on_a_large_file_returns_promptly_and_hides_identifiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let delivery = dir.path().join("delivery");
+    // ER_PRS_F of 6 000 people is several read chunks: the reader is still
+    // far from the end when the load stops.
+    synth(&delivery, 6000, 8);
+    let prs = delivery.join("ER_PRS_F_2021.csv");
+    let size = std::fs::metadata(&prs).unwrap().len();
+    assert!(
+        size > 30 << 20,
+        "{size} bytes: too small to test a blocked reader"
+    );
+    let text = std::fs::read_to_string(&prs).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let header: Vec<String> = lines[0].split(';').map(String::from).collect();
+    let psa = header.iter().position(|c| c == "BEN_NIR_PSA").unwrap();
+    let mut f: Vec<String> = lines[1].split(';').map(String::from).collect();
+    let clear = format!("{}XYZ", f[psa]);
+    f[psa] = clear.clone(); // too long for its column
+    lines[1] = f.join(";");
+    std::fs::write(&prs, lines.join("\n") + "\n").unwrap();
+    let h = home(dir.path()).await;
+    let o = LoadOptions {
+        max_errors: 1,
+        ..opts()
+    };
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        load(&h, &delivery, &o, quiet()),
+    )
+    .await
+    .expect("the load hung after stopping at --max-errors");
+    let Err(LoadError::Invalid { problems, aborted }) = r else {
+        panic!("expected a refused load")
+    };
+    assert!(aborted);
+    assert_eq!(
+        (problems[0].1.line, problems[0].1.column.as_str()),
+        (2, "BEN_NIR_PSA")
+    );
+    assert!(
+        !problems[0].1.value.contains(&clear[..17]),
+        "clear identifier in the report: {}",
+        problems[0].1.value
+    );
+    assert!(problems[0].1.value.contains("not shown"));
+    assert!(
+        h.catalog()
+            .await
+            .unwrap()
+            .snapshots()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

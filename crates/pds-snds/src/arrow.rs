@@ -251,6 +251,11 @@ fn convert(
             Ok(true) => {}
             Err(e) => return Err(SndsError::Csv(format!("line {line}: {e}"))),
         }
+        // The physical line where the record starts (a quoted field may
+        // hold line breaks, so records and lines can differ).
+        if let Some(p) = rec.position() {
+            line = first_line + p.line() as usize - 1;
+        }
         let mut bad = false;
         row.clear();
         // One UTF-8 check for the whole line; fields are then slices of it.
