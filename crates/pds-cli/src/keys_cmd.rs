@@ -5,7 +5,9 @@
 //! catalogue). Rotation re-wraps those, in this order, so that a crash at
 //! any point loses nothing and running the same command again finishes it:
 //!
-//! 1. derive the new master key and re-wrap everything in memory;
+//! 1. derive the new master key, save the store it will use beside the
+//!    current one (`keystore.rotation.json`: a passphrase's salt must
+//!    survive a crash) and re-wrap every key in memory;
 //! 2. save the re-wrapped snapshot keys in one catalogue transaction;
 //! 3. replace the key store file (atomic rename);
 //! 4. point `config.toml` at the new key file or passphrase.
@@ -61,21 +63,25 @@ async fn rotate(home: &Path, new_file: Option<PathBuf>) -> Result<()> {
     let old_source = h.master_source()?;
     let old = match KeyStore::open(&h.keys_dir(), &old_source) {
         Ok(k) => k,
-        Err(KeyError::WrongMasterKey(_)) => {
-            // Interrupted after step 3: the store already uses the new key.
+        Err(open_error) => {
+            // Interrupted after step 3: the store already uses the new key
+            // (possibly of another kind: key file <-> passphrase).
             if KeyStore::open(&h.keys_dir(), &new_source).is_ok() {
+                let _ = std::fs::remove_file(h.keys_dir().join(pds_keys::PENDING_FILE));
                 h.set_master(&new_master)?;
                 println!(
                     "The key store already uses the new master key (an earlier rotation was interrupted); config.toml now points to it."
                 );
                 return Ok(());
             }
-            bail!(
-                "neither the configured master key nor the new one opens the key store in {}",
-                h.keys_dir().display()
-            );
+            if matches!(open_error, KeyError::WrongMasterKey(_)) {
+                bail!(
+                    "neither the configured master key nor the new one opens the key store in {}",
+                    h.keys_dir().display()
+                );
+            }
+            return Err(open_error.into());
         }
-        Err(e) => return Err(e.into()),
     };
     let new = old.prepare_rotation(&new_source)?;
     let cat = h.catalog().await?;

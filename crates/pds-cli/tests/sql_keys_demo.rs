@@ -280,3 +280,103 @@ fn a_second_writer_is_refused_while_a_load_holds_the_home() {
     let out = ok(&run(&home, &["load", "-q", delivery.to_str().unwrap()]));
     assert!(out.contains("Snapshot 1 committed"), "{out}");
 }
+
+#[test]
+fn an_interrupted_rotation_to_a_passphrase_completes_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let k1 = dir.path().join("k1");
+    ok(&run(
+        &home,
+        &["init", "--master-key-file", k1.to_str().unwrap()],
+    ));
+    let delivery = dir.path().join("delivery");
+    ok(&pds()
+        .args(["synth", "-q", "-n", "40", "--years", "2021", "--out"])
+        .arg(&delivery)
+        .output()
+        .unwrap());
+    ok(&run(&home, &["load", "-q", delivery.to_str().unwrap()]));
+    let q = "SELECT COUNT(*) AS n FROM IR_BEN_R";
+    let answer = ok(&run(&home, &["sql", "--format", "csv", q]));
+    let pass = "correct horse battery staple";
+    let new = pds_keys::MasterSource::Passphrase(pass.into());
+    // Crash after step 2: every snapshot key re-wrapped for a passphrase
+    // whose salt exists only in the pending store.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let h = pds_home::Home::open(&home).unwrap();
+        let old = h.keys().unwrap();
+        let next = old.prepare_rotation(&new).unwrap();
+        let cat = h.catalog().await.unwrap();
+        let mut rewrapped = Vec::new();
+        for s in cat.snapshots().await.unwrap() {
+            let w: pds_keys::WrappedKey = serde_json::from_str(&s.wrapped_key).unwrap();
+            rewrapped.push((
+                s.id,
+                serde_json::to_string(&old.rewrap(&next, &w).unwrap()).unwrap(),
+            ));
+        }
+        cat.set_wrapped_keys(&rewrapped).await.unwrap();
+        cat.close().await;
+    });
+    let o = pds()
+        .arg("--home")
+        .arg(&home)
+        .args(["keys", "rotate"])
+        .env("PDS_NEW_MASTER_PASSPHRASE", pass)
+        .output()
+        .unwrap();
+    let out = ok(&o);
+    assert!(out.contains("1 snapshot key(s) re-wrapped"), "{out}");
+    assert!(!home.join("keys").join(pds_keys::PENDING_FILE).exists());
+    let config = std::fs::read_to_string(home.join("config.toml")).unwrap();
+    assert!(config.contains("master = \"passphrase\""), "{config}");
+    let o = pds()
+        .arg("--home")
+        .arg(&home)
+        .args(["sql", "--format", "csv", q])
+        .env("PDS_MASTER_PASSPHRASE", pass)
+        .output()
+        .unwrap();
+    assert_eq!(ok(&o), answer);
+
+    // Crash after step 3 of a rotation back to a key file: the store is
+    // replaced, config.toml still says passphrase. Running it again fixes it.
+    let k3 = dir.path().join("k3");
+    pds_keys::MasterSource::create_key_file(&k3).unwrap();
+    let h = pds_home::Home::open(&home).unwrap();
+    let old = pds_keys::KeyStore::open(
+        &h.keys_dir(),
+        &pds_keys::MasterSource::Passphrase(pass.into()),
+    )
+    .unwrap();
+    let next = old
+        .prepare_rotation(&pds_keys::MasterSource::KeyFile(k3.clone()))
+        .unwrap();
+    rt.block_on(async {
+        let cat = h.catalog().await.unwrap();
+        let mut rewrapped = Vec::new();
+        for s in cat.snapshots().await.unwrap() {
+            let w: pds_keys::WrappedKey = serde_json::from_str(&s.wrapped_key).unwrap();
+            rewrapped.push((
+                s.id,
+                serde_json::to_string(&old.rewrap(&next, &w).unwrap()).unwrap(),
+            ));
+        }
+        cat.set_wrapped_keys(&rewrapped).await.unwrap();
+        cat.close().await;
+    });
+    next.commit_rotation().unwrap();
+    let o = pds()
+        .arg("--home")
+        .arg(&home)
+        .args(["keys", "rotate", "--new-master-key-file"])
+        .arg(&k3)
+        .env("PDS_MASTER_PASSPHRASE", pass)
+        .output()
+        .unwrap();
+    let out = ok(&o);
+    assert!(out.contains("already uses the new master key"), "{out}");
+    assert_eq!(ok(&run(&home, &["sql", "--format", "csv", q])), answer);
+}

@@ -468,8 +468,18 @@ impl Home {
         }
         let path = self.root.join(CONFIG_FILE);
         let tmp = self.root.join(format!("{CONFIG_FILE}.new"));
-        fs::write(&tmp, render(&self.config)).map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))
+        {
+            use std::io::Write;
+            let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+            f.write_all(render(&self.config).as_bytes())
+                .map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        if let Ok(d) = fs::File::open(&self.root) {
+            let _ = d.sync_all();
+        }
+        Ok(())
     }
 
     /// Opens the object store of `storage.url`.

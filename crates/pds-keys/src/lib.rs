@@ -346,19 +346,32 @@ fn new_spec(source: &MasterSource) -> Result<MasterSpec, KeyError> {
 }
 
 fn write_store(dir: &Path, file: &StoreFile, replace: bool) -> Result<(), KeyError> {
-    let path = dir.join(KEYSTORE_FILE);
+    write_store_as(dir, KEYSTORE_FILE, file, replace)
+}
+
+/// The key store a rotation will install, saved before any data key is
+/// re-wrapped for it (its passphrase salt must survive a crash).
+pub const PENDING_FILE: &str = "keystore.rotation.json";
+
+fn write_store_as(dir: &Path, name: &str, file: &StoreFile, replace: bool) -> Result<(), KeyError> {
+    let path = dir.join(name);
     let json = serde_json::to_vec_pretty(file).map_err(|e| KeyError::Corrupt {
         path: path.clone(),
         reason: e.to_string(),
     })?;
     if replace {
         // Write beside, then rename: a crash leaves the old or the new store, never half of one.
-        let tmp = dir.join(format!("{KEYSTORE_FILE}.new"));
+        let tmp = dir.join(format!("{name}.new"));
         let _ = fs::remove_file(&tmp);
         let mut f = create_private(&tmp)?;
         f.write_all(&json).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        // Make the rename itself durable.
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
     } else {
         let mut f = create_private(&path).map_err(|e| match e {
             KeyError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -399,7 +412,11 @@ impl KeyStore {
 
     /// Opens the key store in `dir` with the master key from `source`.
     pub fn open(dir: &Path, source: &MasterSource) -> Result<KeyStore, KeyError> {
-        let path = dir.join(KEYSTORE_FILE);
+        Self::open_as(dir, KEYSTORE_FILE, source)
+    }
+
+    fn open_as(dir: &Path, name: &str, source: &MasterSource) -> Result<KeyStore, KeyError> {
+        let path = dir.join(name);
         if !path.exists() {
             return Err(KeyError::Missing(dir.to_path_buf()));
         }
@@ -463,6 +480,14 @@ impl KeyStore {
     /// crash in between leaves the old store in place; running the rotation
     /// again with the same two keys completes it (see `rewrap`).
     pub fn prepare_rotation(&self, new_source: &MasterSource) -> Result<KeyStore, KeyError> {
+        // A rotation interrupted earlier left its store: reuse it, so data
+        // keys already re-wrapped for it stay readable (a passphrase's salt
+        // is random and lives only in that file).
+        if let Ok(pending) = Self::open_as(&self.dir, PENDING_FILE, new_source)
+            && pending.platform == self.platform
+        {
+            return Ok(pending);
+        }
         let spec = new_spec(new_source)?;
         let master = derive(new_source, &spec)?;
         if master == self.master {
@@ -474,6 +499,7 @@ impl KeyStore {
             check: wrap(&master, CHECK_PURPOSE, CHECK_VALUE)?,
             platform_key: wrap(&master, PLATFORM_PURPOSE, self.platform.expose())?,
         };
+        write_store_as(&self.dir, PENDING_FILE, &file, true)?;
         Ok(KeyStore {
             dir: self.dir.clone(),
             master,
@@ -482,9 +508,12 @@ impl KeyStore {
         })
     }
 
-    /// Second half of a rotation: atomically replaces the key store file.
+    /// Second half of a rotation: atomically replaces the key store file
+    /// and removes the pending one.
     pub fn commit_rotation(&self) -> Result<(), KeyError> {
-        write_store(&self.dir, &self.file, true)
+        write_store(&self.dir, &self.file, true)?;
+        let _ = fs::remove_file(self.dir.join(PENDING_FILE));
+        Ok(())
     }
 
     /// Re-wraps a key wrapped by this store's master key under `new`'s. A key

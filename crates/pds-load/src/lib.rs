@@ -193,7 +193,12 @@ pub fn recognise(path: &Path) -> Result<Recognised, LoadError> {
     BufReader::new(File::open(path).map_err(io(path))?)
         .read_line(&mut header)
         .map_err(io(path))?;
-    let header: Vec<&str> = header.trim_end_matches(['\n', '\r']).split(';').collect();
+    // A byte-order mark (some export tools add one) is not part of the first name.
+    let header: Vec<&str> = header
+        .trim_start_matches('\u{feff}')
+        .trim_end_matches(['\n', '\r'])
+        .split(';')
+        .collect();
     let mismatch = |cols: &[&pds_snds::Column], what: &str| {
         let first_diff = cols
             .iter()
@@ -333,13 +338,7 @@ pub async fn load(
     // Objects no committed snapshot references were left by an interrupted
     // or failed load: remove them (we hold the write lock, so no load is
     // writing them now).
-    let keep: BTreeSet<String> = cat
-        .snapshots()
-        .await?
-        .into_iter()
-        .map(|s| s.storage_prefix)
-        .collect();
-    storage.remove_unreferenced(&keep).await?;
+    sweep(&cat, &storage).await?;
     let id = cat.next_snapshot_id().await?;
     let prefix = format!("snapshots/{id}");
     let (data_key, wrapped) = keys.new_data_key(&format!("pds/snapshot/{id}"))?;
@@ -369,7 +368,7 @@ pub async fn load(
     let written = match result {
         Ok(w) => w,
         Err(e) => {
-            let _ = storage.remove_unreferenced(&keep).await;
+            let _ = sweep(&cat, &storage).await;
             return Err(e);
         }
     };
@@ -385,7 +384,10 @@ pub async fn load(
         tables: written.tables.clone(),
     };
     if let Err(e) = cat.commit_snapshot(id, &snapshot).await {
-        let _ = storage.remove_unreferenced(&keep).await;
+        // Read the catalogue again before sweeping: a commit reported as
+        // failed may have landed (connection lost during COMMIT), and then
+        // its files must stay.
+        let _ = sweep(&cat, &storage).await;
         return Err(e.into());
     }
     cat.close().await;
@@ -401,6 +403,21 @@ pub async fn load(
         storage: storage.to_string(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Removes the storage folders no committed snapshot references, reading
+/// the catalogue at this moment (never a list taken earlier).
+async fn sweep(
+    cat: &pds_catalog::Catalog,
+    storage: &pds_storage::Storage,
+) -> Result<usize, LoadError> {
+    let keep: BTreeSet<String> = cat
+        .snapshots()
+        .await?
+        .into_iter()
+        .map(|s| s.storage_prefix)
+        .collect();
+    Ok(storage.remove_unreferenced(&keep).await?)
 }
 
 /// Reads back a snapshot file (for checks and the steward's tools):

@@ -165,15 +165,17 @@ impl SnapshotSession {
     pub async fn open(home: &Home, snapshot: Option<i64>) -> Result<SnapshotSession, QueryError> {
         let cat = home.catalog().await?;
         let info = match snapshot {
-            Some(id) => cat.snapshot(id).await.map_err(|_| {
-                QueryError::Snapshot(format!(
+            Some(id) => cat.snapshot(id).await.map_err(|e| match e {
+                pds_catalog::CatalogError::NoSnapshot(_) => QueryError::Snapshot(format!(
                     "snapshot {id} does not exist; `pds snapshots` lists the existing ones"
-                ))
+                )),
+                e => e.into(),
             })?,
-            None => cat.latest("snds").await.map_err(|_| {
-                QueryError::Snapshot(
+            None => cat.latest("snds").await.map_err(|e| match e {
+                pds_catalog::CatalogError::Empty(_) => QueryError::Snapshot(
                     "the home holds no snapshot yet; load a delivery with `pds load DIR`".into(),
-                )
+                ),
+                e => e.into(),
             })?,
         };
         let tables = cat.tables(info.id).await?;
