@@ -4,7 +4,7 @@
 //! stays flat whatever the file size:
 //!
 //! ```text
-//! reader ──chunks of ~6 MiB of lines──▶ converters (N) ──▶ dispatcher ──▶ encoders (N)
+//! reader ──chunks of ~10 MiB of lines──▶ converters (N) ──▶ dispatcher ──▶ encoders (N)
 //!  SHA-256 of the file               check, convert,     in file order,   one Parquet writer
 //!                                    value lists,        counts, errors   per partition,
 //!                                    pseudonymise,                        zstd + AES-GCM,
@@ -41,7 +41,7 @@ use crate::{LoadError, LoadOptions, Progress, ProgressFn, Pseudonymiser, Recogni
 
 /// Bytes per chunk (whole lines): large enough to amortise per-batch costs,
 /// small enough that the chunks in flight (about 4 per thread) stay small.
-const CHUNK_BYTES: usize = 6 << 20;
+const CHUNK_BYTES: usize = 10 << 20;
 
 /// Everything a load needs, owned, so it can run on a blocking thread.
 pub(crate) struct Job {
