@@ -1,6 +1,6 @@
 //! `pds sql`, `pds keys rotate` and `pds demo` through the real binary.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn pds() -> Command {
@@ -59,6 +59,53 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     }
     out.sort();
     out
+}
+
+/// A home (master key file `k1`) with `loads` snapshots of a synthetic
+/// delivery of `n` people; returns (home, delivery, key file).
+fn loaded_home(dir: &Path, n: &str, loads: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let home = dir.join("home");
+    let k1 = dir.join("k1");
+    ok(&run(
+        &home,
+        &["init", "--master-key-file", k1.to_str().unwrap()],
+    ));
+    let delivery = dir.join("delivery");
+    ok(&pds()
+        .args(["synth", "-q", "-n", n, "--years", "2021", "--out"])
+        .arg(&delivery)
+        .output()
+        .unwrap());
+    for _ in 0..loads {
+        ok(&run(&home, &["load", "-q", delivery.to_str().unwrap()]));
+    }
+    (home, delivery, k1)
+}
+
+/// Steps 1-2 of a rotation from `old` to `new`, stopped there as by a crash:
+/// the first `keep` snapshot keys (all when `None`) re-wrapped in the
+/// catalogue. Returns the prepared store.
+fn rotate_until_catalogue(
+    home: &Path,
+    old: &pds_keys::KeyStore,
+    new: &pds_keys::MasterSource,
+    keep: Option<usize>,
+) -> pds_keys::KeyStore {
+    let next = old.prepare_rotation(new).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cat = pds_home::Home::open(home).unwrap().catalog().await.unwrap();
+        let mut rewrapped = Vec::new();
+        for s in cat.snapshots().await.unwrap() {
+            let w: pds_keys::WrappedKey = serde_json::from_str(&s.wrapped_key).unwrap();
+            let w2 = old.rewrap(&next, &w).unwrap();
+            rewrapped.push((s.id, serde_json::to_string(&w2).unwrap()));
+        }
+        let n = keep.unwrap_or(rewrapped.len());
+        cat.set_wrapped_keys(&rewrapped[..n]).await.unwrap();
+        cat.close().await;
+    });
+    next
 }
 
 #[test]
@@ -193,45 +240,21 @@ fn demo_runs_end_to_end_and_refuses_a_foreign_directory() {
 #[test]
 fn an_interrupted_rotation_is_completed_by_running_it_again() {
     let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let k1 = dir.path().join("k1");
-    ok(&run(
-        &home,
-        &["init", "--master-key-file", k1.to_str().unwrap()],
-    ));
-    let delivery = dir.path().join("delivery");
-    ok(&pds()
-        .args(["synth", "-q", "-n", "50", "--years", "2021", "--out"])
-        .arg(&delivery)
-        .output()
-        .unwrap());
-    ok(&run(&home, &["load", "-q", delivery.to_str().unwrap()]));
-    ok(&run(&home, &["load", "-q", delivery.to_str().unwrap()]));
+    let (home, _, _) = loaded_home(dir.path(), "50", 2);
     let q = "SELECT COUNT(*) AS n FROM IR_BEN_R";
     let answer = ok(&run(&home, &["sql", "--format", "csv", q]));
 
-    // Crash after step 2: snapshot keys re-wrapped in the catalogue, key
-    // store and config not yet replaced.
+    // Crash after step 2, with only the first snapshot's key re-wrapped in
+    // the catalogue; key store and config not yet replaced.
     let k2 = dir.path().join("k2");
     pds_keys::MasterSource::create_key_file(&k2).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let h = pds_home::Home::open(&home).unwrap();
-        let old = h.keys().unwrap();
-        let new = old
-            .prepare_rotation(&pds_keys::MasterSource::KeyFile(k2.clone()))
-            .unwrap();
-        let cat = h.catalog().await.unwrap();
-        let mut rewrapped = Vec::new();
-        for s in cat.snapshots().await.unwrap() {
-            let w: pds_keys::WrappedKey = serde_json::from_str(&s.wrapped_key).unwrap();
-            let w2 = old.rewrap(&new, &w).unwrap();
-            rewrapped.push((s.id, serde_json::to_string(&w2).unwrap()));
-        }
-        // Only the first snapshot's key made it before the "crash".
-        cat.set_wrapped_keys(&rewrapped[..1]).await.unwrap();
-        cat.close().await;
-    });
+    let old = pds_home::Home::open(&home).unwrap().keys().unwrap();
+    rotate_until_catalogue(
+        &home,
+        &old,
+        &pds_keys::MasterSource::KeyFile(k2.clone()),
+        Some(1),
+    );
     // The half-rotated home cannot read snapshot 1 with the old key...
     let e = err(&run(&home, &["sql", "--snapshot", "1", q]));
     assert!(
@@ -255,21 +278,7 @@ fn an_interrupted_rotation_is_completed_by_running_it_again() {
 #[test]
 fn a_second_writer_is_refused_while_a_load_holds_the_home() {
     let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    ok(&run(
-        &home,
-        &[
-            "init",
-            "--master-key-file",
-            dir.path().join("k").to_str().unwrap(),
-        ],
-    ));
-    let delivery = dir.path().join("delivery");
-    ok(&pds()
-        .args(["synth", "-q", "-n", "30", "--years", "2021", "--out"])
-        .arg(&delivery)
-        .output()
-        .unwrap());
+    let (home, delivery, _) = loaded_home(dir.path(), "30", 0);
     let h = pds_home::Home::open(&home).unwrap();
     let lock = h.lock_for_writing("test").unwrap();
     let e = err(&run(&home, &["load", "-q", delivery.to_str().unwrap()]));
@@ -284,42 +293,19 @@ fn a_second_writer_is_refused_while_a_load_holds_the_home() {
 #[test]
 fn an_interrupted_rotation_to_a_passphrase_completes_too() {
     let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let k1 = dir.path().join("k1");
-    ok(&run(
-        &home,
-        &["init", "--master-key-file", k1.to_str().unwrap()],
-    ));
-    let delivery = dir.path().join("delivery");
-    ok(&pds()
-        .args(["synth", "-q", "-n", "40", "--years", "2021", "--out"])
-        .arg(&delivery)
-        .output()
-        .unwrap());
-    ok(&run(&home, &["load", "-q", delivery.to_str().unwrap()]));
+    let (home, _, _) = loaded_home(dir.path(), "40", 1);
     let q = "SELECT COUNT(*) AS n FROM IR_BEN_R";
     let answer = ok(&run(&home, &["sql", "--format", "csv", q]));
     let pass = "correct horse battery staple";
-    let new = pds_keys::MasterSource::Passphrase(pass.into());
     // Crash after step 2: every snapshot key re-wrapped for a passphrase
     // whose salt exists only in the pending store.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let h = pds_home::Home::open(&home).unwrap();
-        let old = h.keys().unwrap();
-        let next = old.prepare_rotation(&new).unwrap();
-        let cat = h.catalog().await.unwrap();
-        let mut rewrapped = Vec::new();
-        for s in cat.snapshots().await.unwrap() {
-            let w: pds_keys::WrappedKey = serde_json::from_str(&s.wrapped_key).unwrap();
-            rewrapped.push((
-                s.id,
-                serde_json::to_string(&old.rewrap(&next, &w).unwrap()).unwrap(),
-            ));
-        }
-        cat.set_wrapped_keys(&rewrapped).await.unwrap();
-        cat.close().await;
-    });
+    let old = pds_home::Home::open(&home).unwrap().keys().unwrap();
+    rotate_until_catalogue(
+        &home,
+        &old,
+        &pds_keys::MasterSource::Passphrase(pass.into()),
+        None,
+    );
     let o = pds()
         .arg("--home")
         .arg(&home)
@@ -351,22 +337,12 @@ fn an_interrupted_rotation_to_a_passphrase_completes_too() {
         &pds_keys::MasterSource::Passphrase(pass.into()),
     )
     .unwrap();
-    let next = old
-        .prepare_rotation(&pds_keys::MasterSource::KeyFile(k3.clone()))
-        .unwrap();
-    rt.block_on(async {
-        let cat = h.catalog().await.unwrap();
-        let mut rewrapped = Vec::new();
-        for s in cat.snapshots().await.unwrap() {
-            let w: pds_keys::WrappedKey = serde_json::from_str(&s.wrapped_key).unwrap();
-            rewrapped.push((
-                s.id,
-                serde_json::to_string(&old.rewrap(&next, &w).unwrap()).unwrap(),
-            ));
-        }
-        cat.set_wrapped_keys(&rewrapped).await.unwrap();
-        cat.close().await;
-    });
+    let next = rotate_until_catalogue(
+        &home,
+        &old,
+        &pds_keys::MasterSource::KeyFile(k3.clone()),
+        None,
+    );
     next.commit_rotation().unwrap();
     let o = pds()
         .arg("--home")

@@ -330,10 +330,8 @@ impl Home {
             config,
         };
         KeyStore::create(&home.keys_dir(), &source)?;
-        let objects = home
-            .local_storage_dir()
-            .unwrap_or_else(|| root.join("objects"));
-        fs::create_dir_all(&objects).map_err(io(&objects))?;
+        // Opening the storage creates the local object folder.
+        home.storage()?;
         let cat = Catalog::connect(&home.catalogue_url()).await?;
         cat.ensure_dataset("snds", "Système national des données de santé (SNDS)")
             .await?;

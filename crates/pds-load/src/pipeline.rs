@@ -94,20 +94,11 @@ impl Job {
                 title: r.title.clone(),
                 rows: 0,
                 bytes: 0,
-                columns: r
-                    .columns
-                    .iter()
-                    .map(|c| ColumnInfo {
-                        name: c.name.clone(),
-                        data_type: pds_snds::arrow::arrow_type(c.ty).to_string(),
-                        description: c.description.clone(),
-                        nomenclature: c.nomenclature.clone().unwrap_or_default(),
-                    })
-                    .collect(),
+                columns: vec![],
                 files: vec![],
             });
-            // A table loaded from several yearly files: add the columns the
-            // later years introduced, so the catalogue describes them all.
+            // The file's columns, plus for a table loaded from several yearly
+            // files the ones later years introduced: the catalogue describes all.
             for c in &r.columns {
                 if !info.columns.iter().any(|k| k.name == c.name) {
                     info.columns.push(ColumnInfo {

@@ -259,7 +259,8 @@ fn explain(e: datafusion::error::DataFusionError, tables: &[String]) -> String {
     }
 }
 
-fn listing_options() -> ListingOptions {
+/// How snapshot files are read: Parquet, decrypted by [`SnapshotKeys`].
+pub fn listing_options() -> ListingOptions {
     let mut opts = TableParquetOptions::default();
     opts.crypto.factory_id = Some(FACTORY_ID.to_string());
     ListingOptions::new(Arc::new(ParquetFormat::default().with_options(opts)))

@@ -250,13 +250,8 @@ async fn without_the_snapshot_key_nothing_reads_and_old_snapshots_stay_readable(
 }
 
 fn cfg_for(url: &str) -> datafusion::datasource::listing::ListingTableConfig {
-    let mut opts = datafusion::common::config::TableParquetOptions::default();
-    opts.crypto.factory_id = Some(pds_query::FACTORY_ID.into());
-    let lo = datafusion::datasource::listing::ListingOptions::new(Arc::new(
-        datafusion::datasource::file_format::parquet::ParquetFormat::default().with_options(opts),
-    ));
     datafusion::datasource::listing::ListingTableConfig::new(
         datafusion::datasource::listing::ListingTableUrl::parse(url).unwrap(),
     )
-    .with_listing_options(lo)
+    .with_listing_options(pds_query::listing_options())
 }
