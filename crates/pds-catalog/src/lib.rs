@@ -11,12 +11,21 @@
 //! One set of portable migrations (`migrations/`) serves both back-ends.
 #![forbid(unsafe_code)]
 
+mod audit;
+mod projects;
+
+pub use audit::{AuditFilter, AuditKeyRow, AuditRow, CheckpointRow};
+pub use projects::{MemberRow, ProjectKeyRow, ProjectRow};
+
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
 /// Errors of the catalogue.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
+    /// A project that does not exist was asked for.
+    #[error("project `{0}` does not exist; `pds project list` lists them")]
+    NoProject(String),
     /// The catalogue URL is not one PDS supports.
     #[error(
         "catalogue URL `{0}` is not supported: use sqlite://PATH or postgres://USER@HOST:PORT/DB"
@@ -160,6 +169,17 @@ pub struct SnapshotInfo {
     pub bytes: i64,
 }
 
+/// A key stored wrapped in the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredKey {
+    /// A snapshot's data key.
+    Snapshot(i64),
+    /// A project's pseudonymisation key (project, version).
+    Project(String, i64),
+    /// The audit log's signing key.
+    Audit(String),
+}
+
 /// A connection pool to the catalogue.
 #[derive(Debug, Clone)]
 pub struct Catalog {
@@ -167,7 +187,7 @@ pub struct Catalog {
     backend: Backend,
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
@@ -508,20 +528,77 @@ impl Catalog {
 
     /// Replaces the wrapped keys of several snapshots in one transaction
     /// (master-key rotation): either every key is replaced or none is.
-    pub async fn set_wrapped_keys(&self, keys: &[(i64, String)]) -> Result<(), CatalogError> {
+    pub async fn set_wrapped_keys(&self, keys: &[(StoredKey, String)]) -> Result<(), CatalogError> {
         let mut tx = self.pool.begin().await?;
-        for (snapshot, wrapped) in keys {
-            let r = sqlx::query("UPDATE snapshots SET wrapped_key = $1 WHERE id = $2")
+        for (which, wrapped) in keys {
+            let r = match which {
+                StoredKey::Snapshot(id) => {
+                    sqlx::query("UPDATE snapshots SET wrapped_key = $1 WHERE id = $2")
+                        .bind(wrapped.as_str())
+                        .bind(*id)
+                        .execute(&mut *tx)
+                        .await?
+                }
+                StoredKey::Project(id, version) => sqlx::query(
+                    "UPDATE project_keys SET wrapped_key = $1 WHERE project_id = $2 AND version = $3",
+                )
                 .bind(wrapped.as_str())
-                .bind(*snapshot)
+                .bind(id.as_str())
+                .bind(*version)
                 .execute(&mut *tx)
-                .await?;
+                .await?,
+                StoredKey::Audit(id) => {
+                    sqlx::query("UPDATE audit_keys SET wrapped_secret = $1 WHERE key_id = $2")
+                        .bind(wrapped.as_str())
+                        .bind(id.as_str())
+                        .execute(&mut *tx)
+                        .await?
+                }
+            };
             if r.rows_affected() == 0 {
-                return Err(CatalogError::NoSnapshot(*snapshot));
+                return Err(CatalogError::Invalid(format!(
+                    "{which:?} is not in the catalogue"
+                )));
             }
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Every key the catalogue holds wrapped by the master key (snapshot
+    /// keys, live project keys, the audit log key), for master rotation.
+    pub async fn wrapped_keys(&self) -> Result<Vec<(StoredKey, String)>, CatalogError> {
+        let mut out = Vec::new();
+        for r in sqlx::query("SELECT id, wrapped_key FROM snapshots ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            out.push((
+                StoredKey::Snapshot(r.try_get("id")?),
+                r.try_get("wrapped_key")?,
+            ));
+        }
+        for r in sqlx::query(
+            "SELECT project_id, version, wrapped_key FROM project_keys WHERE retired_at IS NULL ORDER BY project_id, version",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            out.push((
+                StoredKey::Project(r.try_get("project_id")?, r.try_get("version")?),
+                r.try_get("wrapped_key")?,
+            ));
+        }
+        for r in sqlx::query("SELECT key_id, wrapped_secret FROM audit_keys ORDER BY key_id")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            out.push((
+                StoredKey::Audit(r.try_get("key_id")?),
+                r.try_get("wrapped_secret")?,
+            ));
+        }
+        Ok(out)
     }
 }
 

@@ -86,20 +86,20 @@ async fn rotate(home: &Path, new_file: Option<PathBuf>) -> Result<()> {
     let new = old.prepare_rotation(&new_source)?;
     let cat = h.catalog().await?;
     let mut rewrapped = Vec::new();
-    for s in cat.snapshots().await? {
-        let w: WrappedKey = serde_json::from_str(&s.wrapped_key)
-            .with_context(|| format!("snapshot {}: bad key record", s.id))?;
+    for (which, wrapped) in cat.wrapped_keys().await? {
+        let w: WrappedKey =
+            serde_json::from_str(&wrapped).with_context(|| format!("{which:?}: bad key record"))?;
         let w2 = old
             .rewrap(&new, &w)
-            .with_context(|| format!("re-wrapping the key of snapshot {}", s.id))?;
-        rewrapped.push((s.id, serde_json::to_string(&w2)?));
+            .with_context(|| format!("re-wrapping the key of {which:?}"))?;
+        rewrapped.push((which, serde_json::to_string(&w2)?));
     }
     cat.set_wrapped_keys(&rewrapped).await?;
     cat.close().await;
     new.commit_rotation()?;
     h.set_master(&new_master)?;
     println!(
-        "Master key rotated: platform key and {} snapshot key(s) re-wrapped; no data file rewritten.",
+        "Master key rotated: platform key and {} stored key(s) (snapshots, projects, audit log) re-wrapped; no data file rewritten.",
         rewrapped.len()
     );
     if let InitMaster::KeyFile(f) = &new_master {

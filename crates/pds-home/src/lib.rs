@@ -134,6 +134,82 @@ impl Default for LoadConfig {
     }
 }
 
+/// `[gate]` section: limits of every statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// Statement timeout, seconds.
+    #[serde(default = "default_timeout")]
+    pub statement_timeout_secs: u64,
+    /// Memory one statement may use, MiB.
+    #[serde(default = "default_query_memory")]
+    pub query_memory_mib: u64,
+    /// Memory all running statements together may use, MiB.
+    #[serde(default = "default_total_memory")]
+    pub total_memory_mib: u64,
+    /// Rows one statement may return.
+    #[serde(default = "default_max_rows")]
+    pub max_result_rows: u64,
+    /// Statements running at once.
+    #[serde(default = "default_concurrent")]
+    pub max_concurrent_statements: u64,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        GateConfig {
+            statement_timeout_secs: default_timeout(),
+            query_memory_mib: default_query_memory(),
+            total_memory_mib: default_total_memory(),
+            max_result_rows: default_max_rows(),
+            max_concurrent_statements: default_concurrent(),
+        }
+    }
+}
+
+/// `[audit]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The log's name in its signed checkpoints.
+    #[serde(default = "default_origin")]
+    pub origin: String,
+    /// A checkpoint is signed when the last one is older than this, minutes.
+    #[serde(default = "default_checkpoint_minutes")]
+    pub checkpoint_interval_minutes: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            origin: default_origin(),
+            checkpoint_interval_minutes: default_checkpoint_minutes(),
+        }
+    }
+}
+
+fn default_timeout() -> u64 {
+    300
+}
+fn default_query_memory() -> u64 {
+    2048
+}
+fn default_total_memory() -> u64 {
+    8192
+}
+fn default_max_rows() -> u64 {
+    10_000_000
+}
+fn default_concurrent() -> u64 {
+    4
+}
+fn default_origin() -> String {
+    "pds.local/audit".into()
+}
+fn default_checkpoint_minutes() -> u64 {
+    60
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +223,12 @@ pub struct Config {
     /// Loading.
     #[serde(default)]
     pub load: LoadConfig,
+    /// Statement limits.
+    #[serde(default)]
+    pub gate: GateConfig,
+    /// Audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 fn default_catalogue_url() -> String {
@@ -219,7 +301,32 @@ max_errors = {max_errors}
 # Threads that check and convert, and threads that encode and encrypt (each);
 # 0 means one per core.
 threads = {threads}
+
+[gate]
+# Limits of every statement, whatever the front-end. A statement that hits
+# one fails with an error naming the limit; nothing else is affected.
+statement_timeout_secs = {timeout}
+query_memory_mib = {qmem}
+# All running statements together (DataFusion never spills to disk in PDS:
+# decrypted data must not reach unencrypted temporary files).
+total_memory_mib = {tmem}
+max_result_rows = {rows}
+max_concurrent_statements = {conc}
+
+[audit]
+# The log's name in its signed checkpoints (C2SP signed notes).
+origin = {origin}
+# A checkpoint is signed when there is activity and the last one is older
+# than this; `pds audit checkpoint` signs one on demand.
+checkpoint_interval_minutes = {cpm}
 "#,
+        timeout = c.gate.statement_timeout_secs,
+        qmem = c.gate.query_memory_mib,
+        tmem = c.gate.total_memory_mib,
+        rows = c.gate.max_result_rows,
+        conc = c.gate.max_concurrent_statements,
+        origin = toml_str(&c.audit.origin),
+        cpm = c.audit.checkpoint_interval_minutes,
         catalogue = toml_str(&c.catalogue.url),
         storage = toml_str(&c.storage.url),
         dir = toml_str(&c.keys.dir),
@@ -324,6 +431,8 @@ impl Home {
                 master_key_file: key_file,
             },
             load: LoadConfig::default(),
+            gate: GateConfig::default(),
+            audit: AuditConfig::default(),
         };
         let home = Home {
             root: root.to_path_buf(),

@@ -18,25 +18,8 @@ use sha2::Sha256;
 
 use crate::LoadError;
 
-/// Columns that hold patient identifiers, in any SNDS table.
-pub const IDENTIFIER_COLUMNS: &[&str] = &[
-    "BEN_NIR_PSA",
-    "NIR_ANO_17",
-    "BEN_IDT_ANO",
-    "BEN_NIR_ANO",
-    "ASS_NIR_ANO",
-    "NIR_ANO_MAM",
-    "NUM_ENQ",
-    "NUM_ENQ_ANO",
-    "NUM_ENQ_IDT",
-    "DCD_IDT_ENC",
-];
-
-const MARKERS: &[&str] = &[
-    "xxxxxxxxxxxxxxxxx",
-    "XXXXXXXXXXXXXXXXD",
-    "XXXXXXXXXXXXXXXXS",
-];
+pub use pds_snds::identifiers::PATIENT_ID_COLUMNS as IDENTIFIER_COLUMNS;
+use pds_snds::identifiers::PSEUDONYM_ERROR_MARKERS as MARKERS;
 
 /// Computes platform pseudonyms.
 pub struct Pseudonymiser {

@@ -30,6 +30,8 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::execution::parquet_encryption::EncryptionFactory;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -158,71 +160,119 @@ pub struct SnapshotSession {
     pub tables: Vec<String>,
 }
 
+/// The tables of one snapshot, ready to be registered in any session that
+/// has the same storage and keys.
+pub struct OpenSnapshot {
+    /// Snapshot id.
+    pub id: i64,
+    /// The decryption factory holding the snapshot's data key.
+    pub keys: SnapshotKeys,
+    /// Tables by name, in name order.
+    pub tables: Vec<(String, Arc<ListingTable>)>,
+}
+
+impl std::fmt::Debug for OpenSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenSnapshot")
+            .field("id", &self.id)
+            .field(
+                "tables",
+                &self.tables.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens `snapshot` (the latest when `None`) of the `snds` dataset: unwraps
+/// its data key with the master key and builds one table per catalogue
+/// table from the catalogue's file list.
+pub async fn open_snapshot(
+    cat: &pds_catalog::Catalog,
+    keys: &pds_keys::KeyStore,
+    storage: &pds_storage::Storage,
+    snapshot: Option<i64>,
+) -> Result<OpenSnapshot, QueryError> {
+    let info = match snapshot {
+        Some(id) => cat.snapshot(id).await.map_err(|e| match e {
+            pds_catalog::CatalogError::NoSnapshot(_) => QueryError::Snapshot(format!(
+                "snapshot {id} does not exist; `pds snapshots` lists the existing ones"
+            )),
+            e => e.into(),
+        })?,
+        None => cat.latest("snds").await.map_err(|e| match e {
+            pds_catalog::CatalogError::Empty(_) => QueryError::Snapshot(
+                "the home holds no snapshot yet; load a delivery with `pds load DIR`".into(),
+            ),
+            e => e.into(),
+        })?,
+    };
+    let tables = cat.tables(info.id).await?;
+    let wrapped: pds_keys::WrappedKey = serde_json::from_str(&info.wrapped_key)
+        .map_err(|e| QueryError::Snapshot(format!("snapshot {}: bad key record: {e}", info.id)))?;
+    let key = keys
+        .unwrap_data_key(&wrapped, &format!("pds/snapshot/{}", info.id))
+        .map_err(|e| {
+            QueryError::Snapshot(format!(
+                "snapshot {}: {e}. If a `pds keys rotate` was interrupted, run it again with the same new key",
+                info.id
+            ))
+        })?;
+    let mut factory = SnapshotKeys::default();
+    factory.insert(&info.storage_prefix, key);
+    // A scratch session only to read the Parquet footers (schemas).
+    let ctx = context(storage.store(), factory.clone(), None)?;
+    let mut out = Vec::new();
+    for t in &tables {
+        let urls = t
+            .files
+            .iter()
+            .map(|f| ListingTableUrl::parse(format!("{STORE_URL}/{}", f.path)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(df)?;
+        if urls.is_empty() {
+            continue;
+        }
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(listing_options())
+            .infer_schema(&ctx.state())
+            .await
+            .map_err(df)?;
+        out.push((
+            t.name.clone(),
+            Arc::new(ListingTable::try_new(config).map_err(df)?),
+        ));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(OpenSnapshot {
+        id: info.id,
+        keys: factory,
+        tables: out,
+    })
+}
+
 impl SnapshotSession {
     /// Opens `snapshot` (the latest when `None`) of the home's `snds`
-    /// dataset: unwraps its data key with the master key and registers every
-    /// table.
+    /// dataset with every table registered. This is raw, whole-snapshot
+    /// access for the gate's operator path and for benchmarks; projects
+    /// never get it.
     pub async fn open(home: &Home, snapshot: Option<i64>) -> Result<SnapshotSession, QueryError> {
         let cat = home.catalog().await?;
-        let info = match snapshot {
-            Some(id) => cat.snapshot(id).await.map_err(|e| match e {
-                pds_catalog::CatalogError::NoSnapshot(_) => QueryError::Snapshot(format!(
-                    "snapshot {id} does not exist; `pds snapshots` lists the existing ones"
-                )),
-                e => e.into(),
-            })?,
-            None => cat.latest("snds").await.map_err(|e| match e {
-                pds_catalog::CatalogError::Empty(_) => QueryError::Snapshot(
-                    "the home holds no snapshot yet; load a delivery with `pds load DIR`".into(),
-                ),
-                e => e.into(),
-            })?,
-        };
-        let tables = cat.tables(info.id).await?;
-        cat.close().await;
         let keys = home.keys()?;
-        let wrapped: pds_keys::WrappedKey =
-            serde_json::from_str(&info.wrapped_key).map_err(|e| {
-                QueryError::Snapshot(format!("snapshot {}: bad key record: {e}", info.id))
-            })?;
-        let key = keys
-            .unwrap_data_key(&wrapped, &format!("pds/snapshot/{}", info.id))
-            .map_err(|e| {
-                QueryError::Snapshot(format!(
-                    "snapshot {}: {e}. If a `pds keys rotate` was interrupted, run it again with the same new key",
-                    info.id
-                ))
-            })?;
-        let mut factory = SnapshotKeys::default();
-        factory.insert(&info.storage_prefix, key);
         let storage = home.storage()?;
-        let ctx = context(storage.store(), factory)?;
+        let open = open_snapshot(&cat, &keys, &storage, snapshot).await;
+        cat.close().await;
+        let open = open?;
+        let ctx = context(storage.store(), open.keys.clone(), None)?;
         let mut names = Vec::new();
-        for t in &tables {
-            let urls = t
-                .files
-                .iter()
-                .map(|f| ListingTableUrl::parse(format!("{STORE_URL}/{}", f.path)))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(df)?;
-            if urls.is_empty() {
-                continue;
-            }
-            let config = ListingTableConfig::new_with_multi_paths(urls)
-                .with_listing_options(listing_options())
-                .infer_schema(&ctx.state())
-                .await
-                .map_err(df)?;
-            let table = ListingTable::try_new(config).map_err(df)?;
+        for (name, table) in &open.tables {
             // `bare` keeps the case; a `&str` would be parsed and folded to lower case.
-            ctx.register_table(TableReference::bare(t.name.as_str()), Arc::new(table))
+            ctx.register_table(TableReference::bare(name.as_str()), table.clone())
                 .map_err(df)?;
-            names.push(t.name.clone());
+            names.push(name.clone());
         }
-        names.sort();
         Ok(SnapshotSession {
             ctx,
-            snapshot: info.id,
+            snapshot: open.id,
             tables: names,
         })
     }
@@ -268,9 +318,14 @@ pub fn listing_options() -> ListingOptions {
 }
 
 /// A session whose only storage is `store` and whose only keys are `keys`.
+///
+/// `pool` bounds its memory (DataFusion's unbounded pool when `None`). The
+/// disk manager is disabled: operators never spill, because spilled
+/// batches would be decrypted data in clear temporary files.
 pub fn context(
     store: Arc<dyn object_store::ObjectStore>,
     keys: SnapshotKeys,
+    pool: Option<Arc<dyn MemoryPool>>,
 ) -> Result<SessionContext, QueryError> {
     let registry = DefaultObjectStoreRegistry::new();
     // DataFusion pre-registers the local file system: take it out, so no
@@ -279,10 +334,15 @@ pub fn context(
     let _ = registry.deregister_store(&local);
     let ours = url::Url::parse(STORE_URL).map_err(|e| QueryError::Sql(e.to_string()))?;
     registry.register_store(&ours, store);
-    let runtime = RuntimeEnvBuilder::new()
+    let mut builder = RuntimeEnvBuilder::new()
         .with_object_store_registry(Arc::new(registry))
-        .build_arc()
-        .map_err(df)?;
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        );
+    if let Some(pool) = pool {
+        builder = builder.with_memory_pool(pool);
+    }
+    let runtime = builder.build_arc().map_err(df)?;
     runtime.register_parquet_encryption_factory(FACTORY_ID, Arc::new(keys));
     let mut config = SessionConfig::new().with_information_schema(true);
     config.options_mut().sql_parser.enable_ident_normalization = false;

@@ -206,14 +206,14 @@ async fn without_the_snapshot_key_nothing_reads_and_old_snapshots_stay_readable(
     // A session with the right store but another key cannot read the files.
     let mut wrong = SnapshotKeys::default();
     wrong.insert("snapshots/1", pds_keys::SecretKey::random().unwrap());
-    let ctx = context(h.storage().unwrap().store(), wrong).unwrap();
+    let ctx = context(h.storage().unwrap().store(), wrong, None).unwrap();
     let url = format!("{}/{}", pds_query::STORE_URL, ben.files[0].path);
     let e = cfg_for(&url).infer_schema(&ctx.state()).await.err();
     assert!(e.is_some(), "read with a wrong key");
     // A key for another prefix is no key at all.
     let mut other = SnapshotKeys::default();
     other.insert("snapshots/2", pds_keys::SecretKey::random().unwrap());
-    let ctx = context(h.storage().unwrap().store(), other).unwrap();
+    let ctx = context(h.storage().unwrap().store(), other, None).unwrap();
     let e = cfg_for(&url).infer_schema(&ctx.state()).await.unwrap_err();
     assert!(e.to_string().contains("belongs to no open snapshot"), "{e}");
 

@@ -12,12 +12,15 @@
 //!   `IR_CCAM_V63`, ...), as parsed records.
 //! * [`dialect`]: how CNAM extraction files write values (`dd/MM/yyyy`, SAS
 //!   datetimes, `01/01/1600` sentinels), both ways.
+//! * [`identifiers`]: patient identifier columns and the SNDS potential
+//!   identifiers (birth month, commune, exact dates).
 //! * [`arrow`]: the Arrow type of each SNDS column and the conversion of one
 //!   extraction-dialect CSV chunk into a typed `RecordBatch`.
 #![forbid(unsafe_code)]
 
 pub mod arrow;
 pub mod dialect;
+pub mod identifiers;
 pub mod nomenclature;
 pub mod schema;
 

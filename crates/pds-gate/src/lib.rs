@@ -1,0 +1,841 @@
+//! The gate: the one path every statement takes, whatever the front-end.
+//!
+//! [`Gate::execute`] does, for each statement:
+//!
+//! 1. checks the principal and the project (membership, role, dates);
+//! 2. builds a fresh DataFusion session in which only the project's views
+//!    exist ([`views`]): granted tables and columns, rows within the years
+//!    and population, identifiers mapped to project pseudonyms, potential
+//!    identifiers coarsened. Nothing else is registered: no base table, no
+//!    `file://` store, no table factory, no spill directory;
+//! 3. plans the statement and refuses anything but a read (DDL, DML, COPY,
+//!    SET, transactions: `SQLOptions::verify_plan`, subqueries included),
+//!    `EXPLAIN` for projects (plans show storage paths), per-row results for
+//!    aggregate-only projects;
+//! 4. bounds it: memory per statement inside a global cap, a timeout, a
+//!    result-row cap, a number of statements at once, a maximum text size;
+//! 5. writes the audit entry (statement, plan fingerprint, tables and
+//!    columns) **before** the first row: if the audit write fails, the
+//!    statement fails;
+//! 6. streams rows ([`ResultStream`]), hashing them as an Arrow IPC stream,
+//!    and writes a closing entry (rows, bytes, SHA-256, duration, outcome).
+//!
+//! Errors say what was refused and why, never data values from outside the
+//! perimeter, storage paths or other projects' objects.
+#![forbid(unsafe_code)]
+
+pub mod limits;
+pub mod views;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::writer::StreamWriter;
+use datafusion::common::TableReference;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use pds_audit::{AuditLog, Record, TableAccess};
+use pds_catalog::Catalog;
+use pds_home::Home;
+use pds_keys::KeyStore;
+use pds_project::AccessMode;
+use pds_query::OpenSnapshot;
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub use limits::Limits;
+
+/// Errors of the gate. Every one is also in the audit log.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// The statement or the access is not allowed.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The statement is allowed but failed (syntax, unknown name, ...).
+    #[error("{0}")]
+    Failed(String),
+    /// A resource limit stopped the statement.
+    #[error("stopped: {0}")]
+    Limit(String),
+    /// The audit log could not be written: nothing was returned.
+    #[error("audit log unavailable, statement not run: {0}")]
+    Audit(String),
+    /// The platform could not set the statement up.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What a statement runs against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A project's views.
+    Project(String),
+    /// The whole snapshot with platform pseudonyms: data stewards checking
+    /// loads. Audited like everything else.
+    Operator {
+        /// Snapshot (latest when `None`).
+        snapshot: Option<i64>,
+    },
+}
+
+/// The gate of one home.
+pub struct Gate {
+    cat: Catalog,
+    keys: Arc<KeyStore>,
+    audit: Arc<AuditLog>,
+    storage: pds_storage::Storage,
+    limits: Limits,
+    global: Arc<GreedyMemoryPool>,
+    running: Arc<Semaphore>,
+    snapshots: Mutex<HashMap<i64, Arc<OpenSnapshot>>>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The file holding the audit log's trusted public key, in the key store
+/// directory: `pds audit verify` trusts it rather than the database.
+pub const AUDIT_PUBLIC_KEY_FILE: &str = "audit.pub";
+
+/// Opens the audit log of a home, creating its key on first use, and checks
+/// the catalogue's public key against the trusted copy beside the key store.
+pub async fn open_audit(home: &Home, cat: Catalog, keys: &KeyStore) -> Result<AuditLog, GateError> {
+    let a = &home.config.audit;
+    let log = AuditLog::open(
+        cat,
+        keys,
+        &a.origin,
+        std::time::Duration::from_secs(a.checkpoint_interval_minutes.max(1) * 60),
+    )
+    .await
+    .map_err(|e| GateError::Audit(e.to_string()))?;
+    let path = home.keys_dir().join(AUDIT_PUBLIC_KEY_FILE);
+    let public = log.public_key_hex();
+    match std::fs::read_to_string(&path) {
+        Ok(t) if t.trim() == public => {}
+        Ok(_) => {
+            return Err(GateError::Audit(format!(
+                "the audit key in the catalogue differs from the trusted one in {}: the catalogue was altered or belongs to another home",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, format!("{public}\n"))
+                .map_err(|e| GateError::Audit(format!("writing {}: {e}", path.display())))?;
+        }
+        Err(e) => return Err(GateError::Audit(format!("reading {}: {e}", path.display()))),
+    }
+    Ok(log)
+}
+
+fn request_id() -> String {
+    let mut b = [0u8; 8];
+    // An id only links entries; a clock fallback is fine if the OS fails.
+    if getrandom_fill(&mut b).is_err() {
+        b = (chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64).to_be_bytes();
+    }
+    hex::encode(b)
+}
+
+fn getrandom_fill(b: &mut [u8]) -> Result<(), ()> {
+    pds_keys::SecretKey::random()
+        .map(|k| b.copy_from_slice(&k.expose()[..b.len()]))
+        .map_err(|_| ())
+}
+
+/// Removes storage paths from an engine message.
+pub fn sanitize(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("pds://") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '\'' || c == '"' || c == ')' || c == ',')
+            .unwrap_or(tail.len());
+        out.push_str("<snapshot file>");
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    // Object paths without the scheme.
+    let mut cleaned = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(i) = rest.find("snapshots/") {
+        cleaned.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '\'' || c == '"' || c == ')' || c == ',')
+            .unwrap_or(tail.len());
+        cleaned.push_str("<snapshot file>");
+        rest = &tail[end..];
+    }
+    cleaned.push_str(rest);
+    cleaned
+}
+
+fn engine_error(e: &DataFusionError, limits: &Limits) -> GateError {
+    let msg = e.to_string();
+    if msg.contains("Resources exhausted") {
+        GateError::Limit(format!(
+            "the statement needs more memory than allowed ({} MiB per statement, {} MiB for all running statements); filter or aggregate earlier, or ask the administrator about [gate] query_memory_mib",
+            limits.query_memory >> 20,
+            limits.total_memory >> 20
+        ))
+    } else {
+        GateError::Failed(sanitize(&msg))
+    }
+}
+
+/// Why a plan is refused, if it is.
+fn refusal(plan: &LogicalPlan, project: bool, mode: Option<AccessMode>) -> Option<String> {
+    if let Err(e) = pds_query::read_only().verify_plan(plan) {
+        return Some(format!(
+            "only reads are allowed (SELECT, WITH, SHOW, DESCRIBE); {}",
+            sanitize(&e.to_string())
+        ));
+    }
+    if project && matches!(plan, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_)) {
+        return Some(
+            "EXPLAIN is not available to projects: plans show how and where data are stored".into(),
+        );
+    }
+    if mode == Some(AccessMode::AggregateOnly) {
+        return aggregate_only(plan).err();
+    }
+    None
+}
+
+fn identifier_refs(e: &Expr) -> Vec<String> {
+    e.column_refs()
+        .into_iter()
+        .filter(|c| pds_snds::identifiers::is_patient_id(&c.name))
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// Aggregate-only projects get aggregates: a plan whose rows all come from
+/// an aggregation that is not keyed by a patient identifier and does not
+/// return identifiers or lists of values.
+fn aggregate_only(plan: &LogicalPlan) -> Result<(), String> {
+    let rows = "this project is aggregate-only: results must be aggregates (GROUP BY with COUNT, SUM, AVG...), not rows of the data";
+    match plan {
+        LogicalPlan::Projection(p) => aggregate_only(&p.input),
+        LogicalPlan::Sort(s) => aggregate_only(&s.input),
+        LogicalPlan::Limit(l) => aggregate_only(&l.input),
+        LogicalPlan::Filter(f) => aggregate_only(&f.input),
+        LogicalPlan::SubqueryAlias(a) => aggregate_only(&a.input),
+        LogicalPlan::Window(w) => aggregate_only(&w.input),
+        LogicalPlan::Distinct(d) => aggregate_only(d.input()),
+        LogicalPlan::Union(u) => u.inputs.iter().try_for_each(|i| aggregate_only(i)),
+        LogicalPlan::DescribeTable(_) | LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
+            Ok(())
+        }
+        LogicalPlan::Aggregate(a) => {
+            for g in &a.group_expr {
+                let ids = identifier_refs(g);
+                if !ids.is_empty() {
+                    return Err(format!(
+                        "this project is aggregate-only: grouping by the patient identifier {} gives one row per person",
+                        ids.join(", ")
+                    ));
+                }
+            }
+            for e in &a.aggr_expr {
+                let text = e.schema_name().to_string().to_lowercase();
+                if text.starts_with("array_agg") || text.starts_with("string_agg") {
+                    return Err("this project is aggregate-only: array_agg and string_agg return the values themselves".into());
+                }
+                let ids = identifier_refs(e);
+                if !ids.is_empty()
+                    && !(text.starts_with("count") || text.starts_with("approx_distinct"))
+                {
+                    return Err(format!(
+                        "this project is aggregate-only: only COUNT may use the patient identifier {}",
+                        ids.join(", ")
+                    ));
+                }
+            }
+            Ok(())
+        }
+        _ => Err(rows.into()),
+    }
+}
+
+/// Tables and columns a plan reads.
+fn objects(plan: &LogicalPlan) -> Vec<TableAccess> {
+    let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let _ = plan.apply_with_subqueries(|p| {
+        if let LogicalPlan::TableScan(s) = p {
+            let e = seen.entry(s.table_name.table().to_string()).or_default();
+            for f in s.projected_schema.fields() {
+                e.insert(f.name().clone());
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    seen.into_iter()
+        .map(|(table, cols)| TableAccess {
+            table,
+            columns: cols.into_iter().collect(),
+        })
+        .collect()
+}
+
+impl Gate {
+    /// Opens the gate of a home: catalogue, keys (the master key is needed)
+    /// and audit log.
+    pub async fn open(home: &Home) -> Result<Gate, GateError> {
+        let setup = |e: String| GateError::Setup(e);
+        let cat = home.catalog().await.map_err(|e| setup(e.to_string()))?;
+        let keys = home.keys().map_err(|e| setup(e.to_string()))?;
+        let storage = home.storage().map_err(|e| setup(e.to_string()))?;
+        let audit = open_audit(home, cat.clone(), &keys).await?;
+        let limits = Limits::from_config(&home.config.gate);
+        Ok(Gate {
+            cat,
+            keys: Arc::new(keys),
+            audit: Arc::new(audit),
+            storage,
+            global: Arc::new(GreedyMemoryPool::new(limits.total_memory)),
+            running: Arc::new(Semaphore::new(limits.concurrent)),
+            limits,
+            snapshots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Replaces the limits (tests and benchmarks).
+    pub fn with_limits(mut self, limits: Limits) -> Gate {
+        self.global = Arc::new(GreedyMemoryPool::new(limits.total_memory));
+        self.running = Arc::new(Semaphore::new(limits.concurrent));
+        self.limits = limits;
+        self
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The catalogue.
+    pub fn catalog(&self) -> &Catalog {
+        &self.cat
+    }
+
+    /// The key store.
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    async fn snapshot(&self, id: Option<i64>) -> Result<Arc<OpenSnapshot>, GateError> {
+        if let Some(id) = id
+            && let Some(s) = self.snapshots.lock().ok().and_then(|m| m.get(&id).cloned())
+        {
+            return Ok(s);
+        }
+        let open = pds_query::open_snapshot(&self.cat, &self.keys, &self.storage, id)
+            .await
+            .map_err(|e| GateError::Setup(sanitize(&e.to_string())))?;
+        let open = Arc::new(open);
+        if let Ok(mut m) = self.snapshots.lock() {
+            m.insert(open.id, open.clone());
+        }
+        Ok(open)
+    }
+
+    fn session(&self, open: &OpenSnapshot) -> Result<SessionContext, GateError> {
+        let pool = Arc::new(limits::StatementPool::new(
+            self.limits.query_memory,
+            self.global.clone(),
+        ));
+        pds_query::context(self.storage.store(), open.keys.clone(), Some(pool))
+            .map_err(|e| GateError::Setup(e.to_string()))
+    }
+
+    /// The session of a project: its views only.
+    async fn project_session(
+        &self,
+        id: &str,
+        project: &pds_project::Project,
+    ) -> Result<SessionContext, GateError> {
+        let open = self.snapshot(Some(project.snapshot)).await?;
+        let setup = |e: String| GateError::Setup(e);
+        let cohort = self
+            .cat
+            .cohort(id)
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        let tables = self
+            .cat
+            .tables(project.snapshot)
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        let resolved =
+            pds_project::perimeter::resolve(&project.perimeter, &tables, !cohort.is_empty())
+                .map_err(|e| setup(e.to_string()))?;
+        let key_rows = self
+            .cat
+            .project_keys(id)
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        let pseudo = pds_project::pseudonymiser(&self.keys, id, &key_rows)
+            .map_err(|e| setup(e.to_string()))?;
+        let ctx = self.session(&open)?;
+        let builder = views::ViewBuilder {
+            ctx: &ctx,
+            base: &open.tables,
+            perimeter: &resolved,
+            udf: Arc::new(views::PseudonymUdf::new(id, pseudo)),
+            cohort: &cohort,
+        };
+        for t in &resolved.tables {
+            let plan = builder.view(t).map_err(|e| {
+                setup(format!(
+                    "building the view of {}: {}",
+                    t.name,
+                    sanitize(&e.to_string())
+                ))
+            })?;
+            ctx.register_table(
+                TableReference::bare(t.name.as_str()),
+                Arc::new(views::PerimeterTable::new(plan)),
+            )
+            .map_err(|e| setup(e.to_string()))?;
+        }
+        Ok(ctx)
+    }
+
+    /// Runs one statement for `principal` against `target`. Returns the
+    /// result stream once the statement is checked, planned and audited.
+    pub async fn execute(
+        &self,
+        principal: &str,
+        target: &Target,
+        sql: &str,
+    ) -> Result<ResultStream, GateError> {
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        let project_id = match target {
+            Target::Project(p) => Some(p.clone()),
+            Target::Operator { .. } => None,
+        };
+        let base = Record {
+            principal: principal.to_string(),
+            project: project_id.clone(),
+            action: "statement".into(),
+            request_id: Some(request_id()),
+            statement: Some(sql.to_string()),
+            ..Record::default()
+        };
+        match self.prepare(principal, target, sql, deadline, &base).await {
+            Ok(prepared) => self.run(prepared, base, start, deadline).await,
+            Err((decision, e)) => {
+                let mut r = base.clone();
+                r.decision = decision.into();
+                r.reason = Some(e.to_string());
+                r.duration_ms = Some(start.elapsed().as_millis() as u64);
+                self.audit
+                    .append(r)
+                    .await
+                    .map_err(|a| GateError::Audit(a.to_string()))?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn prepare(
+        &self,
+        principal: &str,
+        target: &Target,
+        sql: &str,
+        deadline: tokio::time::Instant,
+        base: &Record,
+    ) -> Result<Prepared, (&'static str, GateError)> {
+        let refused = |m: String| ("refused", GateError::Refused(m));
+        let failed = |e: GateError| ("failed", e);
+        pds_project::check_principal(principal).map_err(|e| refused(e.to_string()))?;
+        if sql.len() > self.limits.max_sql_bytes {
+            return Err(refused(format!(
+                "the statement is {} bytes long; the limit is {} bytes",
+                sql.len(),
+                self.limits.max_sql_bytes
+            )));
+        }
+        let permit = tokio::time::timeout_at(deadline, self.running.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                (
+                    "refused",
+                    GateError::Limit(format!(
+                        "{} statements are already running; try again later",
+                        self.limits.concurrent
+                    )),
+                )
+            })?
+            .map_err(|_| failed(GateError::Setup("the gate is closing".into())))?;
+        let (ctx, snapshot, mode) = match target {
+            Target::Project(id) => {
+                let today = chrono::Utc::now().date_naive();
+                let (project, _role) = pds_project::check_access(&self.cat, id, principal, today)
+                    .await
+                    .map_err(|e| match e {
+                        pds_project::ProjectError::Denied(m) => refused(m),
+                        e => failed(GateError::Setup(e.to_string())),
+                    })?;
+                let ctx = self.project_session(id, &project).await.map_err(failed)?;
+                (ctx, project.snapshot, Some(project.mode))
+            }
+            Target::Operator { snapshot } => {
+                let open = self.snapshot(*snapshot).await.map_err(failed)?;
+                let ctx = self.session(&open).map_err(failed)?;
+                for (name, t) in &open.tables {
+                    ctx.register_table(TableReference::bare(name.as_str()), t.clone())
+                        .map_err(|e| failed(GateError::Setup(e.to_string())))?;
+                }
+                (ctx, open.id, None)
+            }
+        };
+        let state = ctx.state();
+        let plan = tokio::time::timeout_at(deadline, state.create_logical_plan(sql))
+            .await
+            .map_err(|_| {
+                (
+                    "failed",
+                    GateError::Limit("planning took longer than the statement timeout".into()),
+                )
+            })?
+            .map_err(|e| {
+                let msg = e.to_string();
+                if msg.contains("Unsupported SQL statement") {
+                    refused(format!(
+                        "only reads are allowed (SELECT, WITH, SHOW, DESCRIBE); {}",
+                        sanitize(&msg)
+                    ))
+                } else {
+                    failed(self.explain(e, &ctx))
+                }
+            })?;
+        if let Some(why) = refusal(&plan, project_id(target), mode) {
+            return Err(refused(why));
+        }
+        let optimized = state
+            .optimize(&plan)
+            .map_err(|e| failed(self.explain(e, &ctx)))?;
+        let fingerprint = hex::encode(Sha256::digest(optimized.display_indent().to_string()));
+        let _ = base;
+        Ok(Prepared {
+            ctx,
+            plan: optimized,
+            fingerprint,
+            snapshot,
+            permit,
+        })
+    }
+
+    fn explain(&self, e: DataFusionError, ctx: &SessionContext) -> GateError {
+        let msg = sanitize(&e.to_string());
+        if msg.contains("not found") && msg.contains("table") {
+            let mut names: Vec<String> = ctx
+                .catalog("datafusion")
+                .and_then(|c| c.schema("public"))
+                .map(|s| s.table_names())
+                .unwrap_or_default();
+            names.sort();
+            GateError::Failed(format!(
+                "{msg}\nhint: the tables you can query are: {}",
+                names.join(", ")
+            ))
+        } else {
+            engine_error(&e, &self.limits)
+        }
+    }
+
+    async fn run(
+        &self,
+        p: Prepared,
+        mut base: Record,
+        start: Instant,
+        deadline: tokio::time::Instant,
+    ) -> Result<ResultStream, GateError> {
+        let mut allowed = base.clone();
+        allowed.decision = "allowed".into();
+        allowed.plan_fingerprint = Some(p.fingerprint.clone());
+        allowed.snapshot = Some(p.snapshot);
+        allowed.objects = objects(&p.plan);
+        // Fail closed: no audit entry, no statement.
+        self.audit
+            .append(allowed)
+            .await
+            .map_err(|e| GateError::Audit(e.to_string()))?;
+        base.action = "statement.end".into();
+        base.statement = None;
+        base.snapshot = Some(p.snapshot);
+        let state = p.ctx.state();
+        let physical = match tokio::time::timeout_at(
+            deadline,
+            state.query_planner().create_physical_plan(&p.plan, &state),
+        )
+        .await
+        {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                let err = engine_error(&e, &self.limits);
+                self.close(&base, "failed", Some(err.to_string()), start, None)
+                    .await?;
+                return Err(err);
+            }
+            Err(_) => {
+                let err =
+                    GateError::Limit("planning took longer than the statement timeout".into());
+                self.close(&base, "failed", Some(err.to_string()), start, None)
+                    .await?;
+                return Err(err);
+            }
+        };
+        let schema = physical.schema();
+        let stream = match datafusion::physical_plan::execute_stream(physical, p.ctx.task_ctx()) {
+            Ok(s) => s,
+            Err(e) => {
+                let err = engine_error(&e, &self.limits);
+                self.close(&base, "failed", Some(err.to_string()), start, None)
+                    .await?;
+                return Err(err);
+            }
+        };
+        let ipc = StreamWriter::try_new(HashWriter::default(), &schema)
+            .map_err(|e| GateError::Setup(e.to_string()))?;
+        Ok(ResultStream {
+            schema,
+            stream: Some(stream),
+            ipc: Some(ipc),
+            deadline,
+            rows: 0,
+            limits: self.limits,
+            audit: self.audit.clone(),
+            record: base,
+            start,
+            finished: false,
+            _permit: p.permit,
+        })
+    }
+
+    async fn close(
+        &self,
+        base: &Record,
+        decision: &str,
+        reason: Option<String>,
+        start: Instant,
+        result: Option<(u64, u64, String)>,
+    ) -> Result<(), GateError> {
+        close_entry(&self.audit, base, decision, reason, start, result).await
+    }
+}
+
+fn project_id(t: &Target) -> bool {
+    matches!(t, Target::Project(_))
+}
+
+async fn close_entry(
+    audit: &AuditLog,
+    base: &Record,
+    decision: &str,
+    reason: Option<String>,
+    start: Instant,
+    result: Option<(u64, u64, String)>,
+) -> Result<(), GateError> {
+    let mut r = base.clone();
+    r.decision = decision.into();
+    r.reason = reason;
+    r.duration_ms = Some(start.elapsed().as_millis() as u64);
+    if let Some((rows, bytes, sha)) = result {
+        r.rows = Some(rows);
+        r.bytes = Some(bytes);
+        r.result_sha256 = Some(sha);
+    }
+    audit
+        .append(r)
+        .await
+        .map(|_| ())
+        .map_err(|e| GateError::Audit(e.to_string()))
+}
+
+struct Prepared {
+    ctx: SessionContext,
+    plan: LogicalPlan,
+    fingerprint: String,
+    snapshot: i64,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Counts and hashes what is written.
+#[derive(Default)]
+struct HashWriter {
+    sha: Sha256,
+    bytes: u64,
+}
+
+impl Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.sha.update(buf);
+        self.bytes += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The rows of an admitted statement. Read it with
+/// [`ResultStream::next_batch`] to the end (or [`ResultStream::collect`]);
+/// the closing audit entry is written when the stream ends, fails or is
+/// dropped.
+pub struct ResultStream {
+    schema: SchemaRef,
+    stream: Option<SendableRecordBatchStream>,
+    ipc: Option<StreamWriter<HashWriter>>,
+    deadline: tokio::time::Instant,
+    rows: u64,
+    limits: Limits,
+    audit: Arc<AuditLog>,
+    record: Record,
+    start: Instant,
+    finished: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ResultStream {
+    /// The result's schema.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Rows returned so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    async fn fail(&mut self, err: GateError) -> GateError {
+        // Drop the engine's stream first: that cancels its work.
+        self.stream = None;
+        self.ipc = None;
+        self.finished = true;
+        let decision = if matches!(err, GateError::Limit(_)) {
+            "stopped"
+        } else {
+            "failed"
+        };
+        match close_entry(
+            &self.audit,
+            &self.record,
+            decision,
+            Some(err.to_string()),
+            self.start,
+            None,
+        )
+        .await
+        {
+            Ok(()) => err,
+            Err(a) => a,
+        }
+    }
+
+    /// The next batch, `None` at the end.
+    pub async fn next_batch(&mut self) -> Option<Result<RecordBatch, GateError>> {
+        if self.finished {
+            return None;
+        }
+        let stream = self.stream.as_mut()?;
+        let next = tokio::time::timeout_at(self.deadline, stream.next()).await;
+        let batch = match next {
+            Err(_) => {
+                let e = GateError::Limit(format!(
+                    "the statement ran longer than its {} s timeout and was cancelled",
+                    self.limits.timeout.as_secs()
+                ));
+                return Some(Err(self.fail(e).await));
+            }
+            Ok(None) => {
+                self.stream = None;
+                self.finished = true;
+                let (bytes, sha) = match self.ipc.take().map(|mut w| {
+                    w.finish()?;
+                    w.into_inner()
+                }) {
+                    Some(Ok(h)) => (h.bytes, hex::encode(h.sha.finalize())),
+                    _ => (0, String::new()),
+                };
+                let r = close_entry(
+                    &self.audit,
+                    &self.record,
+                    "completed",
+                    None,
+                    self.start,
+                    Some((self.rows, bytes, sha)),
+                )
+                .await;
+                return r.err().map(Err);
+            }
+            Ok(Some(Err(e))) => {
+                let err = engine_error(&e, &self.limits);
+                return Some(Err(self.fail(err).await));
+            }
+            Ok(Some(Ok(b))) => b,
+        };
+        self.rows += batch.num_rows() as u64;
+        if self.rows > self.limits.max_rows {
+            let e = GateError::Limit(format!(
+                "the result has more than {} rows, the limit of [gate] max_result_rows; aggregate, filter or add LIMIT",
+                self.limits.max_rows
+            ));
+            return Some(Err(self.fail(e).await));
+        }
+        if let Some(w) = self.ipc.as_mut()
+            && let Err(e) = w.write(&batch)
+        {
+            let e = GateError::Setup(format!("hashing the result: {e}"));
+            return Some(Err(self.fail(e).await));
+        }
+        Some(Ok(batch))
+    }
+
+    /// Reads the whole result.
+    pub async fn collect(mut self) -> Result<(SchemaRef, Vec<RecordBatch>), GateError> {
+        let mut out = Vec::new();
+        while let Some(b) = self.next_batch().await {
+            out.push(b?);
+        }
+        Ok((self.schema.clone(), out))
+    }
+}
+
+impl Drop for ResultStream {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.stream = None;
+        let audit = self.audit.clone();
+        let record = self.record.clone();
+        let start = self.start;
+        let rows = self.rows;
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            h.spawn(async move {
+                let reason = format!("the client stopped reading after {rows} rows");
+                let _ = close_entry(&audit, &record, "cancelled", Some(reason), start, None).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! Project views: one table provider per granted table, showing only the
+//! project's rows and columns, with pseudonyms mapped and potential
+//! identifiers coarsened.
+//!
+//! A view is a [`PerimeterTable`]: its rows come from a logical plan over
+//! the snapshot's Parquet scans (row restriction → column mapping), planned
+//! inside `scan()` and wrapped in a [`Barrier`]. The barrier is what keeps
+//! the perimeter first: DataFusion pushes filters down and merges them with
+//! the ones below, and a user's predicate evaluated *before* the perimeter
+//! filter could fail (or not) on a row the project must not see, an
+//! oracle through error messages. The provider lets only predicates that
+//! cannot fail (column-against-literal comparisons) reach below the
+//! barrier, where they help pruning; everything else runs above it, on
+//! visible rows only.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
+use arrow::datatypes::{DataType, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Column, ScalarValue, TableReference};
+use datafusion::datasource::provider_as_source;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{
+    BinaryExpr, ColumnarValue, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TableProviderFilterPushDown,
+    TableType, Volatility, cast, lit,
+};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
+    SendableRecordBatchStream,
+};
+use datafusion::prelude::SessionContext;
+use pds_project::Pseudonymiser;
+use pds_project::perimeter::{ColumnView, DatePrecision, ResolvedPerimeter, RowFilter, ViewTable};
+
+/// The pseudonym mapping as a scalar function. It is never registered in
+/// a session's function registry, so SQL cannot call it by name; it only
+/// exists inside view plans.
+pub struct PseudonymUdf {
+    pseudo: Pseudonymiser,
+    project: String,
+    signature: Signature,
+}
+
+impl fmt::Debug for PseudonymUdf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PseudonymUdf")
+            .field("project", &self.project)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for PseudonymUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.project == other.project
+    }
+}
+impl Eq for PseudonymUdf {}
+impl Hash for PseudonymUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.project.hash(state)
+    }
+}
+
+impl PseudonymUdf {
+    /// The function of one project.
+    pub fn new(project: &str, pseudo: Pseudonymiser) -> ScalarUDF {
+        ScalarUDF::new_from_impl(PseudonymUdf {
+            pseudo,
+            project: project.to_string(),
+            signature: Signature::string(1, Volatility::Immutable),
+        })
+    }
+
+    fn map<'a>(&self, values: impl Iterator<Item = Option<&'a str>>, len: usize) -> ArrayRef {
+        let mut out = StringBuilder::with_capacity(len, len * 36);
+        // Claims of one person are mostly adjacent: reuse the last result.
+        let mut last_in: Option<&str> = None;
+        let mut last_out = String::new();
+        for v in values {
+            match v {
+                None => out.append_null(),
+                Some(s) => {
+                    if last_in != Some(s) {
+                        self.pseudo.pseudonym_into(s, &mut last_out);
+                        last_in = Some(s);
+                    }
+                    out.append_value(&last_out);
+                }
+            }
+        }
+        Arc::new(out.finish())
+    }
+}
+
+impl ScalarUDFImpl for PseudonymUdf {
+    fn name(&self) -> &str {
+        "project_pseudonym"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arg = args.args.into_iter().next().ok_or_else(|| {
+            DataFusionError::Internal("project_pseudonym takes one argument".into())
+        })?;
+        match arg {
+            ColumnarValue::Scalar(s) => {
+                let v = match s {
+                    ScalarValue::Utf8(v) | ScalarValue::Utf8View(v) | ScalarValue::LargeUtf8(v) => {
+                        v
+                    }
+                    other => {
+                        return Err(DataFusionError::Internal(format!(
+                            "project_pseudonym of a {}",
+                            other.data_type()
+                        )));
+                    }
+                };
+                Ok(ColumnarValue::Scalar(ScalarValue::Utf8(
+                    v.map(|s| self.pseudo.pseudonym(&s)),
+                )))
+            }
+            ColumnarValue::Array(a) => {
+                let n = a.len();
+                let out = match a.data_type() {
+                    DataType::Utf8View => self.map(a.as_string_view().iter(), n),
+                    DataType::Utf8 => self.map(a.as_string::<i32>().iter(), n),
+                    DataType::LargeUtf8 => self.map(a.as_string::<i64>().iter(), n),
+                    other => {
+                        return Err(DataFusionError::Internal(format!(
+                            "project_pseudonym of a {other}"
+                        )));
+                    }
+                };
+                Ok(ColumnarValue::Array(out))
+            }
+        }
+    }
+}
+
+fn column(name: &str) -> Expr {
+    Expr::Column(Column::new_unqualified(name))
+}
+
+/// Days since 1970-01-01 of 1 January of `year`.
+fn jan_first(year: i32) -> Result<ScalarValue> {
+    let d = chrono::NaiveDate::from_ymd_opt(year, 1, 1)
+        .ok_or_else(|| DataFusionError::Plan(format!("year {year} is out of range")))?;
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)
+        .ok_or_else(|| DataFusionError::Internal("epoch".into()))?;
+    Ok(ScalarValue::Date32(Some((d - epoch).num_days() as i32)))
+}
+
+/// Everything needed to build the views of one project request.
+pub struct ViewBuilder<'a> {
+    /// The request's session (to parse the population predicate).
+    pub ctx: &'a SessionContext,
+    /// Base tables of the snapshot.
+    pub base: &'a [(String, Arc<datafusion::datasource::listing::ListingTable>)],
+    /// The resolved perimeter.
+    pub perimeter: &'a ResolvedPerimeter,
+    /// The project's pseudonym function.
+    pub udf: Arc<ScalarUDF>,
+    /// Cohort of platform pseudonyms (empty: none).
+    pub cohort: &'a [String],
+}
+
+impl ViewBuilder<'_> {
+    fn base_scan(&self, name: &str) -> Result<LogicalPlanBuilder> {
+        let (_, t) =
+            self.base.iter().find(|(n, _)| n == name).ok_or_else(|| {
+                DataFusionError::Plan(format!("table {name} is not in the snapshot"))
+            })?;
+        LogicalPlanBuilder::scan(
+            TableReference::bare(name),
+            provider_as_source(t.clone() as Arc<dyn TableProvider>),
+            None,
+        )
+    }
+
+    /// `IR_BEN_R.<column>` of the project's population.
+    fn population(&self, wanted: &str) -> Result<LogicalPlan> {
+        let mut b = self.base_scan("IR_BEN_R")?;
+        if let Some(pred) = &self.perimeter.population {
+            let schema = b.schema().clone();
+            let e = self.ctx.parse_sql_expr(pred, &schema)?;
+            b = b.filter(e)?;
+        }
+        if !self.cohort.is_empty() {
+            let list: Vec<Expr> = self.cohort.iter().map(|c| lit(c.as_str())).collect();
+            b = b.filter(column("BEN_NIR_PSA").in_list(list, false))?;
+        }
+        b.project(vec![column(wanted)])?.build()
+    }
+
+    /// The visible rows of `t`, all its columns.
+    fn restricted(&self, t: &ViewTable) -> Result<LogicalPlan> {
+        let mut b = self.base_scan(&t.name)?;
+        if !self.perimeter.restricts_rows() {
+            return b.build();
+        }
+        match &t.rows {
+            RowFilter::Own {
+                year_column,
+                person,
+            } => {
+                if let (Some(c), Some([from, to])) = (year_column, self.perimeter.years) {
+                    let c = cast(column(c), DataType::Date32);
+                    b = b.filter(
+                        c.clone()
+                            .gt_eq(Expr::Literal(jan_first(from as i32)?, None))
+                            .and(c.lt(Expr::Literal(jan_first(to as i32 + 1)?, None))),
+                    )?;
+                }
+                if let Some((own, ben)) = person
+                    && (self.perimeter.population.is_some() || !self.cohort.is_empty())
+                {
+                    let pop = self.population(ben)?;
+                    let pop = LogicalPlanBuilder::from(pop).alias("population")?.build()?;
+                    b = b.join(
+                        pop,
+                        JoinType::LeftSemi,
+                        (
+                            vec![Column::new(
+                                Some(TableReference::bare(t.name.as_str())),
+                                own,
+                            )],
+                            vec![Column::new(Some(TableReference::bare("population")), ben)],
+                        ),
+                        None,
+                    )?;
+                }
+            }
+            RowFilter::Via { parent, keys } => {
+                let parent_table = self
+                    .perimeter
+                    .tables
+                    .iter()
+                    .chain(self.perimeter.parents.iter())
+                    .find(|v| &v.name == parent)
+                    .ok_or_else(|| {
+                        DataFusionError::Plan(format!("{parent} is needed to restrict {}", t.name))
+                    })?;
+                let p = LogicalPlanBuilder::from(self.restricted(parent_table)?)
+                    .project(keys.iter().map(|k| column(k)).collect::<Vec<_>>())?
+                    .alias("parent")?
+                    .build()?;
+                b = b.join(
+                    p,
+                    JoinType::LeftSemi,
+                    (
+                        keys.iter()
+                            .map(|k| Column::new(Some(TableReference::bare(t.name.as_str())), k))
+                            .collect::<Vec<_>>(),
+                        keys.iter()
+                            .map(|k| Column::new(Some(TableReference::bare("parent")), k))
+                            .collect::<Vec<_>>(),
+                    ),
+                    None,
+                )?;
+            }
+        }
+        b.build()
+    }
+
+    /// The view of `t`: restricted rows, visible columns mapped.
+    pub fn view(&self, t: &ViewTable) -> Result<LogicalPlan> {
+        let restricted = self.restricted(t)?;
+        let schema = restricted.schema().clone();
+        let mut exprs = Vec::new();
+        for c in &t.columns {
+            let base = column(&c.name);
+            let (_, field) = schema.qualified_field_with_unqualified_name(&c.name)?;
+            let e = match c.view {
+                ColumnView::Plain => base,
+                ColumnView::Pseudonym => self.udf.call(vec![base]),
+                ColumnView::Truncated(p) => {
+                    let part = match p {
+                        DatePrecision::Month => "month",
+                        DatePrecision::Year => "year",
+                        DatePrecision::Day => "day",
+                    };
+                    cast(
+                        datafusion::functions::datetime::expr_fn::date_trunc(lit(part), base),
+                        field.data_type().clone(),
+                    )
+                }
+                ColumnView::Department => {
+                    datafusion::functions::unicode::expr_fn::left(base, lit(2i64))
+                }
+            };
+            exprs.push(e.alias(&c.name));
+        }
+        LogicalPlanBuilder::from(restricted)
+            .project(exprs)?
+            .alias(TableReference::bare(t.name.as_str()))?
+            .build()
+    }
+}
+
+/// A project table: the view plan, planned behind a [`Barrier`].
+#[derive(Debug)]
+pub struct PerimeterTable {
+    plan: LogicalPlan,
+    schema: SchemaRef,
+}
+
+impl PerimeterTable {
+    /// A table whose rows are those of `plan`.
+    pub fn new(plan: LogicalPlan) -> PerimeterTable {
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        PerimeterTable { plan, schema }
+    }
+}
+
+fn is_col(e: &Expr) -> bool {
+    matches!(e, Expr::Column(_))
+}
+fn is_lit(e: &Expr) -> bool {
+    matches!(e, Expr::Literal(..))
+}
+
+/// Whether evaluating `e` can never fail, whatever the row: such a
+/// predicate may run below the barrier (it only prunes).
+pub fn cannot_fail(e: &Expr) -> bool {
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
+            Operator::Eq
+            | Operator::NotEq
+            | Operator::Lt
+            | Operator::LtEq
+            | Operator::Gt
+            | Operator::GtEq => (is_col(left) && is_lit(right)) || (is_lit(left) && is_col(right)),
+            Operator::And | Operator::Or => cannot_fail(left) && cannot_fail(right),
+            _ => false,
+        },
+        Expr::Not(e) => cannot_fail(e),
+        Expr::IsNull(e) | Expr::IsNotNull(e) => is_col(e),
+        Expr::InList(l) => is_col(&l.expr) && l.list.iter().all(is_lit),
+        Expr::Between(b) => is_col(&b.expr) && is_lit(&b.low) && is_lit(&b.high),
+        _ => false,
+    }
+}
+
+#[async_trait]
+impl TableProvider for PerimeterTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if cannot_fail(f) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut b = LogicalPlanBuilder::from(self.plan.clone());
+        for f in filters.iter().filter(|f| cannot_fail(f)) {
+            b = b.filter(f.clone())?;
+        }
+        if let Some(p) = projection {
+            let cols = p
+                .iter()
+                .map(|i| column(self.schema.field(*i).name()))
+                .collect::<Vec<_>>();
+            b = b.project(cols)?;
+        }
+        let plan = b.build()?;
+        let physical = state.create_physical_plan(&plan).await?;
+        Ok(Arc::new(Barrier::new(physical)))
+    }
+}
+
+/// A pass-through node that accepts no filter from above, so nothing a
+/// statement adds is evaluated before the perimeter.
+#[derive(Debug)]
+pub struct Barrier {
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl Barrier {
+    /// Wraps `input`.
+    pub fn new(input: Arc<dyn ExecutionPlan>) -> Barrier {
+        Barrier { input }
+    }
+}
+
+impl DisplayAs for Barrier {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "PerimeterBarrier")
+    }
+}
+
+impl ExecutionPlan for Barrier {
+    fn name(&self) -> &str {
+        "PerimeterBarrier"
+    }
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .into_iter()
+            .next()
+            .ok_or_else(|| DataFusionError::Internal("PerimeterBarrier has one child".into()))?;
+        Ok(Arc::new(Barrier { input }))
+    }
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        self.input.execute(partition, context)
+    }
+}

@@ -1,0 +1,542 @@
+//! Perimeters: what a project may see, and how it is resolved against a
+//! snapshot into per-table views.
+//!
+//! A perimeter is written in TOML (see `docs/projects.md`):
+//!
+//! ```toml
+//! years = [2022, 2023]
+//! population = "BEN_SEX_COD = 2 AND BEN_NAI_ANN <= 1960"
+//! [tables]
+//! ER_PRS_F = ["BEN_NIR_PSA", "EXE_SOI_DTD", "PRS_NAT_REF"]
+//! IR_BEN_R = "*"
+//! T_MCOaaB = "*"          # every discharge year within `years`
+//! [coarsening]
+//! care_dates = "month"    # day | month | year
+//! ```
+//!
+//! [`resolve`] turns it into a [`ResolvedPerimeter`] for one snapshot,
+//! refusing unknown tables and columns and any perimeter that shows more
+//! than one SNDS potential identifier at full precision.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pds_catalog::TableInfo;
+use pds_snds::identifiers::{PotentialIdentifier, is_patient_id, potential_identifier};
+use pds_snds::{ColumnType, Family};
+use serde::{Deserialize, Serialize};
+
+use crate::ProjectError;
+
+/// Precision of a date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatePrecision {
+    /// Full precision.
+    Day,
+    /// First day of the month.
+    Month,
+    /// First day of the year.
+    Year,
+}
+
+/// Precision of a place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GeoPrecision {
+    /// Full precision (commune, postal code).
+    Commune,
+    /// Département only.
+    Department,
+}
+
+/// Precision of the birth date (the SNDS holds year and month).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BirthPrecision {
+    /// Year and month.
+    Month,
+    /// Year only.
+    Year,
+}
+
+/// How potential identifiers are coarsened. The defaults coarsen all of
+/// them; a perimeter may lift at most one to full precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Coarsening {
+    /// Dates of care, admission, discharge, dispensing.
+    pub care_dates: DatePrecision,
+    /// Date of death.
+    pub death_date: DatePrecision,
+    /// Birth date.
+    pub birth: BirthPrecision,
+    /// Commune of residence.
+    pub residence: GeoPrecision,
+    /// Commune of death.
+    pub death_place: GeoPrecision,
+}
+
+impl Default for Coarsening {
+    fn default() -> Self {
+        Coarsening {
+            care_dates: DatePrecision::Month,
+            death_date: DatePrecision::Month,
+            birth: BirthPrecision::Year,
+            residence: GeoPrecision::Department,
+            death_place: GeoPrecision::Department,
+        }
+    }
+}
+
+/// Columns granted on a table: `"*"` or a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Columns {
+    /// `"*"`: every column.
+    All(String),
+    /// These columns.
+    Some(Vec<String>),
+}
+
+/// A project's perimeter as declared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Perimeter {
+    /// Granted tables (snapshot names such as `T_MCO22B`, or a PMSI generic
+    /// name `T_MCOaaB` for every discharge year in `years`) and columns.
+    pub tables: BTreeMap<String, Columns>,
+    /// First and last year (care dates, discharge years, death years).
+    #[serde(default)]
+    pub years: Option<[u16; 2]>,
+    /// SQL predicate on `IR_BEN_R` columns restricting the population.
+    #[serde(default)]
+    pub population: Option<String>,
+    /// Coarsening of potential identifiers.
+    #[serde(default)]
+    pub coarsening: Coarsening,
+}
+
+impl Perimeter {
+    /// Parses a perimeter file.
+    pub fn from_toml(text: &str) -> Result<Perimeter, ProjectError> {
+        toml::from_str(text).map_err(|e| ProjectError::Perimeter(format!("{e}")))
+    }
+
+    /// Every column of `tables`, nothing else restricted.
+    pub fn all_columns(tables: &[&str]) -> Perimeter {
+        Perimeter {
+            tables: tables
+                .iter()
+                .map(|t| (t.to_string(), Columns::All("*".into())))
+                .collect(),
+            years: None,
+            population: None,
+            coarsening: Coarsening::default(),
+        }
+    }
+}
+
+/// How a column appears in a project view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnView {
+    /// As stored.
+    Plain,
+    /// A patient identifier: replaced by the project pseudonym.
+    Pseudonym,
+    /// A date truncated to month or year.
+    Truncated(DatePrecision),
+    /// A commune code cut to its département (first two characters).
+    Department,
+}
+
+/// A column of a resolved view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewColumn {
+    /// Name.
+    pub name: String,
+    /// Presentation.
+    pub view: ColumnView,
+}
+
+/// Which rows of a table a project sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowFilter {
+    /// Its own columns decide.
+    Own {
+        /// Date column whose year must be in the range.
+        year_column: Option<String>,
+        /// Patient column that must belong to the population, and the
+        /// `IR_BEN_R` column it matches.
+        person: Option<(String, String)>,
+    },
+    /// Rows that match, on `keys`, a visible row of `parent`.
+    Via {
+        /// The parent table (`ER_PRS_F`, `T_MCO22C`).
+        parent: String,
+        /// Join keys.
+        keys: Vec<String>,
+    },
+}
+
+/// One table of a resolved perimeter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewTable {
+    /// Table name in the snapshot (and in the project).
+    pub name: String,
+    /// Visible columns, in snapshot order.
+    pub columns: Vec<ViewColumn>,
+    /// Columns of the table that the project does not see.
+    pub withheld: Vec<String>,
+    /// Row restriction.
+    pub rows: RowFilter,
+}
+
+/// A perimeter resolved against one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedPerimeter {
+    /// Visible tables, by name.
+    pub tables: Vec<ViewTable>,
+    /// Row restrictions of tables the project does not see but that restrict
+    /// visible ones (`ER_PRS_F` for refinement tables), by name.
+    pub parents: Vec<ViewTable>,
+    /// Year range.
+    pub years: Option<[u16; 2]>,
+    /// Population predicate.
+    pub population: Option<String>,
+    /// Whether a cohort restricts the population.
+    pub cohort: bool,
+    /// Potential identifiers shown at full precision (at most one).
+    pub full_precision: Vec<PotentialIdentifier>,
+}
+
+impl ResolvedPerimeter {
+    /// Whether any row restriction applies.
+    pub fn restricts_rows(&self) -> bool {
+        self.years.is_some() || self.population.is_some() || self.cohort
+    }
+}
+
+fn generic_name(name: &str) -> Option<(&'static pds_snds::TableSchema, Option<u16>)> {
+    pds_snds::schema::table(name).ok()
+}
+
+/// The SNDS type of `column` in snapshot table `table`.
+fn snds_type(table: &str, column: &str) -> Option<ColumnType> {
+    let (schema, _) = generic_name(table)?;
+    schema
+        .columns
+        .iter()
+        .find(|c| c.name == column)
+        .map(|c| c.ty)
+}
+
+/// How `column` appears under `c`, or `None` when coarsening removes it.
+pub fn column_view(column: &str, ty: Option<ColumnType>, c: &Coarsening) -> Option<ColumnView> {
+    if is_patient_id(column) {
+        return Some(ColumnView::Pseudonym);
+    }
+    let Some(ty) = ty else {
+        return Some(ColumnView::Plain);
+    };
+    let date = |p: DatePrecision| match p {
+        DatePrecision::Day => ColumnView::Plain,
+        p => ColumnView::Truncated(p),
+    };
+    Some(match potential_identifier(column, ty) {
+        None => ColumnView::Plain,
+        Some(PotentialIdentifier::CareDate) => date(c.care_dates),
+        Some(PotentialIdentifier::DeathDate) => date(c.death_date),
+        Some(PotentialIdentifier::BirthMonth) => match c.birth {
+            BirthPrecision::Month => ColumnView::Plain,
+            // Year of birth is BEN_NAI_ANN; month and age in days go.
+            BirthPrecision::Year => return None,
+        },
+        Some(PotentialIdentifier::ResidenceCommune) => match (c.residence, column) {
+            (GeoPrecision::Commune, _) => ColumnView::Plain,
+            (GeoPrecision::Department, "BDI_COD") => ColumnView::Department,
+            // BEN_RES_COM is the commune within BEN_RES_DPT.
+            (GeoPrecision::Department, _) => return None,
+        },
+        Some(PotentialIdentifier::DeathCommune) => match c.death_place {
+            GeoPrecision::Commune => ColumnView::Plain,
+            GeoPrecision::Department => return None,
+        },
+    })
+}
+
+fn year_of_table(name: &str) -> Option<u16> {
+    generic_name(name).and_then(|(_, y)| y)
+}
+
+fn family(name: &str) -> Option<Family> {
+    generic_name(name).map(|(s, _)| s.family)
+}
+
+/// How the rows of `table` are restricted.
+fn row_filter(table: &str, columns: &[String]) -> RowFilter {
+    let has = |c: &str| columns.iter().any(|x| x == c);
+    match (family(table), table) {
+        (Some(Family::Dcir), "ER_PRS_F") => RowFilter::Own {
+            year_column: Some("EXE_SOI_DTD".into()),
+            person: Some(("BEN_NIR_PSA".into(), "BEN_NIR_PSA".into())),
+        },
+        (Some(Family::Dcir), _) => RowFilter::Via {
+            parent: "ER_PRS_F".into(),
+            keys: pds_snds::schema::DCIR_JOIN_KEYS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        },
+        (Some(Family::PmsiMco), t) if t.ends_with('C') => RowFilter::Own {
+            year_column: None,
+            person: Some(("NIR_ANO_17".into(), "BEN_NIR_PSA".into())),
+        },
+        (Some(Family::PmsiMco), t) => RowFilter::Via {
+            parent: format!("{}C", &t[..t.len() - 1]),
+            keys: vec!["ETA_NUM".into(), "RSA_NUM".into()],
+        },
+        (Some(Family::Deaths), _) => RowFilter::Own {
+            year_column: has("BEN_DCD_DTE").then(|| "BEN_DCD_DTE".into()),
+            person: Some(("BEN_IDT_ANO".into(), "BEN_IDT_ANO".into())),
+        },
+        (Some(Family::Beneficiary), "IR_BEN_R") => RowFilter::Own {
+            year_column: None,
+            person: Some(("BEN_NIR_PSA".into(), "BEN_NIR_PSA".into())),
+        },
+        _ => RowFilter::Own {
+            year_column: None,
+            person: has("BEN_NIR_PSA").then(|| ("BEN_NIR_PSA".into(), "BEN_NIR_PSA".into())),
+        },
+    }
+}
+
+/// Resolves `p` against the tables of a snapshot.
+pub fn resolve(
+    p: &Perimeter,
+    snapshot: &[TableInfo],
+    cohort: bool,
+) -> Result<ResolvedPerimeter, ProjectError> {
+    let err = |m: String| Err(ProjectError::Perimeter(m));
+    if p.tables.is_empty() {
+        return err("the perimeter grants no table; list tables under [tables]".into());
+    }
+    if let Some([a, b]) = p.years
+        && a > b
+    {
+        return err(format!(
+            "years = [{a}, {b}]: the first year is after the last"
+        ));
+    }
+    let known: Vec<&str> = snapshot.iter().map(|t| t.name.as_str()).collect();
+    let by_name = |n: &str| snapshot.iter().find(|t| t.name == n);
+    // Expand generic PMSI names to the yearly tables of the snapshot.
+    let mut grants: BTreeMap<String, &Columns> = BTreeMap::new();
+    for (name, cols) in &p.tables {
+        if name.contains("aa") {
+            let prefix = name.replace("aa", "");
+            let matching: Vec<&TableInfo> = snapshot
+                .iter()
+                .filter(|t| generic_name(&t.name).is_some_and(|(s, _)| s.name == name.as_str()))
+                .collect();
+            if matching.is_empty() {
+                return err(format!(
+                    "table {name}: the snapshot has no yearly table of it ({prefix} pattern); it has: {}",
+                    known.join(", ")
+                ));
+            }
+            for t in matching {
+                grants.insert(t.name.clone(), cols);
+            }
+        } else if by_name(name).is_some() {
+            grants.insert(name.clone(), cols);
+        } else {
+            return err(format!(
+                "table {name} is not in the snapshot; it has: {}",
+                known.join(", ")
+            ));
+        }
+    }
+    // Years restrict PMSI tables to their discharge years.
+    if let Some([a, b]) = p.years {
+        grants.retain(|name, _| year_of_table(name).is_none_or(|y| (a..=b).contains(&y)));
+        if grants.is_empty() {
+            return err(format!("no granted table has data in years {a}-{b}"));
+        }
+    }
+    let mut tables = Vec::new();
+    let mut exposed: BTreeMap<PotentialIdentifier, BTreeSet<String>> = BTreeMap::new();
+    for (name, cols) in &grants {
+        let info = by_name(name)
+            .ok_or_else(|| ProjectError::Perimeter(format!("table {name} vanished")))?;
+        let all: Vec<&str> = info.columns.iter().map(|c| c.name.as_str()).collect();
+        let wanted: Vec<String> = match cols {
+            Columns::All(s) if s == "*" => all.iter().map(|s| s.to_string()).collect(),
+            Columns::All(s) => {
+                return err(format!(
+                    "table {name} = {s:?}: write \"*\" for every column or a list of column names"
+                ));
+            }
+            Columns::Some(list) => {
+                for c in list {
+                    if !all.contains(&c.as_str()) {
+                        // A generic PMSI grant may name a column of another year.
+                        if p.tables.contains_key(name) || year_of_table(name).is_none() {
+                            return err(format!(
+                                "table {name} has no column {c}; its columns are: {}",
+                                all.join(", ")
+                            ));
+                        }
+                    }
+                }
+                list.clone()
+            }
+        };
+        let mut columns = Vec::new();
+        let mut withheld = Vec::new();
+        for c in &all {
+            if !wanted.iter().any(|w| w == c) {
+                withheld.push(c.to_string());
+                continue;
+            }
+            let ty = snds_type(name, c);
+            match column_view(c, ty, &p.coarsening) {
+                None => withheld.push(c.to_string()),
+                Some(v) => {
+                    if v == ColumnView::Plain
+                        && let Some(class) = ty.and_then(|t| potential_identifier(c, t))
+                    {
+                        exposed
+                            .entry(class)
+                            .or_default()
+                            .insert(format!("{name}.{c}"));
+                    }
+                    columns.push(ViewColumn {
+                        name: c.to_string(),
+                        view: v,
+                    });
+                }
+            }
+        }
+        if columns.is_empty() {
+            return err(format!(
+                "table {name}: no granted column remains visible after coarsening"
+            ));
+        }
+        let all_owned: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+        tables.push(ViewTable {
+            name: name.clone(),
+            columns,
+            withheld,
+            rows: row_filter(name, &all_owned),
+        });
+    }
+    if exposed.len() > 1 {
+        let list: Vec<String> = exposed
+            .iter()
+            .map(|(k, cols)| {
+                let cols: Vec<&str> = cols.iter().map(|s| s.as_str()).take(4).collect();
+                format!(
+                    "{} ({}{})",
+                    k.label(),
+                    cols.join(", "),
+                    if cols.len() == 4 { ", ..." } else { "" }
+                )
+            })
+            .collect();
+        return err(format!(
+            "this perimeter shows {} potential identifiers at full precision: {}. The SNDS allows at most one per project: coarsen the others in [coarsening] (care_dates/death_date = \"month\", birth = \"year\", residence/death_place = \"department\") or remove their columns",
+            exposed.len(),
+            list.join("; ")
+        ));
+    }
+    // Parents that restrict visible tables but are not visible themselves.
+    let mut parents = Vec::new();
+    let restricted = p.years.is_some() || p.population.is_some() || cohort;
+    if restricted {
+        for t in &tables {
+            if let RowFilter::Via { parent, .. } = &t.rows
+                && !tables.iter().any(|v| &v.name == parent)
+                && !parents.iter().any(|v: &ViewTable| &v.name == parent)
+            {
+                let info = by_name(parent).ok_or_else(|| {
+                    ProjectError::Perimeter(format!(
+                        "table {} is restricted through {parent}, which the snapshot lacks; a year range or population cannot be applied to it",
+                        t.name
+                    ))
+                })?;
+                let cols: Vec<String> = info.columns.iter().map(|c| c.name.clone()).collect();
+                parents.push(ViewTable {
+                    name: parent.clone(),
+                    columns: Vec::new(),
+                    withheld: Vec::new(),
+                    rows: row_filter(parent, &cols),
+                });
+            }
+        }
+    }
+    if let Some(pop) = &p.population {
+        check_population(pop, snapshot)?;
+    }
+    Ok(ResolvedPerimeter {
+        tables,
+        parents,
+        years: p.years,
+        population: p.population.clone(),
+        cohort,
+        full_precision: exposed.into_keys().collect(),
+    })
+}
+
+/// Checks that a population predicate is one boolean expression over
+/// `IR_BEN_R` columns (the gate plans it; this catches mistakes early).
+fn check_population(pred: &str, snapshot: &[TableInfo]) -> Result<(), ProjectError> {
+    use sqlparser::dialect::GenericDialect;
+    use sqlparser::keywords::Keyword;
+    use sqlparser::parser::Parser;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let bad = |m: String| ProjectError::Perimeter(format!("population = {pred:?}: {m}"));
+    let ben = snapshot
+        .iter()
+        .find(|t| t.name == "IR_BEN_R")
+        .ok_or_else(|| bad("the snapshot has no IR_BEN_R to select the population from".into()))?;
+    let dialect = GenericDialect {};
+    Parser::new(&dialect)
+        .try_with_sql(pred)
+        .and_then(|mut p| {
+            let e = p.parse_expr()?;
+            p.expect_token(&Token::EOF)?;
+            Ok(e)
+        })
+        .map_err(|e| bad(format!("not one SQL expression ({e})")))?;
+    let tokens = Tokenizer::new(&dialect, pred)
+        .tokenize()
+        .map_err(|e| bad(format!("not one SQL expression ({e})")))?;
+    let significant: Vec<&Token> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let mut names = Vec::new();
+    for (i, t) in significant.iter().enumerate() {
+        if let Token::Word(w) = t {
+            if matches!(w.keyword, Keyword::SELECT | Keyword::FROM) {
+                return Err(bad(
+                    "subqueries are not allowed; use IR_BEN_R columns only".into()
+                ));
+            }
+            let is_call = matches!(significant.get(i + 1), Some(Token::LParen));
+            if (w.keyword == Keyword::NoKeyword || w.quote_style.is_some()) && !is_call {
+                names.push(w.value.clone());
+            }
+        }
+    }
+    let cols: Vec<&str> = ben.columns.iter().map(|c| c.name.as_str()).collect();
+    for n in names {
+        if !cols.contains(&n.as_str()) {
+            return Err(bad(format!(
+                "{n} is not a column of IR_BEN_R; its columns are: {}",
+                cols.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
