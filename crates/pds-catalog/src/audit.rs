@@ -166,7 +166,22 @@ impl Catalog {
 
     /// The latest checkpoint.
     pub async fn last_checkpoint(&self) -> Result<Option<CheckpointRow>, CatalogError> {
-        Ok(self.checkpoints().await?.pop())
+        let row = sqlx::query(
+            "SELECT id, tree_size, root_hash, created_at, note FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(CheckpointRow {
+                id: r.try_get("id")?,
+                tree_size: r.try_get("tree_size")?,
+                root_hash: r.try_get("root_hash")?,
+                created_at: r.try_get("created_at")?,
+                note: r.try_get("note")?,
+            })
+        })
+        .transpose()
+        .map_err(|e: sqlx::Error| e.into())
     }
 
     /// Entries in log order, filtered.

@@ -27,6 +27,30 @@ pub(crate) struct DemoArgs {
 }
 
 const MARKER: &str = ".pds-demo";
+const PROJECT: &str = "demo-diabetes";
+const STEWARD: &str = "steward";
+const RESEARCHER: &str = "researcher";
+
+/// The demo project's perimeter: the tables the three analyses need, the
+/// demo years, default coarsening (no potential identifier at full precision).
+pub(crate) fn demo_perimeter(y0: u16, y1: u16) -> String {
+    format!(
+        r#"years = [{y0}, {y1}]
+
+[tables]
+ER_PRS_F = "*"
+ER_PHA_F = "*"
+ER_BIO_F = "*"
+IR_PHA_R = "*"
+IR_IMB_R = ["BEN_NIR_PSA", "BEN_RNG_GEM", "IMB_ALD_NUM", "IMB_ALD_DTD", "IMB_ALD_DTF", "MED_MTF_COD"]
+T_MCOaaB = "*"
+T_MCOaaC = "*"
+
+[coarsening]
+care_dates = "month"
+"#
+    )
+}
 
 /// The three analyses, for care years `y0..=y1`.
 pub(crate) fn analyses(y0: u16, y1: u16) -> Vec<(&'static str, String)> {
@@ -151,7 +175,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<()> {
     prepare_dir(&a.dir)?;
     let home = a.dir.join("home");
 
-    println!("== 1/4 Create a home (config, key store, SQLite catalogue, local object store)");
+    println!("== 1/5 Create a home (config, key store, SQLite catalogue, local object store)");
     crate::init(
         &home,
         crate::InitArgs {
@@ -161,7 +185,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<()> {
     .await?;
 
     println!(
-        "\n== 2/4 Synthesise a CNAM delivery: {} beneficiaries, {y0}-{y1}",
+        "\n== 2/5 Synthesise a CNAM delivery: {} beneficiaries, {y0}-{y1}",
         a.beneficiaries
     );
     let report = tokio::task::spawn_blocking(move || pds_synth::generate(&cfg, &|_| {}))
@@ -176,7 +200,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<()> {
         report.seconds
     );
 
-    println!("\n== 3/4 Load it: validate, pseudonymise, encrypt, commit snapshot 1");
+    println!("\n== 3/5 Load it: validate, pseudonymise, encrypt, commit snapshot 1");
     crate::load_cmd::load(
         &home,
         crate::load_cmd::LoadArgs {
@@ -189,13 +213,50 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<()> {
     )
     .await?;
 
-    println!("\n== 4/4 Three analyses (read-only SQL on the snapshot; `pds sql` runs your own)");
+    println!("\n== 4/5 Declare a research project: its perimeter, a member, its own pseudonyms");
+    let perimeter_file = a.dir.join("perimeter.toml");
+    std::fs::write(&perimeter_file, demo_perimeter(y0, y1))
+        .with_context(|| format!("writing {}", perimeter_file.display()))?;
+    println!("{}:\n{}", perimeter_file.display(), demo_perimeter(y0, y1));
     let h = pds_home::Home::open(&home)?;
-    let session = pds_query::SnapshotSession::open(&h, None).await?;
+    let gate = pds_gate::Gate::open(&h).await?;
+    let admin = pds_project::Admin {
+        cat: gate.catalog(),
+        audit: gate.audit(),
+        keys: gate.keys(),
+        actor: STEWARD.into(),
+    };
+    let perimeter = pds_project::Perimeter::from_toml(&demo_perimeter(y0, y1))?;
+    admin
+        .create(&pds_project::NewProject {
+            id: PROJECT.into(),
+            title: "Diabetes and stroke care pathways (demo)".into(),
+            authorisation: "DEMO-0001 (synthetic data)".into(),
+            starts_on: chrono::Utc::now().date_naive().to_string(),
+            expires_on: (chrono::Utc::now().date_naive() + chrono::Days::new(365)).to_string(),
+            mode: pds_project::AccessMode::RowLevel,
+            snapshot: None,
+            perimeter,
+            cohort: Vec::new(),
+        })
+        .await?;
+    admin
+        .grant(PROJECT, RESEARCHER, pds_project::Role::Lead)
+        .await?;
+    println!(
+        "Project {PROJECT} created by {STEWARD}; {RESEARCHER} is its lead. Care dates are coarsened to the month, \
+         identifiers are project pseudonyms (v1:...), and only the tables above exist for it."
+    );
+
+    println!("\n== 5/5 Three analyses by {RESEARCHER}, through the gate (every statement audited)");
+    let target = pds_gate::Target::Project(PROJECT.into());
     for (i, (title, sql)) in analyses(y0, y1).into_iter().enumerate() {
         let t = Instant::now();
-        let (schema, batches) = session
-            .sql(&sql)
+        let (schema, batches) = gate
+            .execute(RESEARCHER, &target, &sql)
+            .await
+            .with_context(|| format!("analysis {}: {title}", i + 1))?
+            .collect()
             .await
             .with_context(|| format!("analysis {}: {title}", i + 1))?;
         println!("\n-- {}. {title}\n{sql};", i + 1);
@@ -205,10 +266,19 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<()> {
         );
         println!("({:.2} s)", t.elapsed().as_secs_f64());
     }
+    let key = pds_audit::parse_public_key(&gate.audit().public_key_hex())?;
+    let report = pds_audit::verify(gate.catalog(), &key, &[]).await?;
+    if let Some(p) = report.problem {
+        bail!("the audit log does not verify: {p}");
+    }
     println!(
-        "\nDone in {:.1} s. Try: pds --home {} sql \"SELECT COUNT(*) FROM ER_PRS_F\"",
+        "\nAudit log: {} entries (project creation, grant, each statement and its result hash), verified.",
+        report.entries
+    );
+    println!(
+        "\nDone in {:.1} s. Try:\n  pds --home {h} --as {RESEARCHER} sql --project {PROJECT} \"SELECT COUNT(DISTINCT BEN_NIR_PSA) FROM ER_PRS_F\"\n  pds --home {h} project show {PROJECT}\n  pds --home {h} audit show --project {PROJECT}\n  pds --home {h} audit verify",
         started.elapsed().as_secs_f64(),
-        home.display()
+        h = home.display()
     );
     Ok(())
 }

@@ -5,9 +5,13 @@
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "sql")]
+mod audit_cmd;
+#[cfg(feature = "sql")]
 mod demo;
 mod keys_cmd;
 mod load_cmd;
+#[cfg(feature = "sql")]
+mod project_cmd;
 #[cfg(feature = "sql")]
 mod sql_cmd;
 
@@ -26,6 +30,9 @@ struct Cli {
     /// PDS home (configuration, keys, catalogue, storage) used by commands that need one.
     #[arg(long, global = true, env = "PDS_HOME", default_value = "./pds-home")]
     home: PathBuf,
+    /// Who is acting (default: PDS_USER, else the OS account).
+    #[arg(long = "as", global = true, value_name = "ACCOUNT")]
+    principal: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,9 +49,17 @@ enum Command {
     Load(load_cmd::LoadArgs),
     /// List the tables of a snapshot (default: the latest) with rows and columns.
     Tables(TablesArgs),
-    /// Run a read-only SQL query on a snapshot (a steward's check tool).
+    /// Run one read-only statement through the gate (in a project with --project).
     #[cfg(feature = "sql")]
     Sql(sql_cmd::SqlArgs),
+    /// Research projects: perimeter, members, keys.
+    #[cfg(feature = "sql")]
+    #[command(subcommand)]
+    Project(project_cmd::ProjectCommand),
+    /// The audit log: verify, show, export, checkpoint.
+    #[cfg(feature = "sql")]
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
     /// Key management (master-key rotation).
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
@@ -133,7 +148,13 @@ fn main() {
         }
         Command::Tables(a) => runtime().and_then(|rt| rt.block_on(tables(&cli.home, a))),
         #[cfg(feature = "sql")]
-        Command::Sql(a) => runtime().and_then(|rt| rt.block_on(sql_cmd::sql(&cli.home, a))),
+        Command::Sql(a) => runtime()
+            .and_then(|rt| rt.block_on(sql_cmd::sql(&cli.home, cli.principal.as_deref(), a))),
+        #[cfg(feature = "sql")]
+        Command::Project(c) => runtime()
+            .and_then(|rt| rt.block_on(project_cmd::run(&cli.home, cli.principal.as_deref(), c))),
+        #[cfg(feature = "sql")]
+        Command::Audit(c) => runtime().and_then(|rt| rt.block_on(audit_cmd::run(&cli.home, c))),
         Command::Keys(k) => runtime().and_then(|rt| rt.block_on(keys_cmd::run(&cli.home, k))),
         #[cfg(feature = "sql")]
         Command::Demo(a) => runtime().and_then(|rt| rt.block_on(demo::demo(a))),

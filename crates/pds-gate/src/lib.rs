@@ -97,6 +97,14 @@ pub struct Gate {
     global: Arc<GreedyMemoryPool>,
     running: Arc<Semaphore>,
     snapshots: Mutex<HashMap<i64, Arc<OpenSnapshot>>>,
+    views: Mutex<HashMap<String, Arc<ProjectViews>>>,
+}
+
+/// The view plans of a project, valid while its definition is unchanged.
+struct ProjectViews {
+    /// Digest of everything the plans depend on.
+    fingerprint: String,
+    plans: Vec<(String, LogicalPlan)>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -189,7 +197,12 @@ pub fn sanitize(msg: &str) -> String {
 
 fn engine_error(e: &DataFusionError, limits: &Limits) -> GateError {
     let msg = e.to_string();
-    if msg.contains("Resources exhausted") {
+    if msg.contains(limits::DEADLINE_PASSED) {
+        GateError::Limit(format!(
+            "the statement ran longer than its {} s timeout and was cancelled",
+            limits.timeout.as_secs()
+        ))
+    } else if msg.contains("Resources exhausted") {
         GateError::Limit(format!(
             "the statement needs more memory than allowed ({} MiB per statement, {} MiB for all running statements); filter or aggregate earlier, or ask the administrator about [gate] query_memory_mib",
             limits.query_memory >> 20,
@@ -314,6 +327,7 @@ impl Gate {
             running: Arc::new(Semaphore::new(limits.concurrent)),
             limits,
             snapshots: Mutex::new(HashMap::new()),
+            views: Mutex::new(HashMap::new()),
         })
     }
 
@@ -373,45 +387,83 @@ impl Gate {
     ) -> Result<SessionContext, GateError> {
         let open = self.snapshot(Some(project.snapshot)).await?;
         let setup = |e: String| GateError::Setup(e);
-        let cohort = self
-            .cat
-            .cohort(id)
-            .await
-            .map_err(|e| setup(e.to_string()))?;
-        let tables = self
-            .cat
-            .tables(project.snapshot)
-            .await
-            .map_err(|e| setup(e.to_string()))?;
-        let resolved =
-            pds_project::perimeter::resolve(&project.perimeter, &tables, !cohort.is_empty())
-                .map_err(|e| setup(e.to_string()))?;
         let key_rows = self
             .cat
             .project_keys(id)
             .await
             .map_err(|e| setup(e.to_string()))?;
-        let pseudo = pds_project::pseudonymiser(&self.keys, id, &key_rows)
+        let cohort_size = self
+            .cat
+            .cohort_size(id)
+            .await
             .map_err(|e| setup(e.to_string()))?;
+        // The plans depend on the perimeter, the snapshot, the live key and
+        // the cohort: any change (from any process) gives a new digest.
+        let fingerprint = hex::encode(Sha256::digest(
+            serde_json::json!({
+                "perimeter": project.perimeter, "snapshot": project.snapshot,
+                "keys": key_rows.iter().map(|k| (k.version, k.created_at.clone(), k.retired_at.clone())).collect::<Vec<_>>(),
+                "cohort": cohort_size,
+            })
+            .to_string(),
+        ));
         let ctx = self.session(&open)?;
-        let builder = views::ViewBuilder {
-            ctx: &ctx,
-            base: &open.tables,
-            perimeter: &resolved,
-            udf: Arc::new(views::PseudonymUdf::new(id, pseudo)),
-            cohort: &cohort,
+        let cached = self
+            .views
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).cloned())
+            .filter(|v| v.fingerprint == fingerprint);
+        let views = match cached {
+            Some(v) => v,
+            None => {
+                let cohort = self
+                    .cat
+                    .cohort(id)
+                    .await
+                    .map_err(|e| setup(e.to_string()))?;
+                let tables = self
+                    .cat
+                    .tables(project.snapshot)
+                    .await
+                    .map_err(|e| setup(e.to_string()))?;
+                let resolved = pds_project::perimeter::resolve(
+                    &project.perimeter,
+                    &tables,
+                    !cohort.is_empty(),
+                )
+                .map_err(|e| setup(e.to_string()))?;
+                let pseudo = pds_project::pseudonymiser(&self.keys, id, &key_rows)
+                    .map_err(|e| setup(e.to_string()))?;
+                let builder = views::ViewBuilder {
+                    ctx: &ctx,
+                    base: &open.tables,
+                    perimeter: &resolved,
+                    udf: Arc::new(views::PseudonymUdf::new(id, pseudo)),
+                    cohort: &cohort,
+                };
+                let mut plans = Vec::new();
+                for t in &resolved.tables {
+                    let plan = builder.view(t).map_err(|e| {
+                        setup(format!(
+                            "building the view of {}: {}",
+                            t.name,
+                            sanitize(&e.to_string())
+                        ))
+                    })?;
+                    plans.push((t.name.clone(), plan));
+                }
+                let v = Arc::new(ProjectViews { fingerprint, plans });
+                if let Ok(mut m) = self.views.lock() {
+                    m.insert(id.to_string(), v.clone());
+                }
+                v
+            }
         };
-        for t in &resolved.tables {
-            let plan = builder.view(t).map_err(|e| {
-                setup(format!(
-                    "building the view of {}: {}",
-                    t.name,
-                    sanitize(&e.to_string())
-                ))
-            })?;
+        for (name, plan) in &views.plans {
             ctx.register_table(
-                TableReference::bare(t.name.as_str()),
-                Arc::new(views::PerimeterTable::new(plan)),
+                TableReference::bare(name.as_str()),
+                Arc::new(views::PerimeterTable::new(plan.clone())),
             )
             .map_err(|e| setup(e.to_string()))?;
         }
@@ -600,6 +652,15 @@ impl Gate {
             Err(_) => {
                 let err =
                     GateError::Limit("planning took longer than the statement timeout".into());
+                self.close(&base, "failed", Some(err.to_string()), start, None)
+                    .await?;
+                return Err(err);
+            }
+        };
+        let physical = match limits::DeadlineExec::wrap_all(physical, deadline.into_std()) {
+            Ok(p) => p,
+            Err(e) => {
+                let err = GateError::Setup(e.to_string());
                 self.close(&base, "failed", Some(err.to_string()), start, None)
                     .await?;
                 return Err(err);

@@ -93,3 +93,128 @@ impl Limits {
         }
     }
 }
+
+/// The message a [`DeadlineExec`] fails with (recognised by the gate).
+pub const DEADLINE_PASSED: &str = "pds: statement deadline passed";
+
+/// Fails its output once the statement's deadline has passed.
+///
+/// DataFusion cancels by dropping streams, and a timeout around the result
+/// stream only fires when the engine yields to the runtime. Some operators
+/// (a cross join feeding an aggregate) produce batch after batch without
+/// yielding, so the gate wraps every node of the physical plan with this
+/// check: whichever loop is spinning, its next batch is an error and the
+/// whole statement unwinds.
+#[derive(Debug)]
+pub struct DeadlineExec {
+    input: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    deadline: std::time::Instant,
+}
+
+impl DeadlineExec {
+    /// Wraps every node of `plan`.
+    pub fn wrap_all(
+        plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        deadline: std::time::Instant,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        use datafusion::common::tree_node::{Transformed, TreeNode};
+        plan.transform_up(|node| {
+            Ok(Transformed::yes(Arc::new(DeadlineExec {
+                input: node,
+                deadline,
+            })
+                as Arc<dyn datafusion::physical_plan::ExecutionPlan>))
+        })
+        .map(|t| t.data)
+    }
+}
+
+impl datafusion::physical_plan::DisplayAs for DeadlineExec {
+    fn fmt_as(
+        &self,
+        _t: datafusion::physical_plan::DisplayFormatType,
+        f: &mut fmt::Formatter,
+    ) -> fmt::Result {
+        write!(f, "Deadline")
+    }
+}
+
+impl datafusion::physical_plan::ExecutionPlan for DeadlineExec {
+    fn name(&self) -> &str {
+        "Deadline"
+    }
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<datafusion::common::Statistics>],
+        _args: &datafusion::physical_plan::statistics::StatisticsArgs,
+    ) -> Result<Arc<datafusion::common::Statistics>> {
+        Ok(input_stats.first().cloned().unwrap_or_else(|| {
+            Arc::new(datafusion::common::Statistics::new_unknown(
+                &self.input.schema(),
+            ))
+        }))
+    }
+    fn properties(&self) -> &Arc<datafusion::physical_plan::PlanProperties> {
+        self.input.properties()
+    }
+    fn children(&self) -> Vec<&Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        vec![&self.input]
+    }
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(
+            &Arc<dyn datafusion::physical_plan::PhysicalExpr>,
+        ) -> Result<datafusion::common::tree_node::TreeNodeRecursion>,
+    ) -> Result<datafusion::common::tree_node::TreeNodeRecursion> {
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    }
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let input = children.into_iter().next().ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal("Deadline has one child".into())
+        })?;
+        Ok(Arc::new(DeadlineExec {
+            input,
+            deadline: self.deadline,
+        }))
+    }
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<datafusion::execution::TaskContext>,
+    ) -> Result<datafusion::execution::SendableRecordBatchStream> {
+        let inner = self.input.execute(partition, context)?;
+        Ok(Box::pin(DeadlineStream {
+            inner,
+            deadline: self.deadline,
+        }))
+    }
+}
+
+struct DeadlineStream {
+    inner: datafusion::execution::SendableRecordBatchStream,
+    deadline: std::time::Instant,
+}
+
+impl futures::Stream for DeadlineStream {
+    type Item = Result<arrow::array::RecordBatch>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if std::time::Instant::now() >= self.deadline {
+            return std::task::Poll::Ready(Some(Err(
+                datafusion::error::DataFusionError::Execution(DEADLINE_PASSED.into()),
+            )));
+        }
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl datafusion::execution::RecordBatchStream for DeadlineStream {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.inner.schema()
+    }
+}

@@ -455,4 +455,17 @@ impl ExecutionPlan for Barrier {
     ) -> Result<SendableRecordBatchStream> {
         self.input.execute(partition, context)
     }
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<datafusion::common::Statistics>],
+        _args: &datafusion::physical_plan::statistics::StatisticsArgs,
+    ) -> Result<Arc<datafusion::common::Statistics>> {
+        // Statistics of the view's own output (after the perimeter), so
+        // COUNT(*) of an unrestricted table is still answered from metadata.
+        Ok(input_stats.first().cloned().unwrap_or_else(|| {
+            Arc::new(datafusion::common::Statistics::new_unknown(
+                &self.input.schema(),
+            ))
+        }))
+    }
 }

@@ -1,0 +1,232 @@
+//! Limits stop floods without harming the machine, and every statement is
+//! on record before its first row: if the record cannot be written, the
+//! statement does not run.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use arrow::ipc::writer::StreamWriter;
+use common::*;
+use pds_audit::{parse_public_key, verify};
+use pds_gate::{Gate, GateError, Limits};
+use pds_project::perimeter::Perimeter;
+use pds_project::{AccessMode, Admin, NewProject, Role};
+use sha2::{Digest, Sha256};
+use sqlx::AssertSqlSafe;
+
+async fn setup(dir: &std::path::Path) -> (pds_home::Home, Gate) {
+    let h = loaded(dir).await;
+    let gate = Gate::open(&h).await.unwrap().with_limits(Limits {
+        timeout: Duration::from_secs(3),
+        query_memory: 32 << 20,
+        total_memory: 64 << 20,
+        max_rows: 1000,
+        concurrent: 2,
+        max_sql_bytes: 4000,
+    });
+    let admin = Admin {
+        cat: gate.catalog(),
+        audit: gate.audit(),
+        keys: gate.keys(),
+        actor: "steward".into(),
+    };
+    let mut per = Perimeter::all_columns(&["ER_PRS_F", "IR_BEN_R"]);
+    per.years = Some([2021, 2022]);
+    admin
+        .create(&NewProject {
+            id: "proj-a".into(),
+            title: "Limits".into(),
+            authorisation: "CNIL DR-2026-002".into(),
+            starts_on: "2020-01-01".into(),
+            expires_on: "2099-12-31".into(),
+            mode: AccessMode::RowLevel,
+            snapshot: None,
+            perimeter: per,
+            cohort: Vec::new(),
+        })
+        .await
+        .unwrap();
+    admin
+        .grant("proj-a", "alice", Role::Researcher)
+        .await
+        .unwrap();
+    (h, gate)
+}
+
+async fn limited(g: &Gate, sql: &str, max: Duration) -> String {
+    eprintln!("flood: {sql}");
+    let t = Instant::now();
+    let r = run(g, "alice", &p("proj-a"), sql).await;
+    let took = t.elapsed();
+    assert!(took < max, "{sql}: took {took:?}");
+    match r {
+        Err(GateError::Limit(m)) => m,
+        other => panic!("{sql}: expected a limit, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_hit_the_limits_not_the_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_h, g) = setup(dir.path()).await;
+    let m = limited(
+        &g,
+        "SELECT * FROM generate_series(1, 100000)",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(m.contains("more than 1000 rows"), "{m}");
+    let m = limited(
+        &g,
+        "SELECT COUNT(*) FROM generate_series(1, 1000000000000)",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(m.contains("timeout"), "{m}");
+    let m = limited(
+        &g,
+        "SELECT COUNT(*) FROM ER_PRS_F a, ER_PRS_F b, ER_PRS_F c",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(m.contains("timeout") || m.contains("more memory"), "{m}");
+    let m = limited(
+        &g,
+        "SELECT (v * 7919) % 4000000 AS k, COUNT(*) FROM generate_series(1, 4000000) t(v) GROUP BY k",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        m.contains("more memory than allowed (32 MiB per statement"),
+        "{m}"
+    );
+    let long = format!("SELECT 1{}", " ".repeat(5000));
+    let m = refused(&g, "alice", &p("proj-a"), &long).await;
+    assert!(m.contains("the limit is 4000 bytes"), "{m}");
+    // Nothing is left running: the next statement gets the whole budget.
+    let n = one(
+        &run(&g, "alice", &p("proj-a"), "SELECT COUNT(*) FROM IR_BEN_R")
+            .await
+            .unwrap(),
+    );
+    let raw = one(&run(&g, "steward", &op(), "SELECT COUNT(*) FROM IR_BEN_R")
+        .await
+        .unwrap());
+    assert!(raw >= 300);
+    assert_eq!(n, raw);
+    let stopped = g
+        .catalog()
+        .audit_entries(&Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.decision == "stopped")
+        .count();
+    assert_eq!(stopped, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_statement_is_audited_before_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, g) = setup(dir.path()).await;
+    let a = p("proj-a");
+    let sql = "SELECT BEN_SEX_COD, COUNT(*) AS n FROM IR_BEN_R GROUP BY BEN_SEX_COD ORDER BY 1";
+    let batches = run(&g, "alice", &a, sql).await.unwrap();
+    refused(&g, "mallory", &a, "SELECT * FROM ER_PRS_F").await;
+    refused(&g, "alice", &a, "DROP TABLE IR_BEN_R").await;
+
+    let entries = g
+        .catalog()
+        .audit_entries(&Default::default())
+        .await
+        .unwrap();
+    let actions: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e.action.as_str(), e.decision.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("project.create", "done"),
+            ("project.grant", "done"),
+            ("statement", "allowed"),
+            ("statement.end", "completed"),
+            ("statement", "refused"),
+            ("statement", "refused"),
+        ]
+    );
+    let body = |i: usize| -> serde_json::Value { serde_json::from_str(&entries[i].body).unwrap() };
+    let allowed = body(2);
+    assert_eq!(allowed["principal"], "alice");
+    assert_eq!(allowed["project"], "proj-a");
+    assert_eq!(allowed["statement"], sql);
+    assert_eq!(allowed["snapshot"], 1);
+    assert_eq!(allowed["plan_fingerprint"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        allowed["objects"],
+        serde_json::json!([{"table": "IR_BEN_R", "columns": ["BEN_SEX_COD"]}])
+    );
+    let end = body(3);
+    assert_eq!(end["request_id"], allowed["request_id"]);
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(end["rows"], rows as u64);
+    // The recorded hash is the SHA-256 of the result as an Arrow IPC stream.
+    let mut buf = Vec::new();
+    {
+        let mut w = StreamWriter::try_new(&mut buf, &batches[0].schema()).unwrap();
+        for b in &batches {
+            w.write(b).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    assert_eq!(end["bytes"], buf.len() as u64);
+    assert_eq!(end["result_sha256"], hex::encode(Sha256::digest(&buf)));
+    let refusal = body(4);
+    assert_eq!(refusal["principal"], "mallory");
+    assert!(refusal["reason"].as_str().unwrap().contains("not a member"));
+    assert!(
+        body(5)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("DDL not supported")
+    );
+
+    // The log verifies with the key written beside the key store.
+    let public =
+        std::fs::read_to_string(h.keys_dir().join(pds_gate::AUDIT_PUBLIC_KEY_FILE)).unwrap();
+    let key = parse_public_key(&public).unwrap();
+    assert_eq!(verify(g.catalog(), &key, &[]).await.unwrap().problem, None);
+
+    // If the audit log cannot be written, nothing runs and nothing returns.
+    let url = h.catalogue_url();
+    let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::query(AssertSqlSafe(
+        "CREATE TRIGGER no_audit BEFORE INSERT ON audit_entries BEGIN SELECT RAISE(ABORT, 'disk full'); END".to_string(),
+    ))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    match g
+        .execute("alice", &a, "SELECT COUNT(*) FROM IR_BEN_R")
+        .await
+    {
+        Err(GateError::Audit(m)) => assert!(m.contains("disk full"), "{m}"),
+        Ok(_) => panic!("a statement ran without an audit record"),
+        Err(e) => panic!("unexpected {e:?}"),
+    }
+    sqlx::query(AssertSqlSafe("DROP TRIGGER no_audit".to_string()))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&run(&g, "alice", &a, "SELECT COUNT(*) FROM IR_BEN_R")
+            .await
+            .unwrap()),
+        one(&run(&g, "steward", &op(), "SELECT COUNT(*) FROM IR_BEN_R")
+            .await
+            .unwrap())
+    );
+}
