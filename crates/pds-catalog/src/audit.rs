@@ -189,12 +189,17 @@ impl Catalog {
         // Fixed SQL text: absent filters bind NULL and match everything.
         let rows = sqlx::query(
             "SELECT seq, logged_at, principal, project_id, action, decision, body, leaf_hash, seal FROM audit_entries \
-             WHERE ($1 IS NULL OR project_id = $1) AND ($2 IS NULL OR principal = $2) \
-             AND ($3 IS NULL OR logged_at >= $3) AND ($4 IS NULL OR logged_at < $4) ORDER BY seq",
+             WHERE ($1 IS NULL OR project_id = $2) AND ($3 IS NULL OR principal = $4) \
+             AND ($5 IS NULL OR logged_at >= $6) AND ($7 IS NULL OR logged_at < $8) ORDER BY seq",
         )
+        // Each value twice: SQLite numbers parameters by position.
+        .bind(f.project.as_deref())
         .bind(f.project.as_deref())
         .bind(f.principal.as_deref())
+        .bind(f.principal.as_deref())
         .bind(f.since.as_deref())
+        .bind(f.since.as_deref())
+        .bind(f.until.as_deref())
         .bind(f.until.as_deref())
         .fetch_all(&self.pool)
         .await?;

@@ -132,9 +132,15 @@ pub(crate) async fn run(home: &Path, cmd: AuditCommand) -> Result<()> {
                 since: time_bound(since),
                 until: time_bound(until),
             };
+            use std::io::Write;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
             for e in cat.audit_entries(&f).await? {
+                // A closed pipe (`| head`) ends the listing quietly.
                 if json {
-                    println!("{}", e.body);
+                    if writeln!(out, "{}", e.body).is_err() {
+                        break;
+                    }
                     continue;
                 }
                 let body: serde_json::Value = serde_json::from_str(&e.body).unwrap_or_default();
@@ -154,7 +160,7 @@ pub(crate) async fn run(home: &Path, cmd: AuditCommand) -> Result<()> {
                 if let Some(r) = body["reason"].as_str() {
                     extra.push_str(&format!(" reason={r:?}"));
                 }
-                println!(
+                let line = format!(
                     "{:>6} {} {} {} {} {}{} {}",
                     e.seq,
                     e.logged_at,
@@ -165,6 +171,9 @@ pub(crate) async fn run(home: &Path, cmd: AuditCommand) -> Result<()> {
                     extra,
                     what
                 );
+                if writeln!(out, "{line}").is_err() {
+                    break;
+                }
             }
         }
         AuditCommand::Export { out } => {

@@ -31,8 +31,8 @@ struct Cli {
     #[arg(long, global = true, env = "PDS_HOME", default_value = "./pds-home")]
     home: PathBuf,
     /// Who is acting (default: PDS_USER, else the OS account).
-    #[arg(long = "as", global = true, value_name = "ACCOUNT")]
-    principal: Option<String>,
+    #[arg(id = "acting_as", long = "as", global = true, value_name = "ACCOUNT")]
+    acting_as: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -149,10 +149,10 @@ fn main() {
         Command::Tables(a) => runtime().and_then(|rt| rt.block_on(tables(&cli.home, a))),
         #[cfg(feature = "sql")]
         Command::Sql(a) => runtime()
-            .and_then(|rt| rt.block_on(sql_cmd::sql(&cli.home, cli.principal.as_deref(), a))),
+            .and_then(|rt| rt.block_on(sql_cmd::sql(&cli.home, cli.acting_as.as_deref(), a))),
         #[cfg(feature = "sql")]
         Command::Project(c) => runtime()
-            .and_then(|rt| rt.block_on(project_cmd::run(&cli.home, cli.principal.as_deref(), c))),
+            .and_then(|rt| rt.block_on(project_cmd::run(&cli.home, cli.acting_as.as_deref(), c))),
         #[cfg(feature = "sql")]
         Command::Audit(c) => runtime().and_then(|rt| rt.block_on(audit_cmd::run(&cli.home, c))),
         Command::Keys(k) => runtime().and_then(|rt| rt.block_on(keys_cmd::run(&cli.home, k))),

@@ -3,7 +3,10 @@
 use std::process::Command;
 
 fn pds() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pds"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pds"));
+    // Statements and changes are recorded under an account name.
+    c.env("PDS_USER", "steward");
+    c
 }
 
 #[test]

@@ -8,7 +8,10 @@ use std::io::{Read, Write};
 use std::process::Command;
 
 fn pds() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pds"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pds"));
+    // Statements and changes are recorded under an account name.
+    c.env("PDS_USER", "steward");
+    c
 }
 
 /// Creates a bucket with a bare HTTP request (the test servers do not check

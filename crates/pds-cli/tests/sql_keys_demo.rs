@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn pds() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pds"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pds"));
+    // Statements and changes are recorded under an account name.
+    c.env("PDS_USER", "steward");
+    c
 }
 
 fn run(home: &Path, args: &[&str]) -> Output {
@@ -83,7 +86,7 @@ fn loaded_home(dir: &Path, n: &str, loads: usize) -> (PathBuf, PathBuf, PathBuf)
 }
 
 /// Steps 1-2 of a rotation from `old` to `new`, stopped there as by a crash:
-/// the first `keep` snapshot keys (all when `None`) re-wrapped in the
+/// the first `keep` stored keys (all when `None`; snapshots come first) re-wrapped in the
 /// catalogue. Returns the prepared store.
 fn rotate_until_catalogue(
     home: &Path,
@@ -96,10 +99,10 @@ fn rotate_until_catalogue(
     rt.block_on(async {
         let cat = pds_home::Home::open(home).unwrap().catalog().await.unwrap();
         let mut rewrapped = Vec::new();
-        for s in cat.snapshots().await.unwrap() {
-            let w: pds_keys::WrappedKey = serde_json::from_str(&s.wrapped_key).unwrap();
+        for (which, wrapped) in cat.wrapped_keys().await.unwrap() {
+            let w: pds_keys::WrappedKey = serde_json::from_str(&wrapped).unwrap();
             let w2 = old.rewrap(&next, &w).unwrap();
-            rewrapped.push((s.id, serde_json::to_string(&w2).unwrap()));
+            rewrapped.push((which, serde_json::to_string(&w2).unwrap()));
         }
         let n = keep.unwrap_or(rewrapped.len());
         cat.set_wrapped_keys(&rewrapped[..n]).await.unwrap();
@@ -152,7 +155,8 @@ fn sql_answers_and_key_rotation_rewraps_without_rewriting_data() {
     let data_before = files(&home.join("objects"));
     let k2 = dir.path().join("k2");
     let out = ok(&rotate(&home, &k2));
-    assert!(out.contains("1 snapshot key(s) re-wrapped"), "{out}");
+    // The snapshot key and the audit log's signing key (made by `pds sql`).
+    assert!(out.contains("2 stored key(s)"), "{out}");
     assert!(k2.exists());
     let config = std::fs::read_to_string(home.join("config.toml")).unwrap();
     assert!(config.contains(k2.to_str().unwrap()), "{config}");
@@ -197,7 +201,9 @@ fn demo_runs_end_to_end_and_refuses_a_foreign_directory() {
         .unwrap();
     let out = ok(&o);
     for needle in [
-        "== 1/4",
+        "== 1/5",
+        "Project demo-diabetes created",
+        "Audit log: ",
         "Snapshot 1 committed",
         "-- 1. People dispensed an antidiabetic",
         "-- 2. Acute stays",
@@ -263,7 +269,7 @@ fn an_interrupted_rotation_is_completed_by_running_it_again() {
     );
     // ... and the same command again finishes the job.
     let out = ok(&rotate(&home, &k2));
-    assert!(out.contains("2 snapshot key(s) re-wrapped"), "{out}");
+    assert!(out.contains("3 stored key(s)"), "{out}");
     for snap in ["1", "2"] {
         assert_eq!(
             ok(&run(
@@ -314,7 +320,7 @@ fn an_interrupted_rotation_to_a_passphrase_completes_too() {
         .output()
         .unwrap();
     let out = ok(&o);
-    assert!(out.contains("1 snapshot key(s) re-wrapped"), "{out}");
+    assert!(out.contains("2 stored key(s)"), "{out}");
     assert!(!home.join("keys").join(pds_keys::PENDING_FILE).exists());
     let config = std::fs::read_to_string(home.join("config.toml")).unwrap();
     assert!(config.contains("master = \"passphrase\""), "{config}");

@@ -273,9 +273,8 @@ fn aggregate_only(plan: &LogicalPlan) -> Result<(), String> {
                     return Err("this project is aggregate-only: array_agg and string_agg return the values themselves".into());
                 }
                 let ids = identifier_refs(e);
-                if !ids.is_empty()
-                    && !(text.starts_with("count") || text.starts_with("approx_distinct"))
-                {
+                let counts = text.starts_with("count") || text.starts_with("approx_distinct");
+                if !ids.is_empty() && !counts {
                     return Err(format!(
                         "this project is aggregate-only: only COUNT may use the patient identifier {}",
                         ids.join(", ")
@@ -439,7 +438,7 @@ impl Gate {
                     ctx: &ctx,
                     base: &open.tables,
                     perimeter: &resolved,
-                    udf: Arc::new(views::PseudonymUdf::new(id, pseudo)),
+                    udf: Arc::new(views::PseudonymUdf::udf(id, pseudo)),
                     cohort: &cohort,
                 };
                 let mut plans = Vec::new();
@@ -607,7 +606,7 @@ impl Gate {
                 .unwrap_or_default();
             names.sort();
             GateError::Failed(format!(
-                "{msg}\nhint: the tables you can query are: {}",
+                "{msg}\nhint: table names are upper case, as in the SNDS documentation; the tables you can query are: {}",
                 names.join(", ")
             ))
         } else {

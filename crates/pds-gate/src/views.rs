@@ -70,7 +70,7 @@ impl Hash for PseudonymUdf {
 
 impl PseudonymUdf {
     /// The function of one project.
-    pub fn new(project: &str, pseudo: Pseudonymiser) -> ScalarUDF {
+    pub fn udf(project: &str, pseudo: Pseudonymiser) -> ScalarUDF {
         ScalarUDF::new_from_impl(PseudonymUdf {
             pseudo,
             project: project.to_string(),
