@@ -16,7 +16,8 @@ N="${1:-50000}"
 YEARS="${2:-2021-2022}"
 RUNS="${RUNS:-5}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release --locked -p pds-cli -p pds-gate --example gate_bench
+cargo build --release --locked -p pds-cli
+cargo build --release --locked -p pds-gate --example gate_bench
 BIN="$CARGO_TARGET_DIR/release/pds"
 WORK="${BENCH_WORK:-bench/work}/gate-$N-$YEARS"
 rm -rf "$WORK"; mkdir -p "$WORK" bench/results

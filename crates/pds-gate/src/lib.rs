@@ -36,7 +36,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::writer::StreamWriter;
 use datafusion::common::TableReference;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::GreedyMemoryPool;
@@ -105,6 +105,13 @@ struct ProjectViews {
     /// Digest of everything the plans depend on.
     fingerprint: String,
     plans: Vec<(String, LogicalPlan)>,
+    /// Per table, the columns shown as stored (the only ones a pushed-down
+    /// predicate may name).
+    plain: HashMap<String, Vec<String>>,
+}
+
+fn plain_columns(v: &ProjectViews, table: &str) -> Vec<String> {
+    v.plain.get(table).cloned().unwrap_or_default()
 }
 
 impl std::fmt::Debug for Gate {
@@ -232,59 +239,140 @@ fn refusal(plan: &LogicalPlan, project: bool, mode: Option<AccessMode>) -> Optio
     None
 }
 
+/// Whether a column name carries a patient identifier: the column itself or
+/// an expression over it (an unaliased derived column is named after its
+/// expression). Counts of identifiers are aggregates, not identifiers.
+fn identifierish(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !(lower.starts_with("count(") || lower.starts_with("approx_distinct("))
+        && pds_snds::identifiers::PATIENT_ID_COLUMNS
+            .iter()
+            .any(|id| name.contains(id))
+}
+
 fn identifier_refs(e: &Expr) -> Vec<String> {
     e.column_refs()
         .into_iter()
-        .filter(|c| pds_snds::identifiers::is_patient_id(&c.name))
+        .filter(|c| identifierish(&c.name))
         .map(|c| c.name.clone())
         .collect()
 }
 
-/// Aggregate-only projects get aggregates: a plan whose rows all come from
-/// an aggregation that is not keyed by a patient identifier and does not
-/// return identifiers or lists of values.
+/// The scalar subqueries of an expression (values it returns).
+fn scalar_subqueries(e: &Expr) -> Vec<LogicalPlan> {
+    let mut out = Vec::new();
+    let _ = e.apply(|x| {
+        if let Expr::ScalarSubquery(s) = x {
+            out.push(s.subquery.as_ref().clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
+}
+
+/// Aggregate-only projects get aggregates: every row of the result comes
+/// from an aggregation that is not keyed by a patient identifier and does
+/// not return identifiers or lists of values, and no subquery returns
+/// values of the data either.
 fn aggregate_only(plan: &LogicalPlan) -> Result<(), String> {
+    aggregate_top(plan)?;
+    // Everywhere in the plan, subqueries included.
+    let mut problem = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        let found = match node {
+            LogicalPlan::Aggregate(a) => aggregate_node(a).err(),
+            LogicalPlan::Projection(p) => p.expr.iter().find_map(|e| match e {
+                // Renaming an identifier would hide it from the checks.
+                Expr::Alias(a) if !identifier_refs(&a.expr).is_empty() => Some(format!(
+                    "this project is aggregate-only: the patient identifier {} cannot be renamed or transformed",
+                    identifier_refs(&a.expr).join(", ")
+                )),
+                _ => None,
+            }),
+            _ => None,
+        };
+        if let Some(f) = found {
+            problem = Some(f);
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    match problem {
+        Some(p) => Err(p),
+        None => Ok(()),
+    }
+}
+
+fn aggregate_top(plan: &LogicalPlan) -> Result<(), String> {
     let rows = "this project is aggregate-only: results must be aggregates (GROUP BY with COUNT, SUM, AVG...), not rows of the data";
+    // Values computed by a scalar subquery reach the result too.
+    let subqueries = |exprs: &[Expr]| -> Result<(), String> {
+        for e in exprs {
+            for q in scalar_subqueries(e) {
+                aggregate_top(&q)?;
+            }
+        }
+        Ok(())
+    };
     match plan {
-        LogicalPlan::Projection(p) => aggregate_only(&p.input),
-        LogicalPlan::Sort(s) => aggregate_only(&s.input),
-        LogicalPlan::Limit(l) => aggregate_only(&l.input),
-        LogicalPlan::Filter(f) => aggregate_only(&f.input),
-        LogicalPlan::SubqueryAlias(a) => aggregate_only(&a.input),
-        LogicalPlan::Window(w) => aggregate_only(&w.input),
-        LogicalPlan::Distinct(d) => aggregate_only(d.input()),
-        LogicalPlan::Union(u) => u.inputs.iter().try_for_each(|i| aggregate_only(i)),
-        LogicalPlan::DescribeTable(_) | LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
+        LogicalPlan::Projection(p) => {
+            subqueries(&p.expr)?;
+            aggregate_top(&p.input)
+        }
+        LogicalPlan::Sort(s) => aggregate_top(&s.input),
+        LogicalPlan::Limit(l) => aggregate_top(&l.input),
+        LogicalPlan::Filter(f) => aggregate_top(&f.input),
+        LogicalPlan::SubqueryAlias(a) => aggregate_top(&a.input),
+        LogicalPlan::Window(w) => {
+            subqueries(&w.window_expr)?;
+            aggregate_top(&w.input)
+        }
+        LogicalPlan::Distinct(d) => aggregate_top(d.input()),
+        LogicalPlan::Union(u) => u.inputs.iter().try_for_each(|i| aggregate_top(i)),
+        LogicalPlan::Values(v) => {
+            for row in &v.values {
+                subqueries(row)?;
+            }
             Ok(())
         }
+        LogicalPlan::DescribeTable(_) | LogicalPlan::EmptyRelation(_) => Ok(()),
         LogicalPlan::Aggregate(a) => {
-            for g in &a.group_expr {
-                let ids = identifier_refs(g);
-                if !ids.is_empty() {
-                    return Err(format!(
-                        "this project is aggregate-only: grouping by the patient identifier {} gives one row per person",
-                        ids.join(", ")
-                    ));
-                }
-            }
-            for e in &a.aggr_expr {
-                let text = e.schema_name().to_string().to_lowercase();
-                if text.starts_with("array_agg") || text.starts_with("string_agg") {
-                    return Err("this project is aggregate-only: array_agg and string_agg return the values themselves".into());
-                }
-                let ids = identifier_refs(e);
-                let counts = text.starts_with("count") || text.starts_with("approx_distinct");
-                if !ids.is_empty() && !counts {
-                    return Err(format!(
-                        "this project is aggregate-only: only COUNT may use the patient identifier {}",
-                        ids.join(", ")
-                    ));
-                }
-            }
+            subqueries(&a.aggr_expr)?;
+            subqueries(&a.group_expr)?;
             Ok(())
         }
         _ => Err(rows.into()),
     }
+}
+
+fn aggregate_node(a: &datafusion::logical_expr::Aggregate) -> Result<(), String> {
+    for g in &a.group_expr {
+        let ids = identifier_refs(g);
+        if !ids.is_empty() {
+            return Err(format!(
+                "this project is aggregate-only: grouping by the patient identifier {} gives one row per person",
+                ids.join(", ")
+            ));
+        }
+    }
+    for e in &a.aggr_expr {
+        let text = e.schema_name().to_string().to_lowercase();
+        if text.contains("array_agg") || text.contains("string_agg") {
+            return Err(
+                "this project is aggregate-only: array_agg and string_agg return the values themselves"
+                    .into(),
+            );
+        }
+        let ids = identifier_refs(e);
+        let counts = text.starts_with("count") || text.starts_with("approx_distinct");
+        if !ids.is_empty() && !counts {
+            return Err(format!(
+                "this project is aggregate-only: only COUNT may use the patient identifier {}",
+                ids.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Tables and columns a plan reads.
@@ -391,9 +479,9 @@ impl Gate {
             .project_keys(id)
             .await
             .map_err(|e| setup(e.to_string()))?;
-        let cohort_size = self
+        let cohort = self
             .cat
-            .cohort_size(id)
+            .cohort(id)
             .await
             .map_err(|e| setup(e.to_string()))?;
         // The plans depend on the perimeter, the snapshot, the live key and
@@ -402,7 +490,7 @@ impl Gate {
             serde_json::json!({
                 "perimeter": project.perimeter, "snapshot": project.snapshot,
                 "keys": key_rows.iter().map(|k| (k.version, k.created_at.clone(), k.retired_at.clone())).collect::<Vec<_>>(),
-                "cohort": cohort_size,
+                "cohort": hex::encode(Sha256::digest(cohort.join("\n"))),
             })
             .to_string(),
         ));
@@ -416,11 +504,6 @@ impl Gate {
         let views = match cached {
             Some(v) => v,
             None => {
-                let cohort = self
-                    .cat
-                    .cohort(id)
-                    .await
-                    .map_err(|e| setup(e.to_string()))?;
                 let tables = self
                     .cat
                     .tables(project.snapshot)
@@ -442,7 +525,22 @@ impl Gate {
                     cohort: &cohort,
                 };
                 let mut plans = Vec::new();
+                let mut plain = HashMap::new();
                 for t in &resolved.tables {
+                    if !open.tables.iter().any(|(n, _)| n == &t.name) {
+                        // A table without any file (no rows delivered) has no
+                        // schema to show: it is left out rather than failing
+                        // the whole project.
+                        continue;
+                    }
+                    plain.insert(
+                        t.name.clone(),
+                        t.columns
+                            .iter()
+                            .filter(|c| c.view == pds_project::perimeter::ColumnView::Plain)
+                            .map(|c| c.name.clone())
+                            .collect::<Vec<_>>(),
+                    );
                     let plan = builder.view(t).map_err(|e| {
                         setup(format!(
                             "building the view of {}: {}",
@@ -452,7 +550,11 @@ impl Gate {
                     })?;
                     plans.push((t.name.clone(), plan));
                 }
-                let v = Arc::new(ProjectViews { fingerprint, plans });
+                let v = Arc::new(ProjectViews {
+                    fingerprint,
+                    plans,
+                    plain,
+                });
                 if let Ok(mut m) = self.views.lock() {
                     m.insert(id.to_string(), v.clone());
                 }
@@ -462,7 +564,10 @@ impl Gate {
         for (name, plan) in &views.plans {
             ctx.register_table(
                 TableReference::bare(name.as_str()),
-                Arc::new(views::PerimeterTable::new(plan.clone())),
+                Arc::new(views::PerimeterTable::new(
+                    plan.clone(),
+                    plain_columns(&views, name),
+                )),
             )
             .map_err(|e| setup(e.to_string()))?;
         }
@@ -488,7 +593,8 @@ impl Gate {
             project: project_id.clone(),
             action: "statement".into(),
             request_id: Some(request_id()),
-            statement: Some(sql.to_string()),
+            // An oversized statement is refused; its record keeps a prefix.
+            statement: Some(truncate(sql, self.limits.max_sql_bytes)),
             ..Record::default()
         };
         match self.prepare(principal, target, sql, deadline, &base).await {
@@ -675,8 +781,15 @@ impl Gate {
                 return Err(err);
             }
         };
-        let ipc = StreamWriter::try_new(HashWriter::default(), &schema)
-            .map_err(|e| GateError::Setup(e.to_string()))?;
+        let ipc = match StreamWriter::try_new(HashWriter::default(), &schema) {
+            Ok(w) => w,
+            Err(e) => {
+                let err = GateError::Setup(format!("hashing the result: {e}"));
+                self.close(&base, "failed", Some(err.to_string()), start, None)
+                    .await?;
+                return Err(err);
+            }
+        };
         Ok(ResultStream {
             schema,
             stream: Some(stream),
@@ -702,6 +815,17 @@ impl Gate {
     ) -> Result<(), GateError> {
         close_entry(&self.audit, base, decision, reason, start, result).await
     }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... [{} bytes in all]", &s[..end], s.len())
 }
 
 fn project_id(t: &Target) -> bool {

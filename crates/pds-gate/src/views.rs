@@ -148,6 +148,98 @@ impl ScalarUDFImpl for PseudonymUdf {
     }
 }
 
+/// Truncates dates and timestamps to the first day of their month or year,
+/// keeping the type. Written for PDS rather than `date_trunc` because it
+/// cannot fail: `date_trunc` goes through nanosecond timestamps and errors
+/// (quoting the value) on dates after 2262, which the SNDS uses as
+/// placeholders. A value that cannot be truncated becomes NULL.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct TruncDate {
+    year_only: bool,
+    signature: Signature,
+}
+
+impl TruncDate {
+    /// Truncation to `p` (month or year; day is the identity).
+    pub fn new(p: DatePrecision) -> TruncDate {
+        TruncDate {
+            year_only: p == DatePrecision::Year,
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+
+    fn trunc(&self, d: chrono::NaiveDate) -> Option<chrono::NaiveDate> {
+        use chrono::Datelike;
+        let month = if self.year_only { 1 } else { d.month() };
+        chrono::NaiveDate::from_ymd_opt(d.year(), month, 1)
+    }
+}
+
+/// Days from 0001-01-01 (chrono's day 1) to 1970-01-01 (Arrow's day 0).
+const EPOCH_DAYS_CE: i32 = 719_163;
+
+impl ScalarUDFImpl for TruncDate {
+    fn name(&self) -> &str {
+        if self.year_only {
+            "coarsen_to_year"
+        } else {
+            "coarsen_to_month"
+        }
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types.first().cloned().unwrap_or(DataType::Date32))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use arrow::array::{Date32Array, TimestampSecondArray};
+        use chrono::Datelike;
+        let (arr, scalar) = match args.args.into_iter().next() {
+            Some(ColumnarValue::Array(a)) => (a, false),
+            Some(ColumnarValue::Scalar(s)) => (s.to_array()?, true),
+            None => {
+                return Err(DataFusionError::Internal(
+                    "coarsening takes one argument".into(),
+                ));
+            }
+        };
+        let day = |days: i32| {
+            chrono::NaiveDate::from_num_days_from_ce_opt(days.checked_add(EPOCH_DAYS_CE)?)
+                .and_then(|d| self.trunc(d))
+                .map(|d| d.num_days_from_ce() - EPOCH_DAYS_CE)
+        };
+        let out: ArrayRef = match arr.data_type() {
+            DataType::Date32 => {
+                let a = arr.as_primitive::<arrow::datatypes::Date32Type>();
+                Arc::new(a.iter().map(|v| v.and_then(day)).collect::<Date32Array>())
+            }
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Second, tz) => {
+                let a = arr.as_primitive::<arrow::datatypes::TimestampSecondType>();
+                let secs = |s: i64| {
+                    let days = i32::try_from(s.div_euclid(86_400)).ok()?;
+                    day(days).map(|d| i64::from(d) * 86_400)
+                };
+                Arc::new(
+                    a.iter()
+                        .map(|v| v.and_then(secs))
+                        .collect::<TimestampSecondArray>()
+                        .with_timezone_opt(tz.clone()),
+                )
+            }
+            other => {
+                return Err(DataFusionError::Internal(format!(
+                    "coarsening a {other} column"
+                )));
+            }
+        };
+        if scalar {
+            return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?));
+        }
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
 fn column(name: &str) -> Expr {
     Expr::Column(Column::new_unqualified(name))
 }
@@ -280,20 +372,13 @@ impl ViewBuilder<'_> {
         let mut exprs = Vec::new();
         for c in &t.columns {
             let base = column(&c.name);
-            let (_, field) = schema.qualified_field_with_unqualified_name(&c.name)?;
+            // Fails early, naming the column, if the snapshot lacks it.
+            schema.qualified_field_with_unqualified_name(&c.name)?;
             let e = match c.view {
                 ColumnView::Plain => base,
                 ColumnView::Pseudonym => self.udf.call(vec![base]),
                 ColumnView::Truncated(p) => {
-                    let part = match p {
-                        DatePrecision::Month => "month",
-                        DatePrecision::Year => "year",
-                        DatePrecision::Day => "day",
-                    };
-                    cast(
-                        datafusion::functions::datetime::expr_fn::date_trunc(lit(part), base),
-                        field.data_type().clone(),
-                    )
+                    ScalarUDF::new_from_impl(TruncDate::new(p)).call(vec![base])
                 }
                 ColumnView::Department => {
                     datafusion::functions::unicode::expr_fn::left(base, lit(2i64))
@@ -313,13 +398,29 @@ impl ViewBuilder<'_> {
 pub struct PerimeterTable {
     plan: LogicalPlan,
     schema: SchemaRef,
+    /// Columns shown as stored: only predicates on these may go below the
+    /// barrier (a predicate on a mapped or coarsened column would be
+    /// rewritten over the stored value and could fail on a hidden row).
+    plain: Vec<String>,
 }
 
 impl PerimeterTable {
-    /// A table whose rows are those of `plan`.
-    pub fn new(plan: LogicalPlan) -> PerimeterTable {
+    /// A table whose rows are those of `plan`; `plain` are the columns
+    /// shown as stored.
+    pub fn new(plan: LogicalPlan, plain: Vec<String>) -> PerimeterTable {
         let schema = Arc::new(plan.schema().as_arrow().clone());
-        PerimeterTable { plan, schema }
+        PerimeterTable {
+            plan,
+            schema,
+            plain,
+        }
+    }
+
+    fn pushable(&self, e: &Expr) -> bool {
+        cannot_fail(e)
+            && e.column_refs()
+                .iter()
+                .all(|c| self.plain.iter().any(|p| p == &c.name))
     }
 }
 
@@ -369,7 +470,7 @@ impl TableProvider for PerimeterTable {
         Ok(filters
             .iter()
             .map(|f| {
-                if cannot_fail(f) {
+                if self.pushable(f) {
                     TableProviderFilterPushDown::Inexact
                 } else {
                     TableProviderFilterPushDown::Unsupported
@@ -386,7 +487,7 @@ impl TableProvider for PerimeterTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut b = LogicalPlanBuilder::from(self.plan.clone());
-        for f in filters.iter().filter(|f| cannot_fail(f)) {
+        for f in filters.iter().filter(|f| self.pushable(f)) {
             b = b.filter(f.clone())?;
         }
         if let Some(p) = projection {
@@ -467,5 +568,78 @@ impl ExecutionPlan for Barrier {
                 &self.input.schema(),
             ))
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Date32Array, TimestampSecondArray};
+    use arrow::datatypes::Field;
+
+    fn days(y: i32, m: u32, d: u32) -> i32 {
+        use chrono::Datelike;
+        chrono::NaiveDate::from_ymd_opt(y, m, d)
+            .unwrap()
+            .num_days_from_ce()
+            - EPOCH_DAYS_CE
+    }
+
+    fn apply(f: &TruncDate, a: ArrayRef) -> ArrayRef {
+        let n = a.len();
+        let field = Arc::new(Field::new("d", a.data_type().clone(), true));
+        let out = f
+            .invoke_with_args(ScalarFunctionArgs {
+                args: vec![ColumnarValue::Array(a)],
+                arg_fields: vec![field.clone()],
+                number_rows: n,
+                return_field: field,
+                config_options: Arc::new(Default::default()),
+            })
+            .unwrap();
+        match out {
+            ColumnarValue::Array(a) => a,
+            ColumnarValue::Scalar(_) => panic!("array expected"),
+        }
+    }
+
+    #[test]
+    fn coarsening_never_fails_even_on_placeholder_dates() {
+        let month = TruncDate::new(DatePrecision::Month);
+        let year = TruncDate::new(DatePrecision::Year);
+        let input: ArrayRef = Arc::new(Date32Array::from(vec![
+            Some(days(2022, 3, 17)),
+            Some(days(9999, 12, 31)),
+            Some(days(1600, 1, 1)),
+            None,
+        ]));
+        let m = apply(&month, input.clone());
+        let m = m.as_primitive::<arrow::datatypes::Date32Type>();
+        assert_eq!(m.value(0), days(2022, 3, 1));
+        assert_eq!(m.value(1), days(9999, 12, 1));
+        assert_eq!(m.value(2), days(1600, 1, 1));
+        assert!(m.is_null(3));
+        let y = apply(&year, input);
+        assert_eq!(
+            y.as_primitive::<arrow::datatypes::Date32Type>().value(0),
+            days(2022, 1, 1)
+        );
+        let ts: ArrayRef = Arc::new(TimestampSecondArray::from(vec![
+            Some(i64::from(days(2021, 7, 9)) * 86_400 + 3_600),
+            Some(i64::MAX),
+        ]));
+        let t = apply(&month, ts);
+        let t = t.as_primitive::<arrow::datatypes::TimestampSecondType>();
+        assert_eq!(t.value(0), i64::from(days(2021, 7, 1)) * 86_400);
+        assert!(t.is_null(1), "out of range becomes NULL, not an error");
+    }
+
+    #[test]
+    fn only_predicates_that_cannot_fail_may_cross_the_barrier() {
+        use datafusion::prelude::col;
+        assert!(cannot_fail(&col("A").eq(lit(1))));
+        assert!(cannot_fail(&col("A").gt(lit(1)).and(col("B").is_null())));
+        assert!(!cannot_fail(&(lit(1) / col("A")).eq(lit(1))));
+        assert!(!cannot_fail(&cast(col("A"), DataType::Int32).eq(lit(1))));
     }
 }

@@ -101,6 +101,35 @@ async fn floods_hit_the_limits_not_the_machine() {
         m.contains("more memory than allowed (32 MiB per statement"),
         "{m}"
     );
+    // A client that stops reading cancels the statement: it is recorded as
+    // cancelled and its slot is free again.
+    {
+        let mut s = g
+            .execute(
+                "alice",
+                &p("proj-a"),
+                "SELECT * FROM generate_series(1, 900)",
+            )
+            .await
+            .unwrap();
+        assert!(s.next_batch().await.unwrap().is_ok());
+    }
+    let mut cancelled = 0;
+    for _ in 0..50 {
+        cancelled = g
+            .catalog()
+            .audit_entries(&Default::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.decision == "cancelled")
+            .count();
+        if cancelled == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cancelled, 1);
     let long = format!("SELECT 1{}", " ".repeat(5000));
     let m = refused(&g, "alice", &p("proj-a"), &long).await;
     assert!(m.contains("the limit is 4000 bytes"), "{m}");

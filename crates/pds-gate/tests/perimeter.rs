@@ -532,6 +532,14 @@ async fn aggregate_only_projects_get_aggregates() {
         "SELECT MAX(BEN_NIR_PSA) FROM ER_PRS_F",
         "SELECT array_agg(BEN_NAI_ANN) FROM IR_BEN_R",
         "SELECT n FROM (SELECT COUNT(*) n FROM IR_BEN_R) t UNION ALL SELECT BEN_NAI_ANN FROM IR_BEN_R",
+        // Values smuggled through a scalar subquery, a VALUES row or an alias.
+        "SELECT (SELECT string_agg(BEN_NIR_PSA, ',') FROM ER_PRS_F)",
+        "SELECT (SELECT BEN_NIR_PSA FROM IR_BEN_R LIMIT 1)",
+        "VALUES ((SELECT BEN_NIR_PSA FROM IR_BEN_R LIMIT 1))",
+        "SELECT p, COUNT(*) FROM (SELECT BEN_NIR_PSA AS p FROM ER_PRS_F) t GROUP BY p",
+        "SELECT MAX(p) FROM (SELECT BEN_NIR_PSA AS p FROM ER_PRS_F) t",
+        "SELECT MAX(x) FROM (SELECT BEN_NIR_PSA || '' FROM ER_PRS_F) t(x)",
+        "SELECT COUNT(*) FROM (SELECT first_value(BEN_NIR_PSA) OVER () AS f FROM ER_PRS_F) t GROUP BY f",
     ] {
         let m = refused(&g, "alice", &c, sql).await;
         assert!(m.contains("aggregate-only"), "{sql}: {m}");
@@ -653,6 +661,16 @@ async fn a_perimeter_with_two_full_precision_identifiers_is_refused_and_nothing_
         .unwrap_err()
         .to_string();
     assert!(m.contains("table ER_PRS_F has no column NOPE"), "{m}");
+    let mut twice = Perimeter::all_columns(&["T_MCOaaB"]);
+    twice
+        .tables
+        .insert("T_MCO22B".into(), cols(&["ETA_NUM", "RSA_NUM"]));
+    let m = admin
+        .create(&project("proj-y", AccessMode::RowLevel, twice))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("T_MCO22B is granted twice"), "{m}");
     let mut pop = Perimeter::all_columns(&["IR_BEN_R"]);
     pop.population = Some("BEN_SEX_COD = 2 AND PRS_NAT_REF = 1".into());
     let m = admin
@@ -662,4 +680,143 @@ async fn a_perimeter_with_two_full_precision_identifiers_is_refused_and_nothing_
         .to_string();
     assert!(m.contains("PRS_NAT_REF is not a column of IR_BEN_R"), "{m}");
     let _ = GateError::Setup(String::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cohort_restricts_every_table_including_pmsi_through_its_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = setup(dir.path()).await;
+    // Five people who had a 2022 stay, chosen by the steward (platform pseudonyms).
+    let chosen = strings(
+        &run(
+            &g,
+            "steward",
+            &op(),
+            "SELECT DISTINCT NIR_ANO_17 FROM T_MCO22C WHERE NIR_ANO_17 NOT LIKE 'X%' AND NIR_ANO_17 NOT LIKE 'x%' ORDER BY 1 LIMIT 5",
+        )
+        .await
+        .unwrap(),
+        0,
+    );
+    assert_eq!(chosen.len(), 5);
+    let list = chosen
+        .iter()
+        .map(|c| format!("'{c}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let admin = Admin {
+        cat: g.catalog(),
+        audit: g.audit(),
+        keys: g.keys(),
+        actor: "steward".into(),
+    };
+    let mut per = Perimeter::all_columns(&["IR_BEN_R", "ER_PRS_F", "T_MCOaaB", "T_MCOaaC"]);
+    per.years = Some([2022, 2022]);
+    let mut np = project("proj-cohort", AccessMode::RowLevel, per);
+    np.cohort = chosen.clone();
+    admin.create(&np).await.unwrap();
+    admin
+        .grant("proj-cohort", "alice", Role::Researcher)
+        .await
+        .unwrap();
+    let c = p("proj-cohort");
+    let count = |sql: String| {
+        let g = &g;
+        async move { one(&run(g, "steward", &op(), &sql).await.unwrap()) }
+    };
+    assert_eq!(
+        one(&run(
+            &g,
+            "alice",
+            &c,
+            "SELECT COUNT(DISTINCT BEN_NIR_PSA) FROM IR_BEN_R"
+        )
+        .await
+        .unwrap()),
+        5
+    );
+    assert_eq!(
+        one(&run(&g, "alice", &c, "SELECT COUNT(*) FROM ER_PRS_F").await.unwrap()),
+        count(format!(
+            "SELECT COUNT(*) FROM ER_PRS_F WHERE BEN_NIR_PSA IN ({list}) AND EXE_SOI_DTD >= DATE '2022-01-01' AND EXE_SOI_DTD < DATE '2023-01-01'"
+        ))
+        .await
+    );
+    let stays = count(format!(
+        "SELECT COUNT(*) FROM T_MCO22C WHERE NIR_ANO_17 IN ({list})"
+    ))
+    .await;
+    assert!(stays >= 5);
+    assert_eq!(
+        one(&run(&g, "alice", &c, "SELECT COUNT(*) FROM T_MCO22C")
+            .await
+            .unwrap()),
+        stays
+    );
+    let b_rows = count(format!(
+        "SELECT COUNT(*) FROM T_MCO22B b WHERE EXISTS (SELECT 1 FROM T_MCO22C c WHERE c.ETA_NUM = b.ETA_NUM AND c.RSA_NUM = b.RSA_NUM AND c.NIR_ANO_17 IN ({list}))"
+    ))
+    .await;
+    assert!(b_rows >= 5);
+    assert_eq!(
+        one(&run(&g, "alice", &c, "SELECT COUNT(*) FROM T_MCO22B")
+            .await
+            .unwrap()),
+        b_rows
+    );
+    // Replacing the cohort by five other people takes effect at once.
+    let before: std::collections::BTreeSet<String> = strings(
+        &run(&g, "alice", &c, "SELECT BEN_NIR_PSA FROM IR_BEN_R")
+            .await
+            .unwrap(),
+        0,
+    )
+    .into_iter()
+    .collect();
+    let others = strings(
+        &run(
+            &g,
+            "steward",
+            &op(),
+            &format!("SELECT DISTINCT BEN_NIR_PSA FROM IR_BEN_R WHERE BEN_NIR_PSA NOT IN ({list}) ORDER BY 1 LIMIT 5"),
+        )
+        .await
+        .unwrap(),
+        0,
+    );
+    // Lower case and duplicates are normalised.
+    let mut given: Vec<String> = others.iter().map(|o| o.to_lowercase()).collect();
+    given.push(others[0].clone());
+    let mut per2 = Perimeter::all_columns(&["IR_BEN_R"]);
+    per2.years = Some([2022, 2022]);
+    admin
+        .set_perimeter("proj-cohort", &per2, &given, None)
+        .await
+        .unwrap();
+    let after: std::collections::BTreeSet<String> = strings(
+        &run(&g, "alice", &c, "SELECT BEN_NIR_PSA FROM IR_BEN_R")
+            .await
+            .unwrap(),
+        0,
+    )
+    .into_iter()
+    .collect();
+    assert_eq!(after.len(), 5);
+    assert!(after.is_disjoint(&before));
+    let mut expected = others.clone();
+    expected.sort();
+    assert_eq!(g.catalog().cohort("proj-cohort").await.unwrap(), expected);
+    // A cohort line that is not a platform pseudonym is refused, nothing changes.
+    let e = admin
+        .set_perimeter(
+            "proj-cohort",
+            &Perimeter::all_columns(&["IR_BEN_R"]),
+            &["not-a-pseudonym".into()],
+            None,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cohort line 1"), "{e}");
+    assert_eq!(g.catalog().cohort("proj-cohort").await.unwrap(), expected);
 }

@@ -362,16 +362,23 @@ pub fn check_principal(p: &str) -> Result<(), ProjectError> {
     }
 }
 
-fn check_cohort(cohort: &[String]) -> Result<(), ProjectError> {
+/// Checks a cohort and returns it normalised: platform pseudonyms are
+/// upper-case hex, sorted, each once.
+pub fn normalise_cohort(cohort: &[String]) -> Result<Vec<String>, ProjectError> {
+    let mut out = Vec::with_capacity(cohort.len());
     for (i, c) in cohort.iter().enumerate() {
+        let c = c.trim();
         if c.len() != 32 || !c.chars().all(|ch| ch.is_ascii_hexdigit()) {
             return Err(ProjectError::Invalid(format!(
                 "cohort line {}: not a platform pseudonym (32 hexadecimal characters)",
                 i + 1
             )));
         }
+        out.push(c.to_ascii_uppercase());
     }
-    Ok(())
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// Administrative operations, each audited under `actor`.
@@ -431,13 +438,13 @@ impl Admin<'_> {
                 "expiry date {e} is before start date {s}"
             )));
         }
-        check_cohort(&p.cohort)?;
+        let cohort = normalise_cohort(&p.cohort)?;
         let snapshot = match p.snapshot {
             Some(id) => self.cat.snapshot(id).await?.id,
             None => self.cat.latest("snds").await?.id,
         };
         let tables = self.cat.tables(snapshot).await?;
-        let resolved = perimeter::resolve(&p.perimeter, &tables, !p.cohort.is_empty())?;
+        let resolved = perimeter::resolve(&p.perimeter, &tables, !cohort.is_empty())?;
         let perimeter_json = serde_json::to_string(&p.perimeter)
             .map_err(|e| ProjectError::Invalid(e.to_string()))?;
         let (_, wrapped) = self.keys.new_data_key(&key_purpose(&p.id, 1))?;
@@ -467,7 +474,7 @@ impl Admin<'_> {
                 "title": p.title, "authorisation": p.authorisation,
                 "starts_on": row.starts_on, "expires_on": row.expires_on,
                 "access_mode": row.access_mode, "snapshot": snapshot,
-                "perimeter": p.perimeter, "cohort_size": p.cohort.len(),
+                "perimeter": p.perimeter, "cohort_size": cohort.len(),
                 "full_precision": resolved.full_precision.iter().map(|c| c.label()).collect::<Vec<_>>(),
                 "key_version": 1,
             }),
@@ -475,7 +482,7 @@ impl Admin<'_> {
         .await?;
         let wrapped =
             serde_json::to_string(&wrapped).map_err(|e| ProjectError::Invalid(e.to_string()))?;
-        self.cat.create_project(&row, &wrapped, &p.cohort).await?;
+        self.cat.create_project(&row, &wrapped, &cohort).await?;
         Project::from_row(&row)
     }
 
@@ -533,7 +540,8 @@ impl Admin<'_> {
         snapshot: Option<i64>,
     ) -> Result<ResolvedPerimeter, ProjectError> {
         let row = self.row(id).await?;
-        check_cohort(cohort)?;
+        let cohort = normalise_cohort(cohort)?;
+        let cohort = cohort.as_slice();
         let snapshot = match snapshot {
             Some(s) => self.cat.snapshot(s).await?.id,
             None => row.snapshot_id,

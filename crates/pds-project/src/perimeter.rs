@@ -238,6 +238,13 @@ pub fn column_view(column: &str, ty: Option<ColumnType>, c: &Coarsening) -> Opti
     let Some(ty) = ty else {
         return Some(ColumnView::Plain);
     };
+    // Month-level columns are already coarse, but not coarse enough when
+    // the perimeter asks for years.
+    match column {
+        "SOR_MOI" if c.care_dates == DatePrecision::Year => return None,
+        "BEN_DCD_AME" if c.death_date == DatePrecision::Year => return None,
+        _ => {}
+    }
     let date = |p: DatePrecision| match p {
         DatePrecision::Day => ColumnView::Plain,
         p => ColumnView::Truncated(p),
@@ -345,10 +352,19 @@ pub fn resolve(
                 ));
             }
             for t in matching {
-                grants.insert(t.name.clone(), cols);
+                if grants.insert(t.name.clone(), cols).is_some() {
+                    return err(format!(
+                        "{} is granted twice (by its own name and by {name}); keep one",
+                        t.name
+                    ));
+                }
             }
         } else if by_name(name).is_some() {
-            grants.insert(name.clone(), cols);
+            if grants.insert(name.clone(), cols).is_some() {
+                return err(format!(
+                    "{name} is granted twice (by its own name and by its generic T_MCOaa name); keep one"
+                ));
+            }
         } else {
             return err(format!(
                 "table {name} is not in the snapshot; it has: {}",
