@@ -83,6 +83,16 @@ fn entry_from(r: &sqlx::any::AnyRow) -> Result<AuditRow, sqlx::Error> {
     })
 }
 
+fn checkpoint_from(r: &sqlx::any::AnyRow) -> Result<CheckpointRow, sqlx::Error> {
+    Ok(CheckpointRow {
+        id: r.try_get("id")?,
+        tree_size: r.try_get("tree_size")?,
+        root_hash: r.try_get("root_hash")?,
+        created_at: r.try_get("created_at")?,
+        note: r.try_get("note")?,
+    })
+}
+
 impl Catalog {
     /// The log's signing key, if one was created.
     pub async fn audit_key(&self) -> Result<Option<AuditKeyRow>, CatalogError> {
@@ -171,17 +181,7 @@ impl Catalog {
         )
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(CheckpointRow {
-                id: r.try_get("id")?,
-                tree_size: r.try_get("tree_size")?,
-                root_hash: r.try_get("root_hash")?,
-                created_at: r.try_get("created_at")?,
-                note: r.try_get("note")?,
-            })
-        })
-        .transpose()
-        .map_err(|e: sqlx::Error| e.into())
+        Ok(row.as_ref().map(checkpoint_from).transpose()?)
     }
 
     /// Entries in log order, filtered.
@@ -234,17 +234,6 @@ impl Catalog {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(CheckpointRow {
-                    id: r.try_get("id")?,
-                    tree_size: r.try_get("tree_size")?,
-                    root_hash: r.try_get("root_hash")?,
-                    created_at: r.try_get("created_at")?,
-                    note: r.try_get("note")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        Ok(rows.iter().map(checkpoint_from).collect::<Result<_, _>>()?)
     }
 }

@@ -228,15 +228,6 @@ impl Catalog {
             .collect::<Result<_, _>>()?)
     }
 
-    /// Number of people in a project's cohort.
-    pub async fn cohort_size(&self, id: &str) -> Result<i64, CatalogError> {
-        let r = sqlx::query("SELECT COUNT(*) AS n FROM project_cohort WHERE project_id = $1")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(r.try_get("n")?)
-    }
-
     /// Adds or replaces a member.
     pub async fn set_member(
         &self,

@@ -220,12 +220,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<()> {
     println!("{}:\n{}", perimeter_file.display(), demo_perimeter(y0, y1));
     let h = pds_home::Home::open(&home)?;
     let gate = pds_gate::Gate::open(&h).await?;
-    let admin = pds_project::Admin {
-        cat: gate.catalog(),
-        audit: gate.audit(),
-        keys: gate.keys(),
-        actor: STEWARD.into(),
-    };
+    let admin = gate.admin(STEWARD);
     let perimeter = pds_project::Perimeter::from_toml(&demo_perimeter(y0, y1))?;
     admin
         .create(&pds_project::NewProject {

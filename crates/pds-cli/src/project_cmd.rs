@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use pds_project::perimeter::{ColumnView, Perimeter};
+use pds_project::perimeter::{ColumnView, DatePrecision, Perimeter};
 use pds_project::{AccessMode, Admin, NewProject, Role};
 
 /// `pds project` subcommands.
@@ -295,9 +295,8 @@ fn print_info(i: &pds_project::ProjectInfo) {
             .map(|c| match c.view {
                 ColumnView::Plain => c.name.clone(),
                 ColumnView::Pseudonym => format!("{}*", c.name),
-                ColumnView::Truncated(p) => format!("{}~{:?}", c.name, p)
-                    .to_lowercase()
-                    .replace(&c.name.to_lowercase(), &c.name),
+                ColumnView::Truncated(DatePrecision::Year) => format!("{}~year", c.name),
+                ColumnView::Truncated(_) => format!("{}~month", c.name),
                 ColumnView::Department => format!("{}~dept", c.name),
             })
             .collect();

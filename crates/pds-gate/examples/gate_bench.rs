@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use pds_gate::{Gate, Target};
 use pds_project::perimeter::{DatePrecision, Perimeter};
-use pds_project::{AccessMode, Admin, NewProject, Role};
+use pds_project::{AccessMode, NewProject, Role};
 
 fn keys(a: &str, b: &str) -> String {
     pds_snds::schema::DCIR_JOIN_KEYS
@@ -104,12 +104,7 @@ async fn main() -> Result<()> {
     let mut per = Perimeter::all_columns(&names);
     per.coarsening.care_dates = DatePrecision::Day;
     if gate.catalog().project("bench-full").await?.is_none() {
-        let admin = Admin {
-            cat: gate.catalog(),
-            audit: gate.audit(),
-            keys: gate.keys(),
-            actor: "bench".into(),
-        };
+        let admin = gate.admin("bench");
         admin
             .create(&NewProject {
                 id: "bench-full".into(),

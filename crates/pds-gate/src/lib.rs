@@ -158,48 +158,38 @@ pub async fn open_audit(home: &Home, cat: Catalog, keys: &KeyStore) -> Result<Au
 }
 
 fn request_id() -> String {
-    let mut b = [0u8; 8];
     // An id only links entries; a clock fallback is fine if the OS fails.
-    if getrandom_fill(&mut b).is_err() {
-        b = (chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64).to_be_bytes();
+    match pds_keys::SecretKey::random() {
+        Ok(k) => hex::encode(&k.expose()[..8]),
+        Err(_) => format!(
+            "{:016x}",
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+        ),
     }
-    hex::encode(b)
 }
 
-fn getrandom_fill(b: &mut [u8]) -> Result<(), ()> {
-    pds_keys::SecretKey::random()
-        .map(|k| b.copy_from_slice(&k.expose()[..b.len()]))
-        .map_err(|_| ())
-}
-
-/// Removes storage paths from an engine message.
-pub fn sanitize(msg: &str) -> String {
+/// Replaces every token starting with `marker` (up to a blank, quote,
+/// parenthesis or comma) by `<snapshot file>`.
+fn mask_tokens(msg: &str, marker: &str) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut rest = msg;
-    while let Some(i) = rest.find("pds://") {
+    while let Some(i) = rest.find(marker) {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
         let end = tail
-            .find(|c: char| c.is_whitespace() || c == '\'' || c == '"' || c == ')' || c == ',')
+            .find(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | ')' | ','))
             .unwrap_or(tail.len());
         out.push_str("<snapshot file>");
         rest = &tail[end..];
     }
     out.push_str(rest);
-    // Object paths without the scheme.
-    let mut cleaned = String::with_capacity(out.len());
-    let mut rest = out.as_str();
-    while let Some(i) = rest.find("snapshots/") {
-        cleaned.push_str(&rest[..i]);
-        let tail = &rest[i..];
-        let end = tail
-            .find(|c: char| c.is_whitespace() || c == '\'' || c == '"' || c == ')' || c == ',')
-            .unwrap_or(tail.len());
-        cleaned.push_str("<snapshot file>");
-        rest = &tail[end..];
-    }
-    cleaned.push_str(rest);
-    cleaned
+    out
+}
+
+/// Removes storage paths (with or without the `pds://` scheme) from an
+/// engine message.
+pub fn sanitize(msg: &str) -> String {
+    mask_tokens(&mask_tokens(msg, "pds://"), "snapshots/")
 }
 
 fn engine_error(e: &DataFusionError, limits: &Limits) -> GateError {
@@ -441,6 +431,17 @@ impl Gate {
         &self.keys
     }
 
+    /// Project administration acting as `actor`, on this gate's catalogue,
+    /// keys and audit log.
+    pub fn admin(&self, actor: &str) -> pds_project::Admin<'_> {
+        pds_project::Admin {
+            cat: &self.cat,
+            audit: &self.audit,
+            keys: &self.keys,
+            actor: actor.to_string(),
+        }
+    }
+
     async fn snapshot(&self, id: Option<i64>) -> Result<Arc<OpenSnapshot>, GateError> {
         if let Some(id) = id
             && let Some(s) = self.snapshots.lock().ok().and_then(|m| m.get(&id).cloned())
@@ -597,7 +598,7 @@ impl Gate {
             statement: Some(truncate(sql, self.limits.max_sql_bytes)),
             ..Record::default()
         };
-        match self.prepare(principal, target, sql, deadline, &base).await {
+        match self.prepare(principal, target, sql, deadline).await {
             Ok(prepared) => self.run(prepared, base, start, deadline).await,
             Err((decision, e)) => {
                 let mut r = base.clone();
@@ -619,7 +620,6 @@ impl Gate {
         target: &Target,
         sql: &str,
         deadline: tokio::time::Instant,
-        base: &Record,
     ) -> Result<Prepared, (&'static str, GateError)> {
         let refused = |m: String| ("refused", GateError::Refused(m));
         let failed = |e: GateError| ("failed", e);
@@ -685,14 +685,13 @@ impl Gate {
                     failed(self.explain(e, &ctx))
                 }
             })?;
-        if let Some(why) = refusal(&plan, project_id(target), mode) {
+        if let Some(why) = refusal(&plan, is_project(target), mode) {
             return Err(refused(why));
         }
         let optimized = state
             .optimize(&plan)
             .map_err(|e| failed(self.explain(e, &ctx)))?;
         let fingerprint = hex::encode(Sha256::digest(optimized.display_indent().to_string()));
-        let _ = base;
         Ok(Prepared {
             ctx,
             plan: optimized,
@@ -828,7 +827,7 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}... [{} bytes in all]", &s[..end], s.len())
 }
 
-fn project_id(t: &Target) -> bool {
+fn is_project(t: &Target) -> bool {
     matches!(t, Target::Project(_))
 }
 

@@ -94,6 +94,17 @@ impl Limits {
     }
 }
 
+/// The statistics of a node that passes its only input through unchanged.
+pub(crate) fn pass_through_statistics(
+    input_stats: &[Arc<datafusion::common::Statistics>],
+    input: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+) -> Arc<datafusion::common::Statistics> {
+    input_stats
+        .first()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(datafusion::common::Statistics::new_unknown(&input.schema())))
+}
+
 /// The message a [`DeadlineExec`] fails with (recognised by the gate).
 pub const DEADLINE_PASSED: &str = "pds: statement deadline passed";
 
@@ -148,11 +159,7 @@ impl datafusion::physical_plan::ExecutionPlan for DeadlineExec {
         input_stats: &[Arc<datafusion::common::Statistics>],
         _args: &datafusion::physical_plan::statistics::StatisticsArgs,
     ) -> Result<Arc<datafusion::common::Statistics>> {
-        Ok(input_stats.first().cloned().unwrap_or_else(|| {
-            Arc::new(datafusion::common::Statistics::new_unknown(
-                &self.input.schema(),
-            ))
-        }))
+        Ok(pass_through_statistics(input_stats, &self.input))
     }
     fn properties(&self) -> &Arc<datafusion::physical_plan::PlanProperties> {
         self.input.properties()

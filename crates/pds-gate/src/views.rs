@@ -561,13 +561,11 @@ impl ExecutionPlan for Barrier {
         input_stats: &[Arc<datafusion::common::Statistics>],
         _args: &datafusion::physical_plan::statistics::StatisticsArgs,
     ) -> Result<Arc<datafusion::common::Statistics>> {
-        // Statistics of the view's own output (after the perimeter), so
-        // COUNT(*) of an unrestricted table is still answered from metadata.
-        Ok(input_stats.first().cloned().unwrap_or_else(|| {
-            Arc::new(datafusion::common::Statistics::new_unknown(
-                &self.input.schema(),
-            ))
-        }))
+        // Statistics of the view's own output, after the perimeter.
+        Ok(crate::limits::pass_through_statistics(
+            input_stats,
+            &self.input,
+        ))
     }
 }
 

@@ -11,7 +11,7 @@ use common::*;
 use pds_audit::{parse_public_key, verify};
 use pds_gate::{Gate, GateError, Limits};
 use pds_project::perimeter::Perimeter;
-use pds_project::{AccessMode, Admin, NewProject, Role};
+use pds_project::{AccessMode, NewProject, Role};
 use sha2::{Digest, Sha256};
 use sqlx::AssertSqlSafe;
 
@@ -25,12 +25,7 @@ async fn setup(dir: &std::path::Path) -> (pds_home::Home, Gate) {
         concurrent: 2,
         max_sql_bytes: 4000,
     });
-    let admin = Admin {
-        cat: gate.catalog(),
-        audit: gate.audit(),
-        keys: gate.keys(),
-        actor: "steward".into(),
-    };
+    let admin = gate.admin("steward");
     let mut per = Perimeter::all_columns(&["ER_PRS_F", "IR_BEN_R"]);
     per.years = Some([2021, 2022]);
     admin
@@ -55,7 +50,6 @@ async fn setup(dir: &std::path::Path) -> (pds_home::Home, Gate) {
 }
 
 async fn limited(g: &Gate, sql: &str, max: Duration) -> String {
-    eprintln!("flood: {sql}");
     let t = Instant::now();
     let r = run(g, "alice", &p("proj-a"), sql).await;
     let took = t.elapsed();

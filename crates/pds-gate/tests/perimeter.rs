@@ -6,9 +6,9 @@
 mod common;
 
 use common::*;
-use pds_gate::{Gate, GateError};
+use pds_gate::Gate;
 use pds_project::perimeter::{Columns, Perimeter};
-use pds_project::{AccessMode, Admin, NewProject, Role};
+use pds_project::{AccessMode, NewProject, Role};
 
 fn cols(list: &[&str]) -> Columns {
     Columns::Some(list.iter().map(|s| s.to_string()).collect())
@@ -55,12 +55,7 @@ async fn setup(dir: &std::path::Path) -> Gate {
     let h = loaded(dir).await;
     let gate = Gate::open(&h).await.unwrap();
     {
-        let admin = Admin {
-            cat: gate.catalog(),
-            audit: gate.audit(),
-            keys: gate.keys(),
-            actor: "steward".into(),
-        };
+        let admin = gate.admin("steward");
         admin
             .create(&project("proj-a", AccessMode::RowLevel, perimeter_a()))
             .await
@@ -478,12 +473,7 @@ async fn project_pseudonyms_are_private_to_each_project_and_keep_linkage() {
     assert_eq!(stays, raw_stays);
 
     // Rotation: every pseudonym changes, linkage stays.
-    let admin = Admin {
-        cat: g.catalog(),
-        audit: g.audit(),
-        keys: g.keys(),
-        actor: "steward".into(),
-    };
+    let admin = g.admin("steward");
     assert_eq!(admin.rotate_key("proj-a").await.unwrap(), 2);
     let after: std::collections::BTreeSet<String> = strings(
         &run(&g, "alice", &a, "SELECT BEN_NIR_PSA FROM IR_BEN_R")
@@ -584,12 +574,7 @@ async fn aggregate_only_projects_get_aggregates() {
 async fn a_perimeter_with_two_full_precision_identifiers_is_refused_and_nothing_is_created() {
     let dir = tempfile::tempdir().unwrap();
     let g = setup(dir.path()).await;
-    let admin = Admin {
-        cat: g.catalog(),
-        audit: g.audit(),
-        keys: g.keys(),
-        actor: "steward".into(),
-    };
+    let admin = g.admin("steward");
     let mut per = Perimeter::all_columns(&["ER_PRS_F", "IR_BEN_R"]);
     per.coarsening.care_dates = pds_project::perimeter::DatePrecision::Day;
     per.coarsening.residence = pds_project::perimeter::GeoPrecision::Commune;
@@ -679,7 +664,6 @@ async fn a_perimeter_with_two_full_precision_identifiers_is_refused_and_nothing_
         .unwrap_err()
         .to_string();
     assert!(m.contains("PRS_NAT_REF is not a column of IR_BEN_R"), "{m}");
-    let _ = GateError::Setup(String::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -704,12 +688,7 @@ async fn a_cohort_restricts_every_table_including_pmsi_through_its_stays() {
         .map(|c| format!("'{c}'"))
         .collect::<Vec<_>>()
         .join(", ");
-    let admin = Admin {
-        cat: g.catalog(),
-        audit: g.audit(),
-        keys: g.keys(),
-        actor: "steward".into(),
-    };
+    let admin = g.admin("steward");
     let mut per = Perimeter::all_columns(&["IR_BEN_R", "ER_PRS_F", "T_MCOaaB", "T_MCOaaC"]);
     per.years = Some([2022, 2022]);
     let mut np = project("proj-cohort", AccessMode::RowLevel, per);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use pds_audit::{parse_public_key, verify};
 use pds_gate::{Gate, GateError, Target};
 use pds_project::perimeter::Perimeter;
-use pds_project::{AccessMode, Admin, NewProject, Role};
+use pds_project::{AccessMode, NewProject, Role};
 use sqlx::{AssertSqlSafe, Connection};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,12 +72,7 @@ async fn projects_statements_and_audit_on_postgresql() {
         .unwrap();
 
     let g = Gate::open(&h).await.unwrap();
-    let admin = Admin {
-        cat: g.catalog(),
-        audit: g.audit(),
-        keys: g.keys(),
-        actor: "steward".into(),
-    };
+    let admin = g.admin("steward");
     admin
         .create(&NewProject {
             id: "pg-proj".into(),
