@@ -11,9 +11,11 @@
 //! One set of portable migrations (`migrations/`) serves both back-ends.
 #![forbid(unsafe_code)]
 
+mod accounts;
 mod audit;
 mod projects;
 
+pub use accounts::{AccountRow, TokenRow};
 pub use audit::{AuditFilter, AuditKeyRow, AuditRow, CheckpointRow};
 pub use projects::{MemberRow, ProjectKeyRow, ProjectRow};
 

@@ -24,6 +24,9 @@ pub(crate) struct DemoArgs {
     /// Seed of the synthetic data.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Stop after the analyses instead of starting `pds serve` (scripts, CI).
+    #[arg(long)]
+    no_serve: bool,
 }
 
 const MARKER: &str = ".pds-demo";
@@ -175,7 +178,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<()> {
     prepare_dir(&a.dir)?;
     let home = a.dir.join("home");
 
-    println!("== 1/5 Create a home (config, key store, SQLite catalogue, local object store)");
+    println!("== 1/6 Create a home (config, key store, SQLite catalogue, local object store)");
     crate::init(
         &home,
         crate::InitArgs {
@@ -185,7 +188,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<()> {
     .await?;
 
     println!(
-        "\n== 2/5 Synthesise a CNAM delivery: {} beneficiaries, {y0}-{y1}",
+        "\n== 2/6 Synthesise a CNAM delivery: {} beneficiaries, {y0}-{y1}",
         a.beneficiaries
     );
     let report = tokio::task::spawn_blocking(move || pds_synth::generate(&cfg, &|_| {}))
@@ -200,7 +203,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<()> {
         report.seconds
     );
 
-    println!("\n== 3/5 Load it: validate, pseudonymise, encrypt, commit snapshot 1");
+    println!("\n== 3/6 Load it: validate, pseudonymise, encrypt, commit snapshot 1");
     crate::load_cmd::load(
         &home,
         crate::load_cmd::LoadArgs {
@@ -213,7 +216,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<()> {
     )
     .await?;
 
-    println!("\n== 4/5 Declare a research project: its perimeter, a member, its own pseudonyms");
+    println!("\n== 4/6 Declare a research project: its perimeter, a member, its own pseudonyms");
     let perimeter_file = a.dir.join("perimeter.toml");
     std::fs::write(&perimeter_file, demo_perimeter(y0, y1))
         .with_context(|| format!("writing {}", perimeter_file.display()))?;
@@ -243,7 +246,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<()> {
          identifiers are project pseudonyms (v1:...), and only the tables above exist for it."
     );
 
-    println!("\n== 5/5 Three analyses by {RESEARCHER}, through the gate (every statement audited)");
+    println!("\n== 5/6 Three analyses by {RESEARCHER}, through the gate (every statement audited)");
     let target = pds_gate::Target::Project(PROJECT.into());
     for (i, (title, sql)) in analyses(y0, y1).into_iter().enumerate() {
         let t = Instant::now();
@@ -275,5 +278,74 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<()> {
         started.elapsed().as_secs_f64(),
         h = home.display()
     );
+    if a.no_serve {
+        return Ok(());
+    }
+    drop(gate);
+    serve(&a.dir, &home).await
+}
+
+/// Step 6: an account for the researcher, a self-signed certificate, and
+/// `pds serve` until Ctrl-C.
+async fn serve(dir: &Path, home: &Path) -> Result<()> {
+    println!(
+        "\n== 6/6 Serve the project to psql, Python, R and HTTP clients (TLS, through the same gate)"
+    );
+    let h = pds_home::Home::open(home)?;
+    let password = {
+        let mut b = [0u8; 18];
+        getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    };
+    let pw_file = dir.join("researcher.password");
+    {
+        use std::io::Write;
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        o.mode(0o600);
+        o.open(&pw_file)
+            .and_then(|mut f| f.write_all(password.as_bytes()))
+            .with_context(|| format!("writing {}", pw_file.display()))?;
+    }
+    {
+        let gate = pds_gate::Gate::open(&h).await?;
+        pds_accounts::Accounts::new(gate.catalog(), gate.audit())
+            .add(
+                STEWARD,
+                RESEARCHER,
+                pds_accounts::Kind::Local,
+                Some(&password),
+                false,
+            )
+            .await?;
+    }
+    let cert = h.root.join(&h.config.serve.tls_cert);
+    let key = h.root.join(&h.config.serve.tls_key);
+    crate::serve_cmd::self_signed_at(&cert, &key, &["localhost".into(), "127.0.0.1".into()])?;
+    let args = crate::serve_cmd::ServeArgs::defaults();
+    let (server, _) = crate::serve_cmd::start(&h, &args).await.context(
+        "starting the server (are ports 6432, 8815 and 8443 free? `pds serve --pg-listen ...` chooses others)",
+    )?;
+    let pg = server.pg_addr.map(|a| a.to_string()).unwrap_or_default();
+    let (host, port) = pg.rsplit_once(':').unwrap_or(("127.0.0.1", "6432"));
+    let http = server.http_addr.map(|a| a.to_string()).unwrap_or_default();
+    let flight = server
+        .flight_addr
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let pw = pw_file.display();
+    println!(
+        "Account {RESEARCHER} created; its password is in {pw} (TLS certificate: self-signed, {cert}).\n\n\
+psql:\n  PGPASSWORD=$(cat {pw}) psql \"host={host} port={port} dbname={PROJECT} user={RESEARCHER} sslmode=require\" \\\n    -c 'SELECT COUNT(DISTINCT \"BEN_NIR_PSA\") FROM \"ER_PRS_F\"'\n\n\
+Python (psycopg 3):\n  python3 -c \"import psycopg; c = psycopg.connect(host='{host}', port={port}, dbname='{PROJECT}', user='{RESEARCHER}', password=open('{pw}').read(), sslmode='require'); print(c.execute('SELECT COUNT(*) FROM \\\"ER_PRS_F\\\"').fetchone())\"\n\n\
+Python (ADBC Flight SQL, Arrow results): grpc+tls://{flight}, username/password as above, call header x-pds-project={PROJECT}\n\n\
+HTTP:\n  curl -sk https://{http}/api/v1/login -H 'content-type: application/json' -d '{{\"user\":\"{RESEARCHER}\",\"password\":\"'$(cat {pw})'\"}}'\n  (then Authorization: Bearer <token>; the API is described at https://{http}/openapi.json)\n\nServing; Ctrl-C stops.",
+        cert = cert.display()
+    );
+    crate::serve_cmd::stop_signal().await;
+    crate::serve_cmd::stop(server, 30).await;
     Ok(())
 }

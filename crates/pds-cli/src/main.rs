@@ -13,6 +13,8 @@ mod load_cmd;
 #[cfg(feature = "sql")]
 mod project_cmd;
 #[cfg(feature = "sql")]
+mod serve_cmd;
+#[cfg(feature = "sql")]
 mod sql_cmd;
 
 use std::path::PathBuf;
@@ -60,6 +62,17 @@ enum Command {
     #[cfg(feature = "sql")]
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Serve the PostgreSQL protocol, Arrow Flight SQL and the HTTP API, each through the gate.
+    #[cfg(feature = "sql")]
+    Serve(serve_cmd::ServeArgs),
+    /// Accounts that sign in to `pds serve`.
+    #[cfg(feature = "sql")]
+    #[command(subcommand)]
+    User(serve_cmd::UserCommand),
+    /// TLS certificates for `pds serve`.
+    #[cfg(feature = "sql")]
+    #[command(subcommand)]
+    Tls(serve_cmd::TlsCommand),
     /// Key management (master-key rotation).
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
@@ -155,6 +168,13 @@ fn main() {
             .and_then(|rt| rt.block_on(project_cmd::run(&cli.home, cli.acting_as.as_deref(), c))),
         #[cfg(feature = "sql")]
         Command::Audit(c) => runtime().and_then(|rt| rt.block_on(audit_cmd::run(&cli.home, c))),
+        #[cfg(feature = "sql")]
+        Command::Serve(a) => runtime().and_then(|rt| rt.block_on(serve_cmd::serve(&cli.home, a))),
+        #[cfg(feature = "sql")]
+        Command::User(c) => runtime()
+            .and_then(|rt| rt.block_on(serve_cmd::user(&cli.home, cli.acting_as.as_deref(), c))),
+        #[cfg(feature = "sql")]
+        Command::Tls(c) => serve_cmd::tls(&cli.home, c),
         Command::Keys(k) => runtime().and_then(|rt| rt.block_on(keys_cmd::run(&cli.home, k))),
         #[cfg(feature = "sql")]
         Command::Demo(a) => runtime().and_then(|rt| rt.block_on(demo::demo(a))),

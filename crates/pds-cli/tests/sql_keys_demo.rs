@@ -195,7 +195,15 @@ fn demo_runs_end_to_end_and_refuses_a_foreign_directory() {
     let dir = tempfile::tempdir().unwrap();
     let demo = dir.path().join("demo");
     let o = pds()
-        .args(["demo", "-n", "3000", "--years", "2022-2022", "--dir"])
+        .args([
+            "demo",
+            "-n",
+            "3000",
+            "--years",
+            "2022-2022",
+            "--no-serve",
+            "--dir",
+        ])
         .arg(&demo)
         .output()
         .unwrap();

@@ -25,18 +25,20 @@
 #![forbid(unsafe_code)]
 
 pub mod limits;
+pub mod pgcompat;
 pub mod views;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::writer::StreamWriter;
-use datafusion::common::TableReference;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{ParamValues, TableReference};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::GreedyMemoryPool;
@@ -98,12 +100,45 @@ pub struct Gate {
     running: Arc<Semaphore>,
     snapshots: Mutex<HashMap<i64, Arc<OpenSnapshot>>>,
     views: Mutex<HashMap<String, Arc<ProjectViews>>>,
+    /// PostgreSQL compatibility, built on first use.
+    pg: OnceLock<Result<Arc<pgcompat::PgCompat>, String>>,
+}
+
+/// How a front-end wants one statement run. The defaults are those of
+/// `pds sql`.
+#[derive(Debug, Clone, Default)]
+pub struct StatementOptions {
+    /// The statement comes from a PostgreSQL client: parse it with the
+    /// PostgreSQL compatibility rewrites and give it a `pg_catalog` listing
+    /// the views it may see.
+    pub postgres: bool,
+    /// Values of the `$1`, `$2`... placeholders.
+    pub params: Option<ParamValues>,
+    /// A client-side timeout (PostgreSQL's `statement_timeout`); the gate's
+    /// own limit still applies when it is shorter.
+    pub timeout: Option<Duration>,
+    /// The front-end (`pgwire`, `flight-sql`, `http`), kept in the audit log.
+    pub channel: Option<String>,
+}
+
+/// What a statement would return, without running it (prepared statements).
+#[derive(Debug, Clone)]
+pub struct Description {
+    /// The result columns.
+    pub schema: SchemaRef,
+    /// The placeholders `$1`, `$2`... in order, with the type the planner
+    /// inferred (`None` when it could not).
+    pub params: Vec<Option<DataType>>,
 }
 
 /// The view plans of a project, valid while its definition is unchanged.
 struct ProjectViews {
     /// Digest of everything the plans depend on.
     fingerprint: String,
+    /// The project's `pg_catalog`, built on first use and kept with the
+    /// views, so object ids stay the same from one statement to the next
+    /// (psql's `\d` looks a table up, then its columns, by id).
+    pg_catalog: OnceLock<Arc<dyn datafusion::catalog::SchemaProvider>>,
     plans: Vec<(String, LogicalPlan)>,
     /// Per table, the columns shown as stored (the only ones a pushed-down
     /// predicate may name).
@@ -223,10 +258,33 @@ fn refusal(plan: &LogicalPlan, project: bool, mode: Option<AccessMode>) -> Optio
             "EXPLAIN is not available to projects: plans show how and where data are stored".into(),
         );
     }
-    if mode == Some(AccessMode::AggregateOnly) {
+    // Catalogue queries (information_schema, pg_catalog) read no data: they
+    // list the views, which the project may see in any mode.
+    if mode == Some(AccessMode::AggregateOnly) && reads_views(plan) {
         return aggregate_only(plan).err();
     }
     None
+}
+
+/// Whether a plan reads a project view (anywhere, subqueries included).
+fn reads_views(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let is_view = datafusion::datasource::source_as_provider(&scan.source)
+                .map(|p| {
+                    let any: &dyn std::any::Any = p.as_ref();
+                    any.is::<views::PerimeterTable>()
+                })
+                .unwrap_or(true);
+            if is_view {
+                found = true;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
 }
 
 /// Whether a column name carries a patient identifier: the column itself or
@@ -405,7 +463,19 @@ impl Gate {
             limits,
             snapshots: Mutex::new(HashMap::new()),
             views: Mutex::new(HashMap::new()),
+            pg: OnceLock::new(),
         })
+    }
+
+    fn pg(&self) -> Result<Arc<pgcompat::PgCompat>, GateError> {
+        self.pg
+            .get_or_init(|| {
+                pgcompat::PgCompat::new()
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(|e| GateError::Setup(format!("PostgreSQL compatibility: {e}")))
     }
 
     /// Replaces the limits (tests and benchmarks).
@@ -472,7 +542,7 @@ impl Gate {
         &self,
         id: &str,
         project: &pds_project::Project,
-    ) -> Result<SessionContext, GateError> {
+    ) -> Result<(SessionContext, Arc<ProjectViews>), GateError> {
         let open = self.snapshot(Some(project.snapshot)).await?;
         let setup = |e: String| GateError::Setup(e);
         let key_rows = self
@@ -553,6 +623,7 @@ impl Gate {
                 }
                 let v = Arc::new(ProjectViews {
                     fingerprint,
+                    pg_catalog: OnceLock::new(),
                     plans,
                     plain,
                 });
@@ -572,7 +643,7 @@ impl Gate {
             )
             .map_err(|e| setup(e.to_string()))?;
         }
-        Ok(ctx)
+        Ok((ctx, views))
     }
 
     /// Runs one statement for `principal` against `target`. Returns the
@@ -583,8 +654,24 @@ impl Gate {
         target: &Target,
         sql: &str,
     ) -> Result<ResultStream, GateError> {
+        self.execute_with(principal, target, sql, &StatementOptions::default())
+            .await
+    }
+
+    /// [`Gate::execute`] with a front-end's options (PostgreSQL parsing,
+    /// placeholder values, a client timeout).
+    pub async fn execute_with(
+        &self,
+        principal: &str,
+        target: &Target,
+        sql: &str,
+        opts: &StatementOptions,
+    ) -> Result<ResultStream, GateError> {
         let start = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        let timeout = opts
+            .timeout
+            .map_or(self.limits.timeout, |t| t.min(self.limits.timeout));
+        let deadline = tokio::time::Instant::now() + timeout;
         let project_id = match target {
             Target::Project(p) => Some(p.clone()),
             Target::Operator { .. } => None,
@@ -596,9 +683,13 @@ impl Gate {
             request_id: Some(request_id()),
             // An oversized statement is refused; its record keeps a prefix.
             statement: Some(truncate(sql, self.limits.max_sql_bytes)),
+            details: opts
+                .channel
+                .as_ref()
+                .map(|c| serde_json::json!({ "channel": c })),
             ..Record::default()
         };
-        match self.prepare(principal, target, sql, deadline).await {
+        match self.prepare(principal, target, sql, deadline, opts).await {
             Ok(prepared) => self.run(prepared, base, start, deadline).await,
             Err((decision, e)) => {
                 let mut r = base.clone();
@@ -614,13 +705,134 @@ impl Gate {
         }
     }
 
+    /// Splits and parses PostgreSQL-flavoured SQL, with the rewrites applied
+    /// to statements from PostgreSQL clients. Front-ends use it to find the
+    /// statements they answer themselves (`SET`, `BEGIN`, cursors); parsing
+    /// reads nothing.
+    pub fn parse_postgres(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<datafusion::sql::sqlparser::ast::Statement>, GateError> {
+        if sql.len() > self.limits.max_sql_bytes {
+            return Err(GateError::Refused(format!(
+                "the statement is {} bytes long; the limit is {} bytes",
+                sql.len(),
+                self.limits.max_sql_bytes
+            )));
+        }
+        self.pg()?
+            .parse(sql)
+            .map_err(|e| GateError::Failed(format!("syntax error: {e}")))
+    }
+
+    /// Plans a statement with every check of [`Gate::execute`] and returns
+    /// its result columns and placeholders, without running it or writing
+    /// to the audit log (no data is read). A refusal here is the refusal
+    /// `execute` would give.
+    pub async fn describe(
+        &self,
+        principal: &str,
+        target: &Target,
+        sql: &str,
+        opts: &StatementOptions,
+    ) -> Result<Description, GateError> {
+        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        let opts = StatementOptions {
+            params: None,
+            ..opts.clone()
+        };
+        let plan = match self.plan(principal, target, sql, deadline, &opts).await {
+            Ok((_, plan)) => plan,
+            Err((decision, e)) => {
+                // A refusal is a security event even when nothing ran.
+                if decision == "refused" {
+                    self.audit
+                        .append(Record {
+                            principal: principal.to_string(),
+                            project: match target {
+                                Target::Project(p) => Some(p.clone()),
+                                Target::Operator { .. } => None,
+                            },
+                            action: "statement.describe".into(),
+                            decision: "refused".into(),
+                            reason: Some(e.to_string()),
+                            request_id: Some(request_id()),
+                            statement: Some(truncate(sql, self.limits.max_sql_bytes)),
+                            details: opts
+                                .channel
+                                .as_ref()
+                                .map(|c| serde_json::json!({ "channel": c })),
+                            ..Record::default()
+                        })
+                        .await
+                        .map_err(|a| GateError::Audit(a.to_string()))?;
+                }
+                return Err(e);
+            }
+        };
+        let types = plan
+            .get_parameter_types()
+            .map_err(|e| GateError::Failed(sanitize(&e.to_string())))?;
+        let mut numbered: Vec<(usize, Option<DataType>)> = Vec::new();
+        for (name, ty) in types {
+            let n = name
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    GateError::Failed(format!(
+                        "placeholder {name}: use $1, $2... (numbered from 1)"
+                    ))
+                })?;
+            numbered.push((n, ty));
+        }
+        numbered.sort_by_key(|(n, _)| *n);
+        let count = numbered.last().map_or(0, |(n, _)| *n);
+        let mut params = vec![None; count];
+        for (n, ty) in numbered {
+            params[n - 1] = ty;
+        }
+        Ok(Description {
+            schema: Arc::new(plan.schema().as_arrow().clone()),
+            params,
+        })
+    }
+
     async fn prepare(
         &self,
         principal: &str,
         target: &Target,
         sql: &str,
         deadline: tokio::time::Instant,
+        opts: &StatementOptions,
     ) -> Result<Prepared, (&'static str, GateError)> {
+        let ((ctx, snapshot, permit), plan) =
+            self.plan(principal, target, sql, deadline, opts).await?;
+        let state = ctx.state();
+        let optimized = state
+            .optimize(&plan)
+            .map_err(|e| ("failed", self.explain(e, &ctx)))?;
+        let fingerprint = hex::encode(Sha256::digest(optimized.display_indent().to_string()));
+        Ok(Prepared {
+            ctx,
+            plan: optimized,
+            fingerprint,
+            snapshot,
+            permit,
+        })
+    }
+
+    /// Checks, builds the session and the checked logical plan.
+    #[allow(clippy::type_complexity)]
+    async fn plan(
+        &self,
+        principal: &str,
+        target: &Target,
+        sql: &str,
+        deadline: tokio::time::Instant,
+        opts: &StatementOptions,
+    ) -> Result<((SessionContext, i64, OwnedSemaphorePermit), LogicalPlan), (&'static str, GateError)>
+    {
         let refused = |m: String| ("refused", GateError::Refused(m));
         let failed = |e: GateError| ("failed", e);
         pds_project::check_principal(principal).map_err(|e| refused(e.to_string()))?;
@@ -643,7 +855,7 @@ impl Gate {
                 )
             })?
             .map_err(|_| failed(GateError::Setup("the gate is closing".into())))?;
-        let (ctx, snapshot, mode) = match target {
+        let (ctx, snapshot, mode, views) = match target {
             Target::Project(id) => {
                 let today = chrono::Utc::now().date_naive();
                 let (project, _role) = pds_project::check_access(&self.cat, id, principal, today)
@@ -652,8 +864,8 @@ impl Gate {
                         pds_project::ProjectError::Denied(m) => refused(m),
                         e => failed(GateError::Setup(e.to_string())),
                     })?;
-                let ctx = self.project_session(id, &project).await.map_err(failed)?;
-                (ctx, project.snapshot, Some(project.mode))
+                let (ctx, views) = self.project_session(id, &project).await.map_err(failed)?;
+                (ctx, project.snapshot, Some(project.mode), Some(views))
             }
             Target::Operator { snapshot } => {
                 let open = self.snapshot(*snapshot).await.map_err(failed)?;
@@ -662,11 +874,62 @@ impl Gate {
                     ctx.register_table(TableReference::bare(name.as_str()), t.clone())
                         .map_err(|e| failed(GateError::Setup(e.to_string())))?;
                 }
-                (ctx, open.id, None)
+                (ctx, open.id, None, None)
             }
         };
+        let pg = if opts.postgres {
+            let pg = self.pg().map_err(failed)?;
+            let provider = match &views {
+                Some(v) => match v.pg_catalog.get() {
+                    Some(p) => p.clone(),
+                    None => {
+                        let p = pg
+                            .catalog_of(&ctx)
+                            .await
+                            .map_err(|e| failed(GateError::Setup(e.to_string())))?;
+                        v.pg_catalog.get_or_init(|| p).clone()
+                    }
+                },
+                None => pg
+                    .catalog_of(&ctx)
+                    .await
+                    .map_err(|e| failed(GateError::Setup(e.to_string())))?,
+            };
+            pg.register(&ctx, provider)
+                .map_err(|e| failed(GateError::Setup(e.to_string())))?;
+            Some(pg)
+        } else {
+            None
+        };
         let state = ctx.state();
-        let plan = tokio::time::timeout_at(deadline, state.create_logical_plan(sql))
+        let planning = async {
+            match &pg {
+                None => state.create_logical_plan(sql).await,
+                Some(pg) => {
+                    let mut statements = pg.parse(sql).map_err(|e| {
+                        DataFusionError::SQL(
+                            Box::new(
+                                datafusion::sql::sqlparser::parser::ParserError::ParserError(e),
+                            ),
+                            None,
+                        )
+                    })?;
+                    if statements.len() != 1 {
+                        return Err(DataFusionError::Plan(format!(
+                            "send one statement at a time (this text holds {})",
+                            statements.len()
+                        )));
+                    }
+                    let statement = statements.remove(0);
+                    state
+                        .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                            statement,
+                        )))
+                        .await
+                }
+            }
+        };
+        let plan = tokio::time::timeout_at(deadline, planning)
             .await
             .map_err(|_| {
                 (
@@ -685,20 +948,16 @@ impl Gate {
                     failed(self.explain(e, &ctx))
                 }
             })?;
+        let plan = match &opts.params {
+            Some(values) => plan
+                .replace_params_with_values(values)
+                .map_err(|e| failed(GateError::Failed(sanitize(&e.to_string()))))?,
+            None => plan,
+        };
         if let Some(why) = refusal(&plan, is_project(target), mode) {
             return Err(refused(why));
         }
-        let optimized = state
-            .optimize(&plan)
-            .map_err(|e| failed(self.explain(e, &ctx)))?;
-        let fingerprint = hex::encode(Sha256::digest(optimized.display_indent().to_string()));
-        Ok(Prepared {
-            ctx,
-            plan: optimized,
-            fingerprint,
-            snapshot,
-            permit,
-        })
+        Ok(((ctx, snapshot, permit), plan))
     }
 
     fn explain(&self, e: DataFusionError, ctx: &SessionContext) -> GateError {

@@ -188,6 +188,69 @@ impl Default for AuditConfig {
     }
 }
 
+/// `[serve]` section: the network front-ends of `pds serve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// PostgreSQL wire protocol listener.
+    #[serde(default = "default_pg_listen")]
+    pub pg_listen: String,
+    /// Arrow Flight SQL listener.
+    #[serde(default = "default_flight_listen")]
+    pub flight_listen: String,
+    /// HTTP API listener.
+    #[serde(default = "default_http_listen")]
+    pub http_listen: String,
+    /// TLS certificate chain (PEM), relative to the home unless absolute.
+    #[serde(default = "default_tls_cert")]
+    pub tls_cert: String,
+    /// TLS private key (PEM), relative to the home unless absolute.
+    #[serde(default = "default_tls_key")]
+    pub tls_key: String,
+    /// Lifetime of access tokens issued at sign-in, minutes.
+    #[serde(default = "default_token_minutes")]
+    pub token_ttl_minutes: u64,
+    /// Connections at once, per listener.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            pg_listen: default_pg_listen(),
+            flight_listen: default_flight_listen(),
+            http_listen: default_http_listen(),
+            tls_cert: default_tls_cert(),
+            tls_key: default_tls_key(),
+            token_ttl_minutes: default_token_minutes(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_pg_listen() -> String {
+    "127.0.0.1:6432".into()
+}
+fn default_flight_listen() -> String {
+    "127.0.0.1:8815".into()
+}
+fn default_http_listen() -> String {
+    "127.0.0.1:8443".into()
+}
+fn default_tls_cert() -> String {
+    "tls/server.crt".into()
+}
+fn default_tls_key() -> String {
+    "tls/server.key".into()
+}
+fn default_token_minutes() -> u64 {
+    480
+}
+fn default_max_connections() -> u64 {
+    256
+}
+
 fn default_timeout() -> u64 {
     300
 }
@@ -229,6 +292,9 @@ pub struct Config {
     /// Audit log.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Network front-ends.
+    #[serde(default)]
+    pub serve: ServeConfig,
 }
 
 fn default_catalogue_url() -> String {
@@ -319,7 +385,28 @@ origin = {origin}
 # A checkpoint is signed when there is activity and the last one is older
 # than this; `pds audit checkpoint` signs one on demand.
 checkpoint_interval_minutes = {cpm}
+
+[serve]
+# Listeners of `pds serve` (loopback by default; PostgreSQL itself keeps 5432).
+pg_listen = {pg}
+flight_listen = {flight}
+http_listen = {http}
+# TLS for every listener (PEM files, relative to this directory). If they
+# cannot be loaded, `pds serve` refuses to start; `pds tls self-signed`
+# writes a certificate for local testing.
+tls_cert = {cert}
+tls_key = {key}
+# Lifetime of the access tokens given at sign-in, and connections per listener.
+token_ttl_minutes = {ttl}
+max_connections = {maxconn}
 "#,
+        pg = toml_str(&c.serve.pg_listen),
+        flight = toml_str(&c.serve.flight_listen),
+        http = toml_str(&c.serve.http_listen),
+        cert = toml_str(&c.serve.tls_cert),
+        key = toml_str(&c.serve.tls_key),
+        ttl = c.serve.token_ttl_minutes,
+        maxconn = c.serve.max_connections,
         timeout = c.gate.statement_timeout_secs,
         qmem = c.gate.query_memory_mib,
         tmem = c.gate.total_memory_mib,
@@ -433,6 +520,7 @@ impl Home {
             load: LoadConfig::default(),
             gate: GateConfig::default(),
             audit: AuditConfig::default(),
+            serve: ServeConfig::default(),
         };
         let home = Home {
             root: root.to_path_buf(),

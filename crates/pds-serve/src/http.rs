@@ -1,0 +1,991 @@
+//! The HTTP API (axum), described by the OpenAPI document at `/openapi.json`.
+//!
+//! Sign in with `POST /api/v1/login` (local accounts) to get a bearer token.
+//! Queries run through the gate like every other front-end; results come as
+//! JSON (row objects) or as an Arrow IPC stream, with a row limit. Admin
+//! endpoints need the platform `admin` role. `/healthz`, `/readyz` and
+//! `/metrics` (Prometheus, counts only) need no sign-in and show no data.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use pds_gate::{GateError, StatementOptions, Target};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::Shared;
+
+type S = Arc<Shared>;
+
+/// An error answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiError {
+    /// What went wrong and how to fix it.
+    pub error: String,
+    /// A stable code: `unauthenticated`, `forbidden`, `refused`, `invalid`, `limit`, `not_found`, `internal`.
+    pub code: String,
+}
+
+/// An error with its HTTP status.
+pub struct Failure(StatusCode, ApiError);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+fn fail(status: StatusCode, code: &str, msg: impl Into<String>) -> Failure {
+    Failure(
+        status,
+        ApiError {
+            error: msg.into(),
+            code: code.into(),
+        },
+    )
+}
+
+fn gate_failure(e: GateError) -> Failure {
+    let m = e.to_string();
+    match e {
+        GateError::Refused(_) => fail(StatusCode::FORBIDDEN, "refused", m),
+        GateError::Failed(_) => fail(StatusCode::BAD_REQUEST, "invalid", m),
+        GateError::Limit(_) => fail(StatusCode::TOO_MANY_REQUESTS, "limit", m),
+        GateError::Audit(_) => fail(StatusCode::SERVICE_UNAVAILABLE, "internal", m),
+        GateError::Setup(_) => fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
+    }
+}
+
+fn account_failure(e: pds_accounts::AccountError) -> Failure {
+    use pds_accounts::AccountError as E;
+    let m = e.to_string();
+    match e {
+        E::BadCredentials => fail(StatusCode::UNAUTHORIZED, "unauthenticated", m),
+        E::Invalid(_) => fail(StatusCode::BAD_REQUEST, "invalid", m),
+        E::NoAccount(_) => fail(StatusCode::NOT_FOUND, "not_found", m),
+        E::Audit(_) | E::Internal(_) => fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
+    }
+}
+
+fn project_failure(e: pds_project::ProjectError) -> Failure {
+    use pds_project::ProjectError as E;
+    let m = e.to_string();
+    match e {
+        E::Perimeter(_) | E::Invalid(_) => fail(StatusCode::BAD_REQUEST, "invalid", m),
+        E::Denied(_) => fail(StatusCode::FORBIDDEN, "refused", m),
+        E::Catalog(pds_catalog::CatalogError::NoProject(_)) => {
+            fail(StatusCode::NOT_FOUND, "not_found", m)
+        }
+        E::Catalog(pds_catalog::CatalogError::Invalid(_)) => {
+            fail(StatusCode::BAD_REQUEST, "invalid", m)
+        }
+        _ => fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
+    }
+}
+
+/// The signed-in caller.
+pub struct Caller {
+    name: String,
+    admin: bool,
+    token: String,
+}
+
+impl FromRequestParts<S> for Caller {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Caller, Failure> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string())
+            .ok_or_else(|| {
+                fail(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "sign in with POST /api/v1/login and send Authorization: Bearer <token>",
+                )
+            })?;
+        match state.accounts().check_token(&token).await {
+            Ok(a) => Ok(Caller {
+                name: a.name,
+                admin: a.admin,
+                token,
+            }),
+            Err(_) => {
+                state.metrics.login_failed("http");
+                Err(fail(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "invalid or expired token",
+                ))
+            }
+        }
+    }
+}
+
+impl Caller {
+    fn require_admin(&self) -> Result<(), Failure> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(fail(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this endpoint needs the platform admin role",
+            ))
+        }
+    }
+}
+
+/// Credentials of a local account.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    /// Account name.
+    pub user: String,
+    /// Password.
+    pub password: String,
+}
+
+/// An access token.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenResponse {
+    /// Send it as `Authorization: Bearer <token>`; also the password for
+    /// federated accounts on the PostgreSQL protocol.
+    pub token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Expiry, RFC 3339 UTC.
+    pub expires_at: String,
+}
+
+/// Sign in with a password; returns a bearer token.
+#[utoipa::path(post, path = "/api/v1/login", request_body = LoginRequest,
+    responses((status = 200, body = TokenResponse), (status = 401, body = ApiError)))]
+async fn login(
+    State(s): State<S>,
+    Json(req): Json<LoginRequest>,
+) -> Result<Json<TokenResponse>, Failure> {
+    let accounts = s.accounts();
+    match accounts.check_login(&req.user, &req.password).await {
+        Ok(a) => {
+            let (token, expires_at) = accounts
+                .issue_token(&a.name, &a.name, "http-login", s.token_ttl)
+                .await
+                .map_err(account_failure)?;
+            Ok(Json(TokenResponse {
+                token,
+                token_type: "Bearer".into(),
+                expires_at,
+            }))
+        }
+        Err(_) => {
+            s.metrics.login_failed("http");
+            let principal = if pds_project::check_principal(&req.user).is_ok() {
+                req.user.clone()
+            } else {
+                "?".into()
+            };
+            let _ = s
+                .gate
+                .audit()
+                .append(pds_audit::Record {
+                    principal,
+                    action: "login".into(),
+                    decision: "refused".into(),
+                    reason: Some("invalid credentials".into()),
+                    details: Some(serde_json::json!({"channel": "http"})),
+                    ..Default::default()
+                })
+                .await;
+            Err(fail(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "invalid credentials",
+            ))
+        }
+    }
+}
+
+/// Revokes the caller's token.
+#[utoipa::path(post, path = "/api/v1/logout", security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = ApiError)))]
+async fn logout(State(s): State<S>, caller: Caller) -> Result<StatusCode, Failure> {
+    s.accounts()
+        .revoke_token(&caller.name, &caller.token)
+        .await
+        .map_err(account_failure)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A project the caller belongs to.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProjectSummary {
+    /// Id (the PostgreSQL database name).
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// The caller's role: `lead`, `researcher` or `checker`.
+    pub role: String,
+    /// `row-level` or `aggregate-only`.
+    pub access_mode: String,
+    /// Last day of access.
+    pub expires_on: String,
+    /// Pinned snapshot.
+    pub snapshot: i64,
+}
+
+/// The caller.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Me {
+    /// Account name.
+    pub name: String,
+    /// Platform administrator.
+    pub admin: bool,
+}
+
+/// Who the token belongs to.
+#[utoipa::path(get, path = "/api/v1/me", security(("bearer" = [])),
+    responses((status = 200, body = Me), (status = 401, body = ApiError)))]
+async fn me(caller: Caller) -> Json<Me> {
+    Json(Me {
+        name: caller.name,
+        admin: caller.admin,
+    })
+}
+
+async fn memberships(s: &Shared, who: Option<&str>) -> Result<Vec<ProjectSummary>, Failure> {
+    let cat = s.gate.catalog();
+    let internal = |e: pds_catalog::CatalogError| {
+        fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    };
+    let mut out = Vec::new();
+    for p in cat.projects().await.map_err(internal)? {
+        let role = match who {
+            Some(w) => match cat
+                .members(&p.id)
+                .await
+                .map_err(internal)?
+                .into_iter()
+                .find(|m| m.principal == w)
+            {
+                Some(m) => m.role,
+                None => continue,
+            },
+            None => String::new(),
+        };
+        out.push(ProjectSummary {
+            id: p.id,
+            title: p.title,
+            role,
+            access_mode: p.access_mode,
+            expires_on: p.expires_on,
+            snapshot: p.snapshot_id,
+        });
+    }
+    Ok(out)
+}
+
+/// The projects the caller is a member of.
+#[utoipa::path(get, path = "/api/v1/projects", security(("bearer" = [])),
+    responses((status = 200, body = Vec<ProjectSummary>), (status = 401, body = ApiError)))]
+async fn projects(
+    State(s): State<S>,
+    caller: Caller,
+) -> Result<Json<Vec<ProjectSummary>>, Failure> {
+    Ok(Json(memberships(&s, Some(&caller.name)).await?))
+}
+
+/// A column of a project view.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ColumnDoc {
+    /// Name.
+    pub name: String,
+    /// SQL type.
+    pub data_type: String,
+    /// SNDS description (empty for columns PDS derives, such as coarsened dates).
+    pub description: String,
+}
+
+/// A table of the project (a view of the perimeter).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TableDoc {
+    /// Name.
+    pub name: String,
+    /// SNDS title.
+    pub title: String,
+    /// Columns.
+    pub columns: Vec<ColumnDoc>,
+}
+
+/// The project's tables and columns, with SNDS descriptions. Read through
+/// the gate: only the perimeter is listed.
+#[utoipa::path(get, path = "/api/v1/projects/{project}/tables", security(("bearer" = [])),
+    params(("project" = String, Path, description = "Project id")),
+    responses((status = 200, body = Vec<TableDoc>), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn tables(
+    State(s): State<S>,
+    caller: Caller,
+    Path(project): Path<String>,
+) -> Result<Json<Vec<TableDoc>>, Failure> {
+    let rs = s
+        .gate
+        .execute_with(
+            &caller.name,
+            &Target::Project(project),
+            "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' ORDER BY table_name, ordinal_position",
+            &options(),
+        )
+        .await
+        .map_err(gate_failure)?;
+    let (_, batches) = rs.collect().await.map_err(gate_failure)?;
+    let mut out: Vec<TableDoc> = Vec::new();
+    for b in &batches {
+        let col = |i: usize| -> Result<arrow::array::StringArray, Failure> {
+            let c = arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Utf8)
+                .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+            c.as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .cloned()
+                .ok_or_else(|| {
+                    fail(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "catalogue columns are not text",
+                    )
+                })
+        };
+        let (t, c, d) = (col(0)?, col(1)?, col(2)?);
+        for i in 0..b.num_rows() {
+            let table = t.value(i).to_string();
+            if out.last().is_none_or(|l| l.name != table) {
+                let title = pds_snds::schema::table(&table)
+                    .map(|(s, _)| s.title.clone())
+                    .unwrap_or_default();
+                out.push(TableDoc {
+                    name: table.clone(),
+                    title,
+                    columns: Vec::new(),
+                });
+            }
+            let name = c.value(i).to_string();
+            let description = pds_snds::schema::table(&table)
+                .ok()
+                .and_then(|(s, _)| {
+                    s.columns
+                        .iter()
+                        .find(|x| x.name == name)
+                        .map(|x| x.description.clone())
+                })
+                .unwrap_or_default();
+            if let Some(l) = out.last_mut() {
+                l.columns.push(ColumnDoc {
+                    name,
+                    data_type: d.value(i).to_string(),
+                    description,
+                });
+            }
+        }
+    }
+    Ok(Json(out))
+}
+
+fn options() -> StatementOptions {
+    StatementOptions {
+        channel: Some("http".into()),
+        ..StatementOptions::default()
+    }
+}
+
+/// A statement to run.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct QueryRequest {
+    /// SQL (one read statement).
+    pub sql: String,
+    /// Rows to return at most (default 10 000, at most 1 000 000). Use Flight
+    /// SQL or the PostgreSQL protocol for bigger results.
+    pub max_rows: Option<usize>,
+    /// `json` (default) or `arrow` (an Arrow IPC stream). The `Accept`
+    /// header `application/vnd.apache.arrow.stream` also selects Arrow.
+    pub format: Option<String>,
+}
+
+/// A result column.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ResultColumn {
+    /// Name.
+    pub name: String,
+    /// Arrow type.
+    pub data_type: String,
+}
+
+/// A JSON result.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct QueryResult {
+    /// Columns in order.
+    pub columns: Vec<ResultColumn>,
+    /// One object per row, keyed by column name.
+    #[schema(value_type = Vec<Object>)]
+    pub rows: Vec<serde_json::Value>,
+    /// Rows returned.
+    pub row_count: usize,
+    /// Whether more rows existed than `max_rows`.
+    pub truncated: bool,
+}
+
+const DEFAULT_ROWS: usize = 10_000;
+const MAX_ROWS: usize = 1_000_000;
+
+/// Runs a statement in a project, through the gate.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/query", security(("bearer" = [])),
+    params(("project" = String, Path, description = "Project id")),
+    request_body = QueryRequest,
+    responses(
+        (status = 200, body = QueryResult, description = "JSON result, or an Arrow IPC stream (application/vnd.apache.arrow.stream)"),
+        (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 429, body = ApiError)))]
+async fn query(
+    State(s): State<S>,
+    caller: Caller,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<QueryRequest>,
+) -> Result<Response, Failure> {
+    let max = req.max_rows.unwrap_or(DEFAULT_ROWS);
+    if max == 0 || max > MAX_ROWS {
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("max_rows must be between 1 and {MAX_ROWS}"),
+        ));
+    }
+    let arrow_wanted = match req.format.as_deref() {
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("application/vnd.apache.arrow.stream")),
+        Some("json") => false,
+        Some("arrow") => true,
+        Some(other) => {
+            return Err(fail(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("format {other:?}: use json or arrow"),
+            ));
+        }
+    };
+    let _active = s.statement_started("http");
+    let mut rs = s
+        .gate
+        .execute_with(
+            &caller.name,
+            &Target::Project(project),
+            &req.sql,
+            &options(),
+        )
+        .await
+        .map_err(|e| {
+            s.metrics.statement_failed("http");
+            gate_failure(e)
+        })?;
+    let schema = rs.schema();
+    let mut batches: Vec<RecordBatch> = Vec::new();
+    let mut rows = 0usize;
+    let mut truncated = false;
+    while let Some(b) = rs.next_batch().await {
+        let b = b.map_err(gate_failure)?;
+        if rows + b.num_rows() > max {
+            batches.push(b.slice(0, max - rows));
+            rows = max;
+            truncated = true;
+            break;
+        }
+        rows += b.num_rows();
+        batches.push(b);
+    }
+    // Stopping early closes the statement; its audit entry says so.
+    drop(rs);
+    s.metrics.rows_sent("http", rows as u64);
+    let internal = |e: arrow::error::ArrowError| {
+        fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    };
+    if arrow_wanted {
+        let mut buf = Vec::new();
+        {
+            let mut w =
+                arrow::ipc::writer::StreamWriter::try_new(&mut buf, &schema).map_err(internal)?;
+            for b in &batches {
+                w.write(b).map_err(internal)?;
+            }
+            w.finish().map_err(internal)?;
+        }
+        return Ok((
+            [
+                (
+                    header::CONTENT_TYPE,
+                    "application/vnd.apache.arrow.stream".to_string(),
+                ),
+                (
+                    header::HeaderName::from_static("x-pds-truncated"),
+                    truncated.to_string(),
+                ),
+            ],
+            buf,
+        )
+            .into_response());
+    }
+    let mut w = arrow::json::ArrayWriter::new(Vec::new());
+    for b in &batches {
+        w.write(b).map_err(internal)?;
+    }
+    w.finish().map_err(internal)?;
+    let bytes = w.into_inner();
+    let rows_json: Vec<serde_json::Value> = if bytes.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    };
+    Ok(Json(QueryResult {
+        columns: schema
+            .fields()
+            .iter()
+            .map(|f| ResultColumn {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+            })
+            .collect(),
+        row_count: rows_json.len(),
+        rows: rows_json,
+        truncated,
+    })
+    .into_response())
+}
+
+/// An account (admin view).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AccountDoc {
+    /// Name.
+    pub name: String,
+    /// `local` or `federated`.
+    pub kind: String,
+    /// Platform administrator.
+    pub admin: bool,
+    /// Disabled.
+    pub disabled: bool,
+}
+
+/// A new account.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewAccount {
+    /// Name.
+    pub name: String,
+    /// `local` (default) or `federated`.
+    pub kind: Option<String>,
+    /// Password (local accounts).
+    pub password: Option<String>,
+    /// Platform administrator.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+fn account_doc(a: pds_accounts::Account) -> AccountDoc {
+    AccountDoc {
+        name: a.name,
+        kind: match a.kind {
+            pds_accounts::Kind::Local => "local".into(),
+            pds_accounts::Kind::Federated => "federated".into(),
+        },
+        admin: a.admin,
+        disabled: a.disabled,
+    }
+}
+
+/// Every account (admin).
+#[utoipa::path(get, path = "/api/v1/admin/users", security(("bearer" = [])),
+    responses((status = 200, body = Vec<AccountDoc>), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn admin_users(State(s): State<S>, caller: Caller) -> Result<Json<Vec<AccountDoc>>, Failure> {
+    caller.require_admin()?;
+    let list = s.accounts().list().await.map_err(account_failure)?;
+    Ok(Json(list.into_iter().map(account_doc).collect()))
+}
+
+/// Creates an account (admin).
+#[utoipa::path(post, path = "/api/v1/admin/users", security(("bearer" = [])), request_body = NewAccount,
+    responses((status = 201, body = AccountDoc), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn admin_add_user(
+    State(s): State<S>,
+    caller: Caller,
+    Json(req): Json<NewAccount>,
+) -> Result<(StatusCode, Json<AccountDoc>), Failure> {
+    caller.require_admin()?;
+    let kind = match req.kind.as_deref() {
+        None | Some("local") => pds_accounts::Kind::Local,
+        Some("federated") => pds_accounts::Kind::Federated,
+        Some(k) => {
+            return Err(fail(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("kind {k:?}: use local or federated"),
+            ));
+        }
+    };
+    let a = s
+        .accounts()
+        .add(
+            &caller.name,
+            &req.name,
+            kind,
+            req.password.as_deref(),
+            req.admin,
+        )
+        .await
+        .map_err(account_failure)?;
+    Ok((StatusCode::CREATED, Json(account_doc(a))))
+}
+
+/// Disables an account and revokes its tokens (admin).
+#[utoipa::path(post, path = "/api/v1/admin/users/{name}/disable", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Account")),
+    responses((status = 204), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn admin_disable_user(
+    State(s): State<S>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Failure> {
+    caller.require_admin()?;
+    s.accounts()
+        .set_disabled(&caller.name, &name, true)
+        .await
+        .map_err(account_failure)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every project (admin).
+#[utoipa::path(get, path = "/api/v1/admin/projects", security(("bearer" = [])),
+    responses((status = 200, body = Vec<ProjectSummary>), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn admin_projects(
+    State(s): State<S>,
+    caller: Caller,
+) -> Result<Json<Vec<ProjectSummary>>, Failure> {
+    caller.require_admin()?;
+    Ok(Json(memberships(&s, None).await?))
+}
+
+/// A new project.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewProjectRequest {
+    /// Id: lower-case letters, digits and `-`.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Authorisation reference (CNIL decision).
+    pub authorisation: String,
+    /// First day, `YYYY-MM-DD`.
+    pub starts_on: String,
+    /// Last day, `YYYY-MM-DD`.
+    pub expires_on: String,
+    /// `row-level` or `aggregate-only`.
+    pub access_mode: String,
+    /// The perimeter, as the TOML text of `pds project create --perimeter`.
+    pub perimeter_toml: String,
+    /// Snapshot (latest when absent).
+    pub snapshot: Option<i64>,
+}
+
+/// Creates a project (admin).
+#[utoipa::path(post, path = "/api/v1/admin/projects", security(("bearer" = [])), request_body = NewProjectRequest,
+    responses((status = 201, body = ProjectSummary), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn admin_create_project(
+    State(s): State<S>,
+    caller: Caller,
+    Json(req): Json<NewProjectRequest>,
+) -> Result<(StatusCode, Json<ProjectSummary>), Failure> {
+    caller.require_admin()?;
+    let perimeter = pds_project::perimeter::Perimeter::from_toml(&req.perimeter_toml)
+        .map_err(project_failure)?;
+    let mode = pds_project::AccessMode::parse(&req.access_mode).map_err(project_failure)?;
+    let p = s
+        .gate
+        .admin(&caller.name)
+        .create(&pds_project::NewProject {
+            id: req.id,
+            title: req.title,
+            authorisation: req.authorisation,
+            starts_on: req.starts_on,
+            expires_on: req.expires_on,
+            mode,
+            snapshot: req.snapshot,
+            perimeter,
+            cohort: Vec::new(),
+        })
+        .await
+        .map_err(project_failure)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ProjectSummary {
+            id: p.id,
+            title: p.title,
+            role: String::new(),
+            access_mode: p.mode.as_str().into(),
+            expires_on: p.expires_on.to_string(),
+            snapshot: p.snapshot,
+        }),
+    ))
+}
+
+/// A membership.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct MemberRequest {
+    /// `lead`, `researcher` or `checker`.
+    pub role: String,
+}
+
+/// Adds a member or changes their role (admin).
+#[utoipa::path(put, path = "/api/v1/admin/projects/{project}/members/{principal}", security(("bearer" = [])),
+    params(("project" = String, Path, description = "Project id"), ("principal" = String, Path, description = "Account")),
+    request_body = MemberRequest,
+    responses((status = 204), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn admin_grant(
+    State(s): State<S>,
+    caller: Caller,
+    Path((project, principal)): Path<(String, String)>,
+    Json(req): Json<MemberRequest>,
+) -> Result<StatusCode, Failure> {
+    caller.require_admin()?;
+    let role = pds_project::Role::parse(&req.role).map_err(project_failure)?;
+    s.gate
+        .admin(&caller.name)
+        .grant(&project, &principal, role)
+        .await
+        .map_err(project_failure)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a member (admin).
+#[utoipa::path(delete, path = "/api/v1/admin/projects/{project}/members/{principal}", security(("bearer" = [])),
+    params(("project" = String, Path, description = "Project id"), ("principal" = String, Path, description = "Account")),
+    responses((status = 204), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn admin_revoke(
+    State(s): State<S>,
+    caller: Caller,
+    Path((project, principal)): Path<(String, String)>,
+) -> Result<StatusCode, Failure> {
+    caller.require_admin()?;
+    s.gate
+        .admin(&caller.name)
+        .revoke(&project, &principal)
+        .await
+        .map_err(project_failure)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = String)))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not ready`.
+    pub status: String,
+    /// The catalogue answers.
+    pub catalogue: bool,
+}
+
+/// Readiness: the catalogue answers.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+async fn readyz(State(s): State<S>) -> (StatusCode, Json<Readiness>) {
+    let ok = s.gate.catalog().snapshots().await.is_ok();
+    (
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(Readiness {
+            status: if ok { "ready" } else { "not ready" }.into(),
+            catalogue: ok,
+        }),
+    )
+}
+
+/// Prometheus metrics (counts only; no names, statements or values).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, body = String, content_type = "text/plain")))]
+async fn metrics(State(s): State<S>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(c) = openapi.components.as_mut() {
+            c.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// The OpenAPI description of the API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "PDS API", description = "Pseudonymised, audited access to SNDS data: sign-in, projects, catalogue, queries, administration."),
+    paths(login, logout, me, projects, tables, query, admin_users, admin_add_user, admin_disable_user, admin_projects, admin_create_project, admin_grant, admin_revoke, healthz, readyz, metrics),
+    components(schemas(ApiError, LoginRequest, TokenResponse, Me, ProjectSummary, TableDoc, ColumnDoc, QueryRequest, QueryResult, ResultColumn, AccountDoc, NewAccount, NewProjectRequest, MemberRequest, Readiness)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> Failure {
+    fail(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; /openapi.json lists them",
+    )
+}
+
+/// The router.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/v1/login", post(login))
+        .route("/api/v1/logout", post(logout))
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/projects", get(projects))
+        .route("/api/v1/projects/{project}/tables", get(tables))
+        .route("/api/v1/projects/{project}/query", post(query))
+        .route("/api/v1/admin/users", get(admin_users).post(admin_add_user))
+        .route(
+            "/api/v1/admin/users/{name}/disable",
+            post(admin_disable_user),
+        )
+        .route(
+            "/api/v1/admin/projects",
+            get(admin_projects).post(admin_create_project),
+        )
+        .route(
+            "/api/v1/admin/projects/{project}/members/{principal}",
+            put(admin_grant).delete(admin_revoke),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .with_state(shared)
+}
+
+/// Serves until `stopped` turns true.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+    max_connections: usize,
+) {
+    let app = router(shared);
+    let signal = async move {
+        let _ = stopped.changed().await;
+    };
+    let result = match acceptor {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+        }
+        Some(acceptor) => {
+            let tls = TlsListener::start(listener, acceptor, max_connections);
+            axum::serve(tls, app).with_graceful_shutdown(signal).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!("HTTP server: {e}");
+    }
+}
+
+/// A listener that hands axum TLS streams; handshakes run in their own
+/// tasks so a slow client cannot hold up others.
+struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+    addr: SocketAddr,
+}
+
+impl TlsListener {
+    fn start(
+        listener: TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        max: usize,
+    ) -> TlsListener {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (tx, rx) = tokio::sync::mpsc::channel(max.max(1));
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, peer)) = listener.accept().await else {
+                    continue;
+                };
+                if tx.is_closed() {
+                    break;
+                }
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let hs = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(sock),
+                    )
+                    .await;
+                    if let Ok(Ok(stream)) = hs {
+                        let _ = tx.send((stream, peer)).await;
+                    }
+                });
+            }
+        });
+        TlsListener { rx, addr }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(x) => x,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}

@@ -1,0 +1,387 @@
+//! `pds serve`: the network front-ends of PDS.
+//!
+//! Three listeners, one gate behind each:
+//!
+//! - [`pg`]: the PostgreSQL wire protocol (psql, R's DBI, psycopg, DBeaver);
+//! - [`flight`]: Arrow Flight SQL (ADBC from Python and R) for bulk results;
+//! - [`http`]: a JSON API described by an OpenAPI document, with health,
+//!   readiness and Prometheus metrics endpoints.
+//!
+//! Every statement from every listener goes through
+//! [`pds_gate::Gate::execute_with`]; nothing here touches DataFusion or the
+//! data files. TLS (rustls) is on for every listener, from the configured
+//! certificate; if it cannot be loaded the server does not start. Plaintext
+//! exists only as [`TlsMode::InsecureLocal`], which binds loopback
+//! addresses only.
+#![forbid(unsafe_code)]
+
+pub mod flight;
+pub mod http;
+pub mod metrics;
+pub mod pg;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use pds_accounts::Accounts;
+use pds_gate::{Gate, GateError};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// TLS could not be set up: the server refuses to start.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Options that do not make sense together.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// How the listeners are protected.
+#[derive(Debug, Clone)]
+pub enum TlsMode {
+    /// TLS from these PEM files (certificate chain, private key).
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// No TLS: loopback addresses only, for a laptop or a test.
+    InsecureLocal,
+}
+
+/// What to serve.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// PostgreSQL protocol listener, if any.
+    pub pg: Option<SocketAddr>,
+    /// Arrow Flight SQL listener, if any.
+    pub flight: Option<SocketAddr>,
+    /// HTTP listener, if any.
+    pub http: Option<SocketAddr>,
+    /// TLS.
+    pub tls: TlsMode,
+    /// Lifetime of tokens issued at sign-in.
+    pub token_ttl: Duration,
+    /// Connections at once per listener.
+    pub max_connections: usize,
+    /// On shutdown, how long running statements may take to finish before
+    /// they are cancelled.
+    pub grace: Duration,
+}
+
+/// State shared by the listeners.
+pub struct Shared {
+    gate: Arc<Gate>,
+    /// Whether TLS is on (plaintext connections are refused).
+    tls: bool,
+    /// Secret for decoy SCRAM exchanges (unknown accounts).
+    decoy: [u8; 32],
+    token_ttl: chrono::Duration,
+    metrics: metrics::Metrics,
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts a running statement while alive.
+pub(crate) struct Active(Arc<Shared>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn accounts(&self) -> Accounts<'_> {
+        Accounts::new(self.gate.catalog(), self.gate.audit())
+    }
+
+    pub(crate) fn statement_started(self: &Arc<Self>, channel: &str) -> Active {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        self.metrics.statement(channel);
+        Active(self.clone())
+    }
+
+    /// The gate.
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+}
+
+/// A random URL-safe string of `bytes` random bytes.
+pub(crate) fn random_token(bytes: usize) -> Result<String, pgwire::error::PgWireError> {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).map_err(|e| {
+        pgwire::error::PgWireError::ApiError(Box::new(std::io::Error::other(e.to_string())))
+    })?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+}
+
+/// The SQLSTATE of a gate error.
+pub fn gate_error_code(e: &GateError) -> &'static str {
+    match e {
+        GateError::Refused(_) => "42501",
+        GateError::Limit(m) if m.contains("timeout") || m.contains("user request") => "57014",
+        GateError::Limit(_) => "54000",
+        GateError::Failed(m) if m.contains("not found") && m.contains("table") => "42P01",
+        GateError::Failed(m)
+            if m.contains("No field named") || m.contains("column") && m.contains("not found") =>
+        {
+            "42703"
+        }
+        GateError::Failed(m)
+            if m.contains("syntax") || m.contains("SQL error") || m.contains("ParserError") =>
+        {
+            "42601"
+        }
+        GateError::Failed(_) => "42000",
+        GateError::Audit(_) => "58000",
+        GateError::Setup(_) => "XX000",
+    }
+}
+
+/// A running server.
+pub struct Server {
+    /// Where the PostgreSQL listener is.
+    pub pg_addr: Option<SocketAddr>,
+    /// Where the Flight SQL listener is.
+    pub flight_addr: Option<SocketAddr>,
+    /// Where the HTTP listener is.
+    pub http_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("pg", &self.pg_addr)
+            .field("flight", &self.flight_addr)
+            .field("http", &self.http_addr)
+            .finish()
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// What a shutdown did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shutdown {
+    /// Statements still running when the grace period ended (cancelled).
+    pub cancelled: usize,
+}
+
+impl Server {
+    /// Binds the listeners and starts serving.
+    pub async fn start(gate: Arc<Gate>, opts: Options) -> Result<Server, ServeError> {
+        let tls = match &opts.tls {
+            TlsMode::Files { cert, key } => Some(tls::load(cert, key)?),
+            TlsMode::InsecureLocal => {
+                for a in [opts.pg, opts.flight, opts.http].into_iter().flatten() {
+                    if !a.ip().is_loopback() {
+                        return Err(ServeError::Config(format!(
+                            "--insecure-local serves without TLS, so it binds loopback addresses only; {a} is not one"
+                        )));
+                    }
+                }
+                None
+            }
+        };
+        let mut decoy = [0u8; 32];
+        getrandom::fill(&mut decoy)
+            .map_err(|e| ServeError::Config(format!("no randomness: {e}")))?;
+        let shared = Arc::new(Shared {
+            gate,
+            tls: tls.is_some(),
+            decoy,
+            token_ttl: chrono::Duration::from_std(opts.token_ttl)
+                .map_err(|e| ServeError::Config(format!("token lifetime: {e}")))?,
+            metrics: metrics::Metrics::new(),
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut server = Server {
+            pg_addr: None,
+            flight_addr: None,
+            http_addr: None,
+            stop,
+            tasks: Vec::new(),
+            shared: shared.clone(),
+            grace: opts.grace,
+        };
+        if let Some(addr) = opts.pg {
+            let l = bind(addr).await?;
+            server.pg_addr = l.local_addr().ok();
+            let acceptor = tls.as_ref().map(|t| tls::acceptor(t.clone(), &[]));
+            tasks.push(tokio::spawn(pg_loop(
+                l,
+                acceptor,
+                shared.clone(),
+                stopped.clone(),
+                opts.max_connections,
+                opts.grace,
+            )));
+        }
+        if let Some(addr) = opts.flight {
+            let l = bind(addr).await?;
+            server.flight_addr = l.local_addr().ok();
+            let identity = match &opts.tls {
+                TlsMode::Files { cert, key } => Some(tls::identity(cert, key)?),
+                TlsMode::InsecureLocal => None,
+            };
+            tasks.push(tokio::spawn(flight::serve(
+                l,
+                identity,
+                shared.clone(),
+                stopped.clone(),
+            )));
+        }
+        if let Some(addr) = opts.http {
+            let l = bind(addr).await?;
+            server.http_addr = l.local_addr().ok();
+            let acceptor = tls
+                .as_ref()
+                .map(|t| tls::acceptor(t.clone(), &[b"http/1.1".to_vec()]));
+            tasks.push(tokio::spawn(http::serve(
+                l,
+                acceptor,
+                shared.clone(),
+                stopped.clone(),
+                opts.max_connections,
+            )));
+        }
+        server.tasks = tasks;
+        Ok(server)
+    }
+
+    /// The state shared by the listeners.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting, lets running statements finish for the grace
+    /// period, cancels the rest, then signs an audit checkpoint so the log's
+    /// state at shutdown is sealed.
+    pub async fn shutdown(self) -> Shutdown {
+        let _ = self.stop.send(true);
+        let shared = self.shared.clone();
+        let waited = tokio::time::timeout(self.grace, async {
+            loop {
+                let idle = shared.idle.notified();
+                if shared.active.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                idle.await;
+            }
+        })
+        .await;
+        let cancelled = if waited.is_err() {
+            shared.active.load(Ordering::SeqCst)
+        } else {
+            0
+        };
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        // Closing entries of cancelled statements are written as their
+        // streams drop; give them a moment, then seal the log.
+        for _ in 0..50 {
+            if shared.active.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Err(e) = shared.gate.audit().checkpoint().await {
+            tracing::warn!("audit checkpoint at shutdown failed: {e}");
+        }
+        Shutdown { cancelled }
+    }
+}
+
+async fn pg_loop(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+    max_connections: usize,
+    grace: Duration,
+) {
+    let cancels = Arc::new(pg::CancelRegistry::default());
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let Ok((socket, _peer)) = accepted else { continue };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    shared.metrics.connection_refused("pgwire");
+                    drop(socket);
+                    continue;
+                };
+                let _ = socket.set_nodelay(true);
+                let handlers = Arc::new(pg::PgConnection::new(shared.clone(), cancels.clone()));
+                let acceptor = acceptor.clone();
+                let shared = shared.clone();
+                conns.spawn(async move {
+                    shared.metrics.connection_opened("pgwire");
+                    let _ = pgwire::tokio::process_socket(socket, acceptor, handlers).await;
+                    shared.metrics.connection_closed("pgwire");
+                    drop(slot);
+                });
+            }
+        }
+    }
+    // Connections stay up while their statements finish (or the grace period ends).
+    let _ = tokio::time::timeout(grace, async {
+        loop {
+            let idle = shared.idle.notified();
+            if shared.active.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            idle.await;
+        }
+    })
+    .await;
+    conns.shutdown().await;
+}
