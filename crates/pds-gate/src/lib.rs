@@ -119,6 +119,8 @@ pub struct StatementOptions {
     pub timeout: Option<Duration>,
     /// The front-end (`pgwire`, `flight-sql`, `http`), kept in the audit log.
     pub channel: Option<String>,
+    /// Raised by the front-end to cancel the statement while it runs.
+    pub cancel: Option<limits::CancelFlag>,
 }
 
 /// What a statement would return, without running it (prepared statements).
@@ -229,7 +231,9 @@ pub fn sanitize(msg: &str) -> String {
 
 fn engine_error(e: &DataFusionError, limits: &Limits) -> GateError {
     let msg = e.to_string();
-    if msg.contains(limits::DEADLINE_PASSED) {
+    if msg.contains(limits::CANCELLED) {
+        GateError::Limit("canceling statement due to user request".into())
+    } else if msg.contains(limits::DEADLINE_PASSED) {
         GateError::Limit(format!(
             "the statement ran longer than its {} s timeout and was cancelled",
             limits.timeout.as_secs()
@@ -690,7 +694,14 @@ impl Gate {
             ..Record::default()
         };
         match self.prepare(principal, target, sql, deadline, opts).await {
-            Ok(prepared) => self.run(prepared, base, start, deadline).await,
+            Ok(prepared) => {
+                let limits = Limits {
+                    timeout,
+                    ..self.limits
+                };
+                self.run(prepared, base, start, deadline, limits, opts.cancel.clone())
+                    .await
+            }
             Err((decision, e)) => {
                 let mut r = base.clone();
                 r.decision = decision.into();
@@ -984,6 +995,8 @@ impl Gate {
         mut base: Record,
         start: Instant,
         deadline: tokio::time::Instant,
+        limits: Limits,
+        cancel: Option<limits::CancelFlag>,
     ) -> Result<ResultStream, GateError> {
         let mut allowed = base.clone();
         allowed.decision = "allowed".into();
@@ -1007,7 +1020,7 @@ impl Gate {
         {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
-                let err = engine_error(&e, &self.limits);
+                let err = engine_error(&e, &limits);
                 self.close(&base, "failed", Some(err.to_string()), start, None)
                     .await?;
                 return Err(err);
@@ -1020,7 +1033,7 @@ impl Gate {
                 return Err(err);
             }
         };
-        let physical = match limits::DeadlineExec::wrap_all(physical, deadline.into_std()) {
+        let physical = match limits::DeadlineExec::wrap_all(physical, deadline.into_std(), cancel) {
             Ok(p) => p,
             Err(e) => {
                 let err = GateError::Setup(e.to_string());
@@ -1033,7 +1046,7 @@ impl Gate {
         let stream = match datafusion::physical_plan::execute_stream(physical, p.ctx.task_ctx()) {
             Ok(s) => s,
             Err(e) => {
-                let err = engine_error(&e, &self.limits);
+                let err = engine_error(&e, &limits);
                 self.close(&base, "failed", Some(err.to_string()), start, None)
                     .await?;
                 return Err(err);
@@ -1054,7 +1067,7 @@ impl Gate {
             ipc: Some(ipc),
             deadline,
             rows: 0,
-            limits: self.limits,
+            limits,
             audit: self.audit.clone(),
             record: base,
             start,

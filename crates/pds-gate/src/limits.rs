@@ -108,6 +108,13 @@ pub(crate) fn pass_through_statistics(
 /// The message a [`DeadlineExec`] fails with (recognised by the gate).
 pub const DEADLINE_PASSED: &str = "pds: statement deadline passed";
 
+/// The message a [`DeadlineExec`] fails with when its statement is
+/// cancelled by the client (recognised by the gate).
+pub const CANCELLED: &str = "pds: statement cancelled by the client";
+
+/// A flag a front-end raises to cancel a running statement.
+pub type CancelFlag = Arc<std::sync::atomic::AtomicBool>;
+
 /// Fails its output once the statement's deadline has passed.
 ///
 /// DataFusion cancels by dropping streams, and a timeout around the result
@@ -120,19 +127,23 @@ pub const DEADLINE_PASSED: &str = "pds: statement deadline passed";
 pub struct DeadlineExec {
     input: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
     deadline: std::time::Instant,
+    cancel: Option<CancelFlag>,
 }
 
 impl DeadlineExec {
-    /// Wraps every node of `plan`.
+    /// Wraps every node of `plan`; `cancel`, when raised, stops it like
+    /// the deadline does.
     pub fn wrap_all(
         plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
         deadline: std::time::Instant,
+        cancel: Option<CancelFlag>,
     ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
         use datafusion::common::tree_node::{Transformed, TreeNode};
         plan.transform_up(|node| {
             Ok(Transformed::yes(Arc::new(DeadlineExec {
                 input: node,
                 deadline,
+                cancel: cancel.clone(),
             })
                 as Arc<dyn datafusion::physical_plan::ExecutionPlan>))
         })
@@ -185,6 +196,7 @@ impl datafusion::physical_plan::ExecutionPlan for DeadlineExec {
         Ok(Arc::new(DeadlineExec {
             input,
             deadline: self.deadline,
+            cancel: self.cancel.clone(),
         }))
     }
     fn execute(
@@ -196,6 +208,7 @@ impl datafusion::physical_plan::ExecutionPlan for DeadlineExec {
         Ok(Box::pin(DeadlineStream {
             inner,
             deadline: self.deadline,
+            cancel: self.cancel.clone(),
         }))
     }
 }
@@ -203,6 +216,7 @@ impl datafusion::physical_plan::ExecutionPlan for DeadlineExec {
 struct DeadlineStream {
     inner: datafusion::execution::SendableRecordBatchStream,
     deadline: std::time::Instant,
+    cancel: Option<CancelFlag>,
 }
 
 impl futures::Stream for DeadlineStream {
@@ -214,6 +228,15 @@ impl futures::Stream for DeadlineStream {
         if std::time::Instant::now() >= self.deadline {
             return std::task::Poll::Ready(Some(Err(
                 datafusion::error::DataFusionError::Execution(DEADLINE_PASSED.into()),
+            )));
+        }
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            return std::task::Poll::Ready(Some(Err(
+                datafusion::error::DataFusionError::Execution(CANCELLED.into()),
             )));
         }
         self.inner.as_mut().poll_next(cx)

@@ -32,7 +32,7 @@ use arrow_flight::{
 };
 use base64::Engine;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
-use pds_gate::{GateError, ResultStream, StatementOptions, Target};
+use pds_gate::{GateError, StatementOptions, Target};
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -45,9 +45,8 @@ const TICKET_TTL: Duration = Duration::from_secs(60);
 
 struct Pending {
     principal: String,
-    stream: ResultStream,
+    stream: crate::Rows,
     created: Instant,
-    _active: crate::Active,
 }
 
 struct Prepared {
@@ -133,16 +132,17 @@ impl PdsFlight {
         sql: &str,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
-        let active = self.shared.statement_started("flight-sql");
         let rs = self
             .shared
-            .gate
-            .execute_with(&principal, &Target::Project(project), sql, &Self::options())
+            .run(
+                "flight-sql",
+                &principal,
+                Target::Project(project),
+                sql,
+                Self::options(),
+            )
             .await
-            .map_err(|e| {
-                self.shared.metrics.statement_failed("flight-sql");
-                gate_status(e)
-            })?;
+            .map_err(gate_status)?;
         let schema = rs.schema();
         let handle = crate::random_token(32).map_err(|e| Status::internal(e.to_string()))?;
         if let Ok(mut p) = self.pending.lock() {
@@ -154,7 +154,6 @@ impl PdsFlight {
                     principal,
                     stream: rs,
                     created: Instant::now(),
-                    _active: active,
                 },
             );
         }
@@ -176,7 +175,7 @@ impl PdsFlight {
     fn encode(
         &self,
         schema: arrow::datatypes::SchemaRef,
-        rs: Option<ResultStream>,
+        rs: Option<crate::Rows>,
         batches: Vec<arrow::array::RecordBatch>,
     ) -> Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>> {
         let shared = self.shared.clone();
@@ -209,18 +208,20 @@ impl PdsFlight {
         principal: &str,
         project: &str,
     ) -> Result<Vec<(String, Schema)>, Status> {
-        let rs = self
+        let batches = self
             .shared
-            .gate
-            .execute_with(
+            .run(
+                "flight-sql",
                 principal,
-                &Target::Project(project.to_string()),
+                Target::Project(project.to_string()),
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
-                &Self::options(),
+                Self::options(),
             )
             .await
+            .map_err(gate_status)?
+            .collect()
+            .await
             .map_err(gate_status)?;
-        let (_, batches) = rs.collect().await.map_err(gate_status)?;
         let mut names = Vec::new();
         for b in &batches {
             let col = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)
@@ -263,8 +264,11 @@ impl FlightSqlService for PdsFlight {
         let auth = header(request.metadata(), "authorization")
             .ok_or_else(|| Status::unauthenticated("send authorization: Basic <user:password>"))?;
         let token = if let Some(b) = auth.strip_prefix("Basic ") {
+            // Go's Flight client omits the padding; accept both forms.
+            let b = b.trim();
             let decoded = base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
+                .decode(b)
+                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(b))
                 .map_err(|_| {
                     Status::invalid_argument("authorization: Basic value is not base64")
                 })?;
@@ -364,17 +368,12 @@ impl FlightSqlService for PdsFlight {
             .ok_or_else(|| {
                 Status::not_found("unknown or expired ticket: call GetFlightInfo again")
             })?;
-        let Pending {
-            stream, _active, ..
-        } = pending;
-        let schema = stream.schema();
-        let encoded = self.encode(schema, Some(stream), Vec::new());
-        // The statement stays counted as running while its rows stream.
-        let guarded = encoded.map(move |x| {
-            let _running = &_active;
-            x
-        });
-        Ok(Response::new(Box::pin(guarded)))
+        let schema = pending.stream.schema();
+        Ok(Response::new(self.encode(
+            schema,
+            Some(pending.stream),
+            Vec::new(),
+        )))
     }
 
     async fn do_action_create_prepared_statement(

@@ -339,17 +339,19 @@ async fn tables(
     caller: Caller,
     Path(project): Path<String>,
 ) -> Result<Json<Vec<TableDoc>>, Failure> {
-    let rs = s
-        .gate
-        .execute_with(
+    let batches = s
+        .run(
+            "http",
             &caller.name,
-            &Target::Project(project),
+            Target::Project(project),
             "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' ORDER BY table_name, ordinal_position",
-            &options(),
+            options(),
         )
         .await
+        .map_err(gate_failure)?
+        .collect()
+        .await
         .map_err(gate_failure)?;
-    let (_, batches) = rs.collect().await.map_err(gate_failure)?;
     let mut out: Vec<TableDoc> = Vec::new();
     for b in &batches {
         let col = |i: usize| -> Result<arrow::array::StringArray, Failure> {

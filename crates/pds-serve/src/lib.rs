@@ -27,11 +27,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use base64::Engine;
 use pds_accounts::Accounts;
-use pds_gate::{Gate, GateError};
+use pds_gate::limits::CancelFlag;
+use pds_gate::{Gate, GateError, StatementOptions, Target};
+use std::sync::atomic::AtomicBool;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Errors that stop the server from starting.
@@ -90,6 +94,10 @@ pub struct Options {
 /// State shared by the listeners.
 pub struct Shared {
     gate: Arc<Gate>,
+    /// The runtime statements execute on: DataFusion work never runs on the
+    /// runtime that accepts connections, so a heavy statement cannot stall
+    /// sign-ins, cancels or other clients.
+    exec: tokio::runtime::Handle,
     /// Whether TLS is on (plaintext connections are refused).
     tls: bool,
     /// Secret for decoy SCRAM exchanges (unknown accounts).
@@ -133,6 +141,96 @@ impl Shared {
     /// The gate.
     pub fn gate(&self) -> &Arc<Gate> {
         &self.gate
+    }
+
+    /// Runs a statement through the gate on the execution runtime. The
+    /// rows come back through a small channel; dropping the [`Rows`]
+    /// cancels the statement.
+    pub(crate) async fn run(
+        self: &Arc<Self>,
+        channel: &str,
+        principal: &str,
+        target: Target,
+        sql: &str,
+        mut opts: StatementOptions,
+    ) -> Result<Rows, GateError> {
+        let cancel: CancelFlag = Arc::new(AtomicBool::new(false));
+        opts.cancel = Some(cancel.clone());
+        opts.channel = Some(channel.to_string());
+        let active = self.statement_started(channel);
+        let (first_tx, first_rx) = oneshot::channel();
+        let (tx, rx) = mpsc::channel(4);
+        let gate = self.gate.clone();
+        let principal = principal.to_string();
+        let sql = sql.to_string();
+        self.exec.spawn(async move {
+            match gate.execute_with(&principal, &target, &sql, &opts).await {
+                Err(e) => {
+                    let _ = first_tx.send(Err(e));
+                }
+                Ok(mut rs) => {
+                    if first_tx.send(Ok(rs.schema())).is_err() {
+                        return;
+                    }
+                    while let Some(b) = rs.next_batch().await {
+                        if tx.send(b).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        let schema = match first_rx.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.metrics.statement_failed(channel);
+                return Err(e);
+            }
+            Err(_) => return Err(GateError::Setup("the statement task stopped".into())),
+        };
+        Ok(Rows {
+            schema,
+            rx,
+            cancel,
+            _active: active,
+        })
+    }
+}
+
+/// The rows of a running statement (see [`Shared::run`]).
+pub(crate) struct Rows {
+    schema: SchemaRef,
+    rx: mpsc::Receiver<Result<RecordBatch, GateError>>,
+    cancel: CancelFlag,
+    _active: Active,
+}
+
+impl Rows {
+    pub(crate) fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    pub(crate) async fn next_batch(&mut self) -> Option<Result<RecordBatch, GateError>> {
+        self.rx.recv().await
+    }
+
+    /// Asks the statement to stop; its next batch is the cancellation error.
+    pub(crate) fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) async fn collect(mut self) -> Result<Vec<RecordBatch>, GateError> {
+        let mut out = Vec::new();
+        while let Some(b) = self.next_batch().await {
+            out.push(b?);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Rows {
+    fn drop(&mut self) {
+        self.cancel();
     }
 }
 
@@ -180,6 +278,15 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
     grace: Duration,
+    exec: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(rt) = self.exec.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for Server {
@@ -221,11 +328,19 @@ impl Server {
                 None
             }
         };
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let exec = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("pds-exec")
+            .enable_all()
+            .build()
+            .map_err(|e| ServeError::Config(format!("starting the execution runtime: {e}")))?;
         let mut decoy = [0u8; 32];
         getrandom::fill(&mut decoy)
             .map_err(|e| ServeError::Config(format!("no randomness: {e}")))?;
         let shared = Arc::new(Shared {
             gate,
+            exec: exec.handle().clone(),
             tls: tls.is_some(),
             decoy,
             token_ttl: chrono::Duration::from_std(opts.token_ttl)
@@ -244,6 +359,7 @@ impl Server {
             tasks: Vec::new(),
             shared: shared.clone(),
             grace: opts.grace,
+            exec: Some(exec),
         };
         if let Some(addr) = opts.pg {
             let l = bind(addr).await?;
@@ -298,7 +414,7 @@ impl Server {
     /// Stops accepting, lets running statements finish for the grace
     /// period, cancels the rest, then signs an audit checkpoint so the log's
     /// state at shutdown is sealed.
-    pub async fn shutdown(self) -> Shutdown {
+    pub async fn shutdown(mut self) -> Shutdown {
         let _ = self.stop.send(true);
         let shared = self.shared.clone();
         let waited = tokio::time::timeout(self.grace, async {
@@ -319,7 +435,7 @@ impl Server {
         for t in &self.tasks {
             t.abort();
         }
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
         // Closing entries of cancelled statements are written as their

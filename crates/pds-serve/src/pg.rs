@@ -27,7 +27,7 @@ use bytes::Bytes;
 use datafusion::sql::sqlparser::ast::{self, Statement};
 use futures::{Sink, SinkExt, StreamExt, stream};
 use pds_accounts::scram;
-use pds_gate::{Description, GateError, ResultStream, StatementOptions, Target};
+use pds_gate::{Description, GateError, StatementOptions, Target};
 use pgwire::api::Type;
 use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
@@ -35,7 +35,7 @@ use pgwire::api::auth::{
 };
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler, send_describe_response};
 use pgwire::api::results::{
     DescribePortalResponse, DescribeStatementResponse, FieldInfo, QueryResponse, Response, Tag,
 };
@@ -47,6 +47,7 @@ use pgwire::api::{
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::extendedquery::Describe;
 use pgwire::messages::startup::{Authentication, SecretKey};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use subtle::ConstantTimeEq;
@@ -132,7 +133,7 @@ struct Session {
 
 /// A cursor declared with `DECLARE ... CURSOR FOR`.
 struct Cursor {
-    stream: ResultStream,
+    stream: crate::Rows,
     pending: Option<RecordBatch>,
 }
 
@@ -647,6 +648,13 @@ fn session_result_fields(kind: &Kind) -> Vec<FieldInfo> {
 }
 
 impl ConnState {
+    fn cursor_schema(&self, name: &str) -> Option<SchemaRef> {
+        self.cursors
+            .try_lock()
+            .ok()
+            .and_then(|c| c.get(name).map(|c| c.stream.schema()))
+    }
+
     fn identity(&self) -> PgWireResult<(String, Target)> {
         let s = self
             .session
@@ -677,6 +685,7 @@ impl ConnState {
             params,
             timeout,
             channel: Some("pgwire".into()),
+            cancel: None,
         }
     }
 
@@ -688,20 +697,15 @@ impl ConnState {
     ) -> PgWireResult<Response> {
         let (principal, target) = self.identity()?;
         let cancel = self.cancel_signal();
-        let active = self.shared.statement_started("pgwire");
-        let rs = self
+        let rows = self
             .shared
-            .gate
-            .execute_with(&principal, &target, sql, &self.options(params))
+            .run("pgwire", &principal, target, sql, self.options(params))
             .await
-            .map_err(|e| {
-                self.shared.metrics.statement_failed("pgwire");
-                gate_error(e)
-            })?;
-        let fields = Arc::new(arrow_schema_to_pg_fields(&rs.schema(), format, None)?);
+            .map_err(gate_error)?;
+        let fields = Arc::new(arrow_schema_to_pg_fields(&rows.schema(), format, None)?);
         Ok(Response::Query(QueryResponse::new(
             fields.clone(),
-            rows(rs, fields, cancel, self.shared.clone(), active),
+            encode_rows(rows, fields, cancel, self.shared.clone()),
         )))
     }
 
@@ -764,8 +768,13 @@ impl ConnState {
                 let (principal, target) = self.identity()?;
                 let rs = self
                     .shared
-                    .gate
-                    .execute_with(&principal, &target, &query.to_string(), &self.options(None))
+                    .run(
+                        "pgwire",
+                        &principal,
+                        target,
+                        &query.to_string(),
+                        self.options(None),
+                    )
                     .await
                     .map_err(gate_error)?;
                 self.cursors.lock().await.insert(
@@ -967,53 +976,56 @@ fn check_setting(name: &str, value: &str) -> PgWireResult<String> {
     }
 }
 
-/// The rows of a result, encoded as the client asked, stopping with
-/// `57014` when the client cancels.
-fn rows(
-    rs: ResultStream,
+/// The rows of a result, encoded as the client asked. A cancel request
+/// raises the statement's cancel flag; its next batch is then the
+/// `57014` error.
+fn encode_rows(
+    rows: crate::Rows,
     fields: Arc<Vec<FieldInfo>>,
     cancel: Option<watch::Receiver<u64>>,
     shared: Arc<Shared>,
-    active: crate::Active,
 ) -> impl futures::Stream<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send + 'static {
     let mut cancel = cancel;
     if let Some(c) = cancel.as_mut() {
         c.mark_unchanged();
     }
     let batches = stream::unfold(
-        (Box::new(rs), cancel, false),
-        move |(mut rs, mut cancel, done)| {
+        (Box::new(rows), cancel, false),
+        move |(mut rows, mut cancel, done)| {
             let shared = shared.clone();
             async move {
                 if done {
                     return None;
                 }
-                let next = match cancel.as_mut() {
-                    Some(c) => tokio::select! {
-                        b = rs.next_batch() => b,
-                        _ = c.changed() => Some(Err(GateError::Limit("canceling statement due to user request".into()))),
-                    },
-                    None => rs.next_batch().await,
+                let next = loop {
+                    match cancel.as_mut() {
+                        Some(c) => tokio::select! {
+                            b = rows.next_batch() => break b,
+                            changed = c.changed() => {
+                                if changed.is_ok() {
+                                    rows.cancel();
+                                } else {
+                                    cancel = None;
+                                }
+                            }
+                        },
+                        None => break rows.next_batch().await,
+                    }
                 };
                 match next {
                     Some(Ok(b)) => {
                         shared.metrics.rows_sent("pgwire", b.num_rows() as u64);
-                        Some((Ok(b), (rs, cancel, false)))
+                        Some((Ok(b), (rows, cancel, false)))
                     }
-                    Some(Err(e)) => Some((Err(e), (rs, cancel, true))),
+                    Some(Err(e)) => Some((Err(e), (rows, cancel, true))),
                     None => None,
                 }
             }
         },
     );
     batches.flat_map(move |b: Result<RecordBatch, GateError>| {
-        // The statement counts as running until its last row is sent.
-        let _running = &active;
         let items: Vec<PgWireResult<pgwire::messages::data::DataRow>> = match b {
             Ok(b) => encode_recordbatch(fields.clone(), b).collect(),
-            Err(GateError::Limit(m)) if m.contains("user request") => {
-                vec![Err(user_error("ERROR", "57014", m))]
-            }
             Err(e) => vec![Err(gate_error(e))],
         };
         stream::iter(items)
@@ -1066,6 +1078,25 @@ impl ExtendedQueryHandler for PgQuery {
 
     fn query_parser(&self) -> Arc<PgParser> {
         self.parser.clone()
+    }
+
+    /// Declared cursors are portals too (psycopg describes them by name).
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if message.target_type == b'P'
+            && let Some(name) = message.name.as_deref()
+            && client.portal_store().get_portal(name).is_none()
+            && let Some(schema) = self.state.cursor_schema(name)
+        {
+            let fields = arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None)?;
+            return send_describe_response(client, &DescribePortalResponse::new(fields)).await;
+        }
+        self._on_describe(client, message).await
     }
 
     async fn do_describe_statement<C>(

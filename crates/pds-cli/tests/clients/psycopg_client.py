@@ -34,8 +34,10 @@ with connect(autocommit=True) as conn:
     cur.execute('SELECT COUNT(*) AS n, COUNT(DISTINCT "BEN_NIR_PSA") AS people FROM "ER_PRS_F"', prepare=False)
     out["plain"] = list(cur.fetchone())
     # Parameters (extended protocol, $1 placeholders), executed twice as a prepared statement.
+    common = conn.execute('SELECT "PRS_NAT_REF" FROM "ER_PRS_F" GROUP BY 1 ORDER BY COUNT(*) DESC, 1 LIMIT 1').fetchone()[0]
     q = 'SELECT COUNT(*) FROM "ER_PRS_F" WHERE "PRS_NAT_REF" = %s'
-    out["param"] = [conn.execute(q, (1111,), prepare=True).fetchone()[0] for _ in range(2)]
+    out["param_value"] = common
+    out["param"] = [conn.execute(q, (common,), prepare=True).fetchone()[0] for _ in range(2)]
     out["param_text"] = conn.execute(
         'SELECT COUNT(*) FROM "IR_BEN_R" WHERE "BEN_SEX_COD" = %s AND "BEN_NIR_PSA" <> %s', (1, "none")
     ).fetchone()[0]
