@@ -209,7 +209,7 @@ fn demo_runs_end_to_end_and_refuses_a_foreign_directory() {
         .unwrap();
     let out = ok(&o);
     for needle in [
-        "== 1/5",
+        "== 1/6",
         "Project demo-diabetes created",
         "Audit log: ",
         "Snapshot 1 committed",
