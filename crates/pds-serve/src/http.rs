@@ -93,6 +93,44 @@ fn project_failure(e: pds_project::ProjectError) -> Failure {
     }
 }
 
+/// An optional integer that JSON may also write as `3.0` (JSON Schema
+/// counts it as an integer; serde alone would not).
+fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let v: Option<serde_json::Number> = Option::deserialize(d)?;
+    match v {
+        None => Ok(None),
+        Some(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Ok(Some(i)),
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+            _ => Err(serde::de::Error::custom(format!("{n} is not an integer"))),
+        },
+    }
+}
+
+/// A JSON body whose errors (not JSON, wrong content type, missing
+/// fields) are answered like every other error: 400 with an [`ApiError`].
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, St: Send + Sync> axum::extract::FromRequest<St>
+    for ApiJson<T>
+{
+    type Rejection = Failure;
+
+    async fn from_request(req: axum::extract::Request, state: &St) -> Result<Self, Failure> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(r) => Err(fail(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!(
+                    "{} (send Content-Type: application/json; /openapi.json describes the body)",
+                    r.body_text()
+                ),
+            )),
+        }
+    }
+}
+
 /// The signed-in caller.
 pub struct Caller {
     name: String,
@@ -172,10 +210,10 @@ pub struct TokenResponse {
 
 /// Sign in with a password; returns a bearer token.
 #[utoipa::path(post, path = "/api/v1/login", request_body = LoginRequest,
-    responses((status = 200, body = TokenResponse), (status = 401, body = ApiError)))]
+    responses((status = 200, body = TokenResponse), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
 async fn login(
     State(s): State<S>,
-    Json(req): Json<LoginRequest>,
+    ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<TokenResponse>, Failure> {
     let accounts = s.accounts();
     match accounts.check_login(&req.user, &req.password).await {
@@ -417,10 +455,22 @@ pub struct QueryRequest {
     pub sql: String,
     /// Rows to return at most (default 10 000, at most 1 000 000). Use Flight
     /// SQL or the PostgreSQL protocol for bigger results.
-    pub max_rows: Option<usize>,
+    #[serde(default, deserialize_with = "integer")]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 1000000)]
+    pub max_rows: Option<i64>,
     /// `json` (default) or `arrow` (an Arrow IPC stream). The `Accept`
     /// header `application/vnd.apache.arrow.stream` also selects Arrow.
-    pub format: Option<String>,
+    pub format: Option<ResultFormat>,
+}
+
+/// Result encodings.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultFormat {
+    /// JSON row objects.
+    Json,
+    /// An Arrow IPC stream.
+    Arrow,
 }
 
 /// A result column.
@@ -461,45 +511,35 @@ async fn query(
     caller: Caller,
     Path(project): Path<String>,
     headers: HeaderMap,
-    Json(req): Json<QueryRequest>,
+    ApiJson(req): ApiJson<QueryRequest>,
 ) -> Result<Response, Failure> {
-    let max = req.max_rows.unwrap_or(DEFAULT_ROWS);
-    if max == 0 || max > MAX_ROWS {
+    let max = req.max_rows.unwrap_or(DEFAULT_ROWS as i64);
+    if !(1..=MAX_ROWS as i64).contains(&max) {
         return Err(fail(
             StatusCode::BAD_REQUEST,
             "invalid",
             format!("max_rows must be between 1 and {MAX_ROWS}"),
         ));
     }
-    let arrow_wanted = match req.format.as_deref() {
+    let max = max as usize;
+    let arrow_wanted = match req.format {
         None => headers
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("application/vnd.apache.arrow.stream")),
-        Some("json") => false,
-        Some("arrow") => true,
-        Some(other) => {
-            return Err(fail(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                format!("format {other:?}: use json or arrow"),
-            ));
-        }
+        Some(ResultFormat::Json) => false,
+        Some(ResultFormat::Arrow) => true,
     };
-    let _active = s.statement_started("http");
     let mut rs = s
-        .gate
-        .execute_with(
+        .run(
+            "http",
             &caller.name,
-            &Target::Project(project),
+            Target::Project(project),
             &req.sql,
-            &options(),
+            options(),
         )
         .await
-        .map_err(|e| {
-            s.metrics.statement_failed("http");
-            gate_failure(e)
-        })?;
+        .map_err(gate_failure)?;
     let schema = rs.schema();
     let mut batches: Vec<RecordBatch> = Vec::new();
     let mut rows = 0usize;
@@ -587,13 +627,24 @@ pub struct AccountDoc {
     pub disabled: bool,
 }
 
+/// How an account signs in.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountKind {
+    /// A password (SCRAM on the PostgreSQL protocol).
+    Local,
+    /// Access tokens only.
+    Federated,
+}
+
 /// A new account.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NewAccount {
     /// Name.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,128}$")]
     pub name: String,
     /// `local` (default) or `federated`.
-    pub kind: Option<String>,
+    pub kind: Option<AccountKind>,
     /// Password (local accounts).
     pub password: Option<String>,
     /// Platform administrator.
@@ -628,19 +679,12 @@ async fn admin_users(State(s): State<S>, caller: Caller) -> Result<Json<Vec<Acco
 async fn admin_add_user(
     State(s): State<S>,
     caller: Caller,
-    Json(req): Json<NewAccount>,
+    ApiJson(req): ApiJson<NewAccount>,
 ) -> Result<(StatusCode, Json<AccountDoc>), Failure> {
     caller.require_admin()?;
-    let kind = match req.kind.as_deref() {
-        None | Some("local") => pds_accounts::Kind::Local,
-        Some("federated") => pds_accounts::Kind::Federated,
-        Some(k) => {
-            return Err(fail(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                format!("kind {k:?}: use local or federated"),
-            ));
-        }
+    let kind = match req.kind {
+        None | Some(AccountKind::Local) => pds_accounts::Kind::Local,
+        Some(AccountKind::Federated) => pds_accounts::Kind::Federated,
     };
     let a = s
         .accounts()
@@ -684,6 +728,17 @@ async fn admin_projects(
     Ok(Json(memberships(&s, None).await?))
 }
 
+/// A project's access mode.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+pub enum ModeDoc {
+    /// Pseudonymised rows.
+    #[serde(rename = "row-level")]
+    RowLevel,
+    /// Aggregates only.
+    #[serde(rename = "aggregate-only")]
+    AggregateOnly,
+}
+
 /// A new project.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NewProjectRequest {
@@ -698,10 +753,11 @@ pub struct NewProjectRequest {
     /// Last day, `YYYY-MM-DD`.
     pub expires_on: String,
     /// `row-level` or `aggregate-only`.
-    pub access_mode: String,
+    pub access_mode: ModeDoc,
     /// The perimeter, as the TOML text of `pds project create --perimeter`.
     pub perimeter_toml: String,
     /// Snapshot (latest when absent).
+    #[serde(default, deserialize_with = "integer")]
     pub snapshot: Option<i64>,
 }
 
@@ -711,12 +767,15 @@ pub struct NewProjectRequest {
 async fn admin_create_project(
     State(s): State<S>,
     caller: Caller,
-    Json(req): Json<NewProjectRequest>,
+    ApiJson(req): ApiJson<NewProjectRequest>,
 ) -> Result<(StatusCode, Json<ProjectSummary>), Failure> {
     caller.require_admin()?;
     let perimeter = pds_project::perimeter::Perimeter::from_toml(&req.perimeter_toml)
         .map_err(project_failure)?;
-    let mode = pds_project::AccessMode::parse(&req.access_mode).map_err(project_failure)?;
+    let mode = match req.access_mode {
+        ModeDoc::RowLevel => pds_project::AccessMode::RowLevel,
+        ModeDoc::AggregateOnly => pds_project::AccessMode::AggregateOnly,
+    };
     let p = s
         .gate
         .admin(&caller.name)
@@ -746,11 +805,23 @@ async fn admin_create_project(
     ))
 }
 
+/// A member's role.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberRole {
+    /// Leads the project.
+    Lead,
+    /// Queries the project.
+    Researcher,
+    /// Reviews exports; does not query.
+    Checker,
+}
+
 /// A membership.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct MemberRequest {
     /// `lead`, `researcher` or `checker`.
-    pub role: String,
+    pub role: MemberRole,
 }
 
 /// Adds a member or changes their role (admin).
@@ -762,10 +833,14 @@ async fn admin_grant(
     State(s): State<S>,
     caller: Caller,
     Path((project, principal)): Path<(String, String)>,
-    Json(req): Json<MemberRequest>,
+    ApiJson(req): ApiJson<MemberRequest>,
 ) -> Result<StatusCode, Failure> {
     caller.require_admin()?;
-    let role = pds_project::Role::parse(&req.role).map_err(project_failure)?;
+    let role = match req.role {
+        MemberRole::Lead => pds_project::Role::Lead,
+        MemberRole::Researcher => pds_project::Role::Researcher,
+        MemberRole::Checker => pds_project::Role::Checker,
+    };
     s.gate
         .admin(&caller.name)
         .grant(&project, &principal, role)
@@ -825,7 +900,7 @@ async fn readyz(State(s): State<S>) -> (StatusCode, Json<Readiness>) {
 }
 
 /// Prometheus metrics (counts only; no names, statements or values).
-#[utoipa::path(get, path = "/metrics", responses((status = 200, body = String, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", responses((status = 200, body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 async fn metrics(State(s): State<S>) -> impl IntoResponse {
     (
         [(
@@ -854,7 +929,7 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "PDS API", description = "Pseudonymised, audited access to SNDS data: sign-in, projects, catalogue, queries, administration."),
     paths(login, logout, me, projects, tables, query, admin_users, admin_add_user, admin_disable_user, admin_projects, admin_create_project, admin_grant, admin_revoke, healthz, readyz, metrics),
-    components(schemas(ApiError, LoginRequest, TokenResponse, Me, ProjectSummary, TableDoc, ColumnDoc, QueryRequest, QueryResult, ResultColumn, AccountDoc, NewAccount, NewProjectRequest, MemberRequest, Readiness)),
+    components(schemas(AccountKind, ResultFormat, MemberRole, ModeDoc, ApiError, LoginRequest, TokenResponse, Me, ProjectSummary, TableDoc, ColumnDoc, QueryRequest, QueryResult, ResultColumn, AccountDoc, NewAccount, NewProjectRequest, MemberRequest, Readiness)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
