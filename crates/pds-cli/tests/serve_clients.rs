@@ -237,7 +237,7 @@ fn start(env: &mut Env, extra: &[&str]) {
     while !ready.exists() {
         if let Some(s) = env.server.as_mut().unwrap().try_wait().unwrap() {
             let mut err = String::new();
-            let _ = BufReader::new(env.server.as_mut().unwrap().stderr.take().unwrap())
+            BufReader::new(env.server.as_mut().unwrap().stderr.take().unwrap())
                 .lines()
                 .map_while(Result::ok)
                 .for_each(|l| err.push_str(&l));

@@ -82,11 +82,14 @@ fn gate_error(e: GateError) -> PgWireError {
     user_error("ERROR", gate_error_code(&e), e.to_string())
 }
 
+/// A connection's cancel secret and the signal it fires.
+type CancelKey = ([u8; 4], watch::Sender<u64>);
+
 /// Cancel keys of live connections: `(pid, secret) -> cancel signal`.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
     next_pid: AtomicI32,
-    live: Mutex<HashMap<i32, ([u8; 4], watch::Sender<u64>)>>,
+    live: Mutex<HashMap<i32, CancelKey>>,
 }
 
 impl CancelRegistry {
