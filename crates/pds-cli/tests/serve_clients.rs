@@ -951,3 +951,69 @@ fn http_api_openapi_and_shutdown() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("loopback"), "{}", stderr(&o));
 }
+
+/// The main job: `pds demo` ends by serving the project; the commands it
+/// prints work, and Ctrl-C stops it cleanly.
+#[test]
+fn demo_serves_until_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pds"))
+        .args(["demo", "-n", "500", "--years", "2022-2022", "--dir"])
+        .arg(&demo)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(l) => {
+                let done = l.contains("Serving; Ctrl-C stops.");
+                printed.push(l);
+                if done {
+                    break;
+                }
+            }
+            Err(_) => {
+                if let Some(s) = child.try_wait().unwrap() {
+                    panic!("demo exited with {s}:\n{}", printed.join("\n"));
+                }
+                assert!(Instant::now() < deadline, "demo did not start serving:\n{}", printed.join("\n"));
+            }
+        }
+    }
+    let out = printed.join("\n");
+    assert!(out.contains("== 6/6"), "{out}");
+    // The printed psql command, run as printed (password from the file it names).
+    let line = printed
+        .iter()
+        .find(|l| l.contains("psql \"host="))
+        .unwrap_or_else(|| panic!("no psql command printed:\n{out}"));
+    let conn = line.split('"').nth(1).unwrap().to_string();
+    let password = std::fs::read_to_string(demo.join("researcher.password")).unwrap();
+    let o = Command::new("psql")
+        .arg(&conn)
+        .args(["-X", "-A", "-t", "-c", "SELECT COUNT(*) FROM \"ER_PRS_F\""])
+        .env("PGPASSWORD", password.trim())
+        .output()
+        .unwrap();
+    let n: i64 = ok(&o).trim().parse().unwrap();
+    assert!(n > 1000, "{n}");
+    // Ctrl-C.
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("Stopped"), "{err}");
+}

@@ -251,6 +251,22 @@ impl PdsFlight {
     }
 }
 
+/// A `FlightInfo` whose one endpoint's ticket is the command itself (the
+/// metadata commands are answered at `DoGet`, after the same sign-in check).
+fn command_info(
+    ticket: Vec<u8>,
+    schema: &Schema,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .with_endpoint(endpoint)
+        .with_descriptor(descriptor);
+    Ok(Response::new(info))
+}
+
 type HandshakeStream = Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -464,14 +480,8 @@ impl FlightSqlService for PdsFlight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.principal(request.metadata()).await?;
-        let endpoint =
-            FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
-        let info = FlightInfo::new()
-            .try_with_schema(query.into_builder(&self.info).schema().as_ref())
-            .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(endpoint)
-            .with_descriptor(request.into_inner());
-        Ok(Response::new(info))
+        let ticket = query.as_any().encode_to_vec();
+        command_info(ticket, query.into_builder(&self.info).schema().as_ref(), request.into_inner())
     }
 
     async fn do_get_sql_info(
@@ -497,14 +507,8 @@ impl FlightSqlService for PdsFlight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.principal(request.metadata()).await?;
-        let endpoint =
-            FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
-        let info = FlightInfo::new()
-            .try_with_schema(&query.into_builder().schema())
-            .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(endpoint)
-            .with_descriptor(request.into_inner());
-        Ok(Response::new(info))
+        let ticket = query.as_any().encode_to_vec();
+        command_info(ticket, &query.into_builder().schema(), request.into_inner())
     }
 
     async fn do_get_tables(
@@ -537,14 +541,8 @@ impl FlightSqlService for PdsFlight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.principal(request.metadata()).await?;
-        let endpoint =
-            FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
-        let info = FlightInfo::new()
-            .try_with_schema(&query.into_builder().schema())
-            .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(endpoint)
-            .with_descriptor(request.into_inner());
-        Ok(Response::new(info))
+        let ticket = query.as_any().encode_to_vec();
+        command_info(ticket, &query.into_builder().schema(), request.into_inner())
     }
 
     async fn do_get_catalogs(
@@ -571,14 +569,8 @@ impl FlightSqlService for PdsFlight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.principal(request.metadata()).await?;
-        let endpoint =
-            FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
-        let info = FlightInfo::new()
-            .try_with_schema(&query.into_builder().schema())
-            .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(endpoint)
-            .with_descriptor(request.into_inner());
-        Ok(Response::new(info))
+        let ticket = query.as_any().encode_to_vec();
+        command_info(ticket, &query.into_builder().schema(), request.into_inner())
     }
 
     async fn do_get_schemas(
@@ -605,18 +597,12 @@ impl FlightSqlService for PdsFlight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.principal(request.metadata()).await?;
-        let endpoint =
-            FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
-        let info = FlightInfo::new()
-            .try_with_schema(&Schema::new(vec![arrow::datatypes::Field::new(
+        let ticket = query.as_any().encode_to_vec();
+        command_info(ticket, &Schema::new(vec![arrow::datatypes::Field::new(
                 "table_type",
                 arrow::datatypes::DataType::Utf8,
                 false,
-            )]))
-            .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(endpoint)
-            .with_descriptor(request.into_inner());
-        Ok(Response::new(info))
+            )]), request.into_inner())
     }
 
     async fn do_get_table_types(

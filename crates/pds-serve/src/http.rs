@@ -1028,6 +1028,8 @@ impl TlsListener {
         tokio::spawn(async move {
             loop {
                 let Ok((sock, peer)) = listener.accept().await else {
+                    // Out of file descriptors and the like: do not spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 };
                 if tx.is_closed() {

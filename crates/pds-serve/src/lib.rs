@@ -469,7 +469,11 @@ async fn pg_loop(
             _ = stopped.changed() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => {
-                let Ok((socket, _peer)) = accepted else { continue };
+                let Ok((socket, _peer)) = accepted else {
+                    // Out of file descriptors and the like: do not spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     shared.metrics.connection_refused("pgwire");
                     drop(socket);
