@@ -987,7 +987,11 @@ fn demo_serves_until_ctrl_c() {
                 if let Some(s) = child.try_wait().unwrap() {
                     panic!("demo exited with {s}:\n{}", printed.join("\n"));
                 }
-                assert!(Instant::now() < deadline, "demo did not start serving:\n{}", printed.join("\n"));
+                assert!(
+                    Instant::now() < deadline,
+                    "demo did not start serving:\n{}",
+                    printed.join("\n")
+                );
             }
         }
     }
@@ -1009,11 +1013,18 @@ fn demo_serves_until_ctrl_c() {
     let n: i64 = ok(&o).trim().parse().unwrap();
     assert!(n > 1000, "{n}");
     // Ctrl-C.
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
     let status = child.wait().unwrap();
     let mut err = String::new();
     use std::io::Read;
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(status.success(), "{status}: {err}");
     assert!(err.contains("Stopped"), "{err}");
 }

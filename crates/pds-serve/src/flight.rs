@@ -481,7 +481,11 @@ impl FlightSqlService for PdsFlight {
     ) -> Result<Response<FlightInfo>, Status> {
         self.principal(request.metadata()).await?;
         let ticket = query.as_any().encode_to_vec();
-        command_info(ticket, query.into_builder(&self.info).schema().as_ref(), request.into_inner())
+        command_info(
+            ticket,
+            query.into_builder(&self.info).schema().as_ref(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_sql_info(
@@ -598,11 +602,15 @@ impl FlightSqlService for PdsFlight {
     ) -> Result<Response<FlightInfo>, Status> {
         self.principal(request.metadata()).await?;
         let ticket = query.as_any().encode_to_vec();
-        command_info(ticket, &Schema::new(vec![arrow::datatypes::Field::new(
+        command_info(
+            ticket,
+            &Schema::new(vec![arrow::datatypes::Field::new(
                 "table_type",
                 arrow::datatypes::DataType::Utf8,
                 false,
-            )]), request.into_inner())
+            )]),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_table_types(
