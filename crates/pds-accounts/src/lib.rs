@@ -344,36 +344,9 @@ impl<'a> Accounts<'a> {
         Ok(())
     }
 
-    /// Grants or removes the platform administrator role.
-    pub async fn set_admin(
-        &self,
-        actor: &str,
-        name: &str,
-        admin: bool,
-    ) -> Result<(), AccountError> {
-        if self.cat.account(name).await?.is_none() {
-            return Err(AccountError::NoAccount(name.to_string()));
-        }
-        self.record(
-            actor,
-            "account.roles",
-            serde_json::json!({"account": name, "admin": admin}),
-        )
-        .await?;
-        self.cat
-            .set_account_roles(name, if admin { "admin" } else { "" })
-            .await?;
-        Ok(())
-    }
-
     /// Every account.
     pub async fn list(&self) -> Result<Vec<Account>, AccountError> {
         Ok(self.cat.accounts().await?.iter().map(account).collect())
-    }
-
-    /// One account, if it exists.
-    pub async fn get(&self, name: &str) -> Result<Option<Account>, AccountError> {
-        Ok(self.cat.account(name).await?.as_ref().map(account))
     }
 
     /// The SCRAM verifier of an enabled local account; `None` otherwise

@@ -162,16 +162,6 @@ impl Catalog {
         Ok(r.rows_affected() > 0)
     }
 
-    /// Sets an account's roles. Returns whether it exists.
-    pub async fn set_account_roles(&self, name: &str, roles: &str) -> Result<bool, CatalogError> {
-        let r = sqlx::query("UPDATE accounts SET roles = $1 WHERE name = $2")
-            .bind(roles)
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() > 0)
-    }
-
     /// Stores a new token digest.
     pub async fn insert_token(&self, t: &TokenRow) -> Result<(), CatalogError> {
         sqlx::query(

@@ -266,6 +266,24 @@ impl Catalog {
         Ok(r.rows_affected() > 0)
     }
 
+    /// The projects a principal is a member of, with their role, by id.
+    pub async fn memberships(
+        &self,
+        principal: &str,
+    ) -> Result<Vec<(ProjectRow, String)>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT p.id, p.title, p.authorisation, p.starts_on, p.expires_on, p.access_mode, p.snapshot_id, p.perimeter, p.created_at, p.created_by, p.expired_at, m.role \
+             FROM projects p JOIN project_members m ON m.project_id = p.id WHERE m.principal = $1 ORDER BY p.id",
+        )
+        .bind(principal)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((project_from(r)?, r.try_get("role")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
     /// Members of a project, by principal.
     pub async fn members(&self, id: &str) -> Result<Vec<MemberRow>, CatalogError> {
         let rows = sqlx::query(

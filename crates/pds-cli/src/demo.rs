@@ -298,18 +298,7 @@ async fn serve(dir: &Path, home: &Path) -> Result<()> {
         b.iter().map(|x| format!("{x:02x}")).collect::<String>()
     };
     let pw_file = dir.join("researcher.password");
-    {
-        use std::io::Write;
-        #[cfg(unix)]
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        o.mode(0o600);
-        o.open(&pw_file)
-            .and_then(|mut f| f.write_all(password.as_bytes()))
-            .with_context(|| format!("writing {}", pw_file.display()))?;
-    }
+    pds_keys::write_private(&pw_file, password.as_bytes())?;
     {
         let gate = pds_gate::Gate::open(&h).await?;
         pds_accounts::Accounts::new(gate.catalog(), gate.audit())
@@ -324,7 +313,7 @@ async fn serve(dir: &Path, home: &Path) -> Result<()> {
     }
     let cert = h.root.join(&h.config.serve.tls_cert);
     let key = h.root.join(&h.config.serve.tls_key);
-    crate::serve_cmd::self_signed_at(&cert, &key, &["localhost".into(), "127.0.0.1".into()])?;
+    pds_serve::tls::self_signed(&cert, &key, &["localhost".into(), "127.0.0.1".into()])?;
     let args = crate::serve_cmd::ServeArgs::defaults();
     let (server, _) = crate::serve_cmd::start(&h, &args).await.context(
         "starting the server (are ports 6432, 8815 and 8443 free? `pds serve --pg-listen ...` chooses others)",

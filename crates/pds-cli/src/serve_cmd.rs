@@ -353,7 +353,7 @@ pub(crate) fn tls(home: &Path, c: TlsCommand) -> Result<()> {
                     key.display()
                 );
             }
-            self_signed_at(&cert, &key, &names)?;
+            pds_serve::tls::self_signed(&cert, &key, &names)?;
             println!(
                 "Self-signed certificate for {} written to {} (key {}).",
                 names.join(", "),
@@ -361,21 +361,6 @@ pub(crate) fn tls(home: &Path, c: TlsCommand) -> Result<()> {
                 key.display()
             );
         }
-    }
-    Ok(())
-}
-
-/// Writes a self-signed pair to the configured paths.
-pub(crate) fn self_signed_at(cert: &Path, key: &Path, names: &[String]) -> Result<()> {
-    let dir = cert
-        .parent()
-        .context("the certificate path has no directory")?;
-    let (c, k) = pds_serve::tls::self_signed(dir, names)?;
-    if c != cert {
-        std::fs::rename(&c, cert).with_context(|| format!("moving to {}", cert.display()))?;
-    }
-    if k != key {
-        std::fs::rename(&k, key).with_context(|| format!("moving to {}", key.display()))?;
     }
     Ok(())
 }

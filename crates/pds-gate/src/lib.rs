@@ -676,23 +676,7 @@ impl Gate {
             .timeout
             .map_or(self.limits.timeout, |t| t.min(self.limits.timeout));
         let deadline = tokio::time::Instant::now() + timeout;
-        let project_id = match target {
-            Target::Project(p) => Some(p.clone()),
-            Target::Operator { .. } => None,
-        };
-        let base = Record {
-            principal: principal.to_string(),
-            project: project_id.clone(),
-            action: "statement".into(),
-            request_id: Some(request_id()),
-            // An oversized statement is refused; its record keeps a prefix.
-            statement: Some(truncate(sql, self.limits.max_sql_bytes)),
-            details: opts
-                .channel
-                .as_ref()
-                .map(|c| serde_json::json!({ "channel": c })),
-            ..Record::default()
-        };
+        let base = self.statement_record(principal, target, sql, opts, "statement");
         match self.prepare(principal, target, sql, deadline, opts).await {
             Ok(prepared) => {
                 let limits = Limits {
@@ -713,6 +697,33 @@ impl Gate {
                     .map_err(|a| GateError::Audit(a.to_string()))?;
                 Err(e)
             }
+        }
+    }
+
+    /// The audit record every entry of one statement starts from.
+    fn statement_record(
+        &self,
+        principal: &str,
+        target: &Target,
+        sql: &str,
+        opts: &StatementOptions,
+        action: &str,
+    ) -> Record {
+        Record {
+            principal: principal.to_string(),
+            project: match target {
+                Target::Project(p) => Some(p.clone()),
+                Target::Operator { .. } => None,
+            },
+            action: action.into(),
+            request_id: Some(request_id()),
+            // An oversized statement is refused; its record keeps a prefix.
+            statement: Some(truncate(sql, self.limits.max_sql_bytes)),
+            details: opts
+                .channel
+                .as_ref()
+                .map(|c| serde_json::json!({ "channel": c })),
+            ..Record::default()
         }
     }
 
@@ -757,24 +768,12 @@ impl Gate {
             Err((decision, e)) => {
                 // A refusal is a security event even when nothing ran.
                 if decision == "refused" {
+                    let mut r =
+                        self.statement_record(principal, target, sql, &opts, "statement.describe");
+                    r.decision = "refused".into();
+                    r.reason = Some(e.to_string());
                     self.audit
-                        .append(Record {
-                            principal: principal.to_string(),
-                            project: match target {
-                                Target::Project(p) => Some(p.clone()),
-                                Target::Operator { .. } => None,
-                            },
-                            action: "statement.describe".into(),
-                            decision: "refused".into(),
-                            reason: Some(e.to_string()),
-                            request_id: Some(request_id()),
-                            statement: Some(truncate(sql, self.limits.max_sql_bytes)),
-                            details: opts
-                                .channel
-                                .as_ref()
-                                .map(|c| serde_json::json!({ "channel": c })),
-                            ..Record::default()
-                        })
+                        .append(r)
                         .await
                         .map_err(|a| GateError::Audit(a.to_string()))?;
                 }
@@ -1276,6 +1275,32 @@ impl ResultStream {
     }
 }
 
+fn stopped_reading(rows: u64) -> String {
+    format!("the client stopped reading after {rows} rows")
+}
+
+impl ResultStream {
+    /// Stops reading: the statement is cancelled and its closing entry is
+    /// written before this returns (dropping the stream writes it in the
+    /// background instead).
+    pub async fn close(mut self) -> Result<(), GateError> {
+        if self.finished {
+            return Ok(());
+        }
+        self.finished = true;
+        self.stream = None;
+        close_entry(
+            &self.audit,
+            &self.record,
+            "cancelled",
+            Some(stopped_reading(self.rows)),
+            self.start,
+            None,
+        )
+        .await
+    }
+}
+
 impl Drop for ResultStream {
     fn drop(&mut self) {
         if self.finished {
@@ -1288,7 +1313,7 @@ impl Drop for ResultStream {
         let rows = self.rows;
         if let Ok(h) = tokio::runtime::Handle::try_current() {
             h.spawn(async move {
-                let reason = format!("the client stopped reading after {rows} rows");
+                let reason = stopped_reading(rows);
                 let _ = close_entry(&audit, &record, "cancelled", Some(reason), start, None).await;
             });
         }

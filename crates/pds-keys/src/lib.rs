@@ -214,6 +214,19 @@ fn create_private(path: &Path) -> Result<fs::File, KeyError> {
     o.open(path).map_err(io(path))
 }
 
+/// Writes `bytes` to `path` as a file readable by its owner only (0600 on
+/// Unix), replacing a file already there (removed first, so an older,
+/// looser mode does not survive).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(path)(e)),
+    }
+    let mut f = create_private(path)?;
+    std::io::Write::write_all(&mut f, bytes).map_err(io(path))
+}
+
 /// Argon2id cost used for new passphrase key stores (OWASP 2023 baseline is
 /// 19 MiB, t=2; PDS uses more memory because it derives rarely).
 const M_COST_KIB: u32 = 64 * 1024;

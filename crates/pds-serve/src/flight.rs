@@ -172,12 +172,22 @@ impl PdsFlight {
             })
     }
 
+    /// A `DoGet` answer of one batch (the metadata commands).
+    fn one_batch<E: std::fmt::Display>(
+        &self,
+        schema: arrow::datatypes::SchemaRef,
+        batch: Result<arrow::array::RecordBatch, E>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let batch = batch.map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(self.encode(schema, None, vec![batch])))
+    }
+
     fn encode(
         &self,
         schema: arrow::datatypes::SchemaRef,
         rs: Option<crate::Rows>,
         batches: Vec<arrow::array::RecordBatch>,
-    ) -> Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>> {
+    ) -> DoGetStream {
         let shared = self.shared.clone();
         let rows = stream::unfold(rs, move |rs| {
             let shared = shared.clone();
@@ -266,6 +276,17 @@ fn command_info(
         .with_descriptor(descriptor);
     Ok(Response::new(info))
 }
+
+/// The one `GetTableTypes` column.
+fn table_types_schema() -> arrow::datatypes::SchemaRef {
+    Arc::new(Schema::new(vec![arrow::datatypes::Field::new(
+        "table_type",
+        arrow::datatypes::DataType::Utf8,
+        false,
+    )]))
+}
+
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
 type HandshakeStream = Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>;
 
@@ -498,11 +519,7 @@ impl FlightSqlService for PdsFlight {
     > {
         self.principal(request.metadata()).await?;
         let builder = query.into_builder(&self.info);
-        let schema = builder.schema();
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(self.encode(schema, None, vec![batch])))
+        self.one_batch(builder.schema(), builder.build())
     }
 
     async fn get_flight_info_tables(
@@ -532,11 +549,7 @@ impl FlightSqlService for PdsFlight {
                 .append("datafusion", "public", name, "VIEW", schema)
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
-        let schema = builder.schema();
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(self.encode(schema, None, vec![batch])))
+        self.one_batch(builder.schema(), builder.build())
     }
 
     async fn get_flight_info_catalogs(
@@ -560,11 +573,7 @@ impl FlightSqlService for PdsFlight {
         self.principal(request.metadata()).await?;
         let mut builder = query.into_builder();
         builder.append("datafusion");
-        let schema = builder.schema();
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(self.encode(schema, None, vec![batch])))
+        self.one_batch(builder.schema(), builder.build())
     }
 
     async fn get_flight_info_schemas(
@@ -588,11 +597,7 @@ impl FlightSqlService for PdsFlight {
         self.principal(request.metadata()).await?;
         let mut builder = query.into_builder();
         builder.append("datafusion", "public");
-        let schema = builder.schema();
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(self.encode(schema, None, vec![batch])))
+        self.one_batch(builder.schema(), builder.build())
     }
 
     async fn get_flight_info_table_types(
@@ -602,15 +607,7 @@ impl FlightSqlService for PdsFlight {
     ) -> Result<Response<FlightInfo>, Status> {
         self.principal(request.metadata()).await?;
         let ticket = query.as_any().encode_to_vec();
-        command_info(
-            ticket,
-            &Schema::new(vec![arrow::datatypes::Field::new(
-                "table_type",
-                arrow::datatypes::DataType::Utf8,
-                false,
-            )]),
-            request.into_inner(),
-        )
+        command_info(ticket, &table_types_schema(), request.into_inner())
     }
 
     async fn do_get_table_types(
@@ -622,17 +619,12 @@ impl FlightSqlService for PdsFlight {
         Status,
     > {
         self.principal(request.metadata()).await?;
-        let schema = Arc::new(Schema::new(vec![arrow::datatypes::Field::new(
-            "table_type",
-            arrow::datatypes::DataType::Utf8,
-            false,
-        )]));
+        let schema = table_types_schema();
         let batch = arrow::array::RecordBatch::try_new(
             schema.clone(),
             vec![Arc::new(arrow::array::StringArray::from(vec!["VIEW"]))],
-        )
-        .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(self.encode(schema, None, vec![batch])))
+        );
+        self.one_batch(schema, batch)
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

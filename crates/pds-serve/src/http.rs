@@ -303,36 +303,28 @@ async fn me(caller: Caller) -> Json<Me> {
     })
 }
 
+/// The caller's projects with their role, or (`None`) every project.
 async fn memberships(s: &Shared, who: Option<&str>) -> Result<Vec<ProjectSummary>, Failure> {
     let cat = s.gate.catalog();
-    let internal = |e: pds_catalog::CatalogError| {
-        fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-    };
-    let mut out = Vec::new();
-    for p in cat.projects().await.map_err(internal)? {
-        let role = match who {
-            Some(w) => match cat
-                .members(&p.id)
-                .await
-                .map_err(internal)?
-                .into_iter()
-                .find(|m| m.principal == w)
-            {
-                Some(m) => m.role,
-                None => continue,
-            },
-            None => String::new(),
-        };
-        out.push(ProjectSummary {
+    let rows = match who {
+        Some(w) => cat.memberships(w).await,
+        None => cat
+            .projects()
+            .await
+            .map(|ps| ps.into_iter().map(|p| (p, String::new())).collect()),
+    }
+    .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(rows
+        .into_iter()
+        .map(|(p, role)| ProjectSummary {
             id: p.id,
             title: p.title,
             role,
             access_mode: p.access_mode,
             expires_on: p.expires_on,
             snapshot: p.snapshot_id,
-        });
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 /// The projects the caller is a member of.

@@ -138,9 +138,20 @@ impl Shared {
         Active(self.clone())
     }
 
-    /// The gate.
-    pub fn gate(&self) -> &Arc<Gate> {
-        &self.gate
+    /// Waits until no statement runs (their closing audit entries written),
+    /// or `limit` passes. Returns whether it became idle.
+    async fn wait_idle(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async {
+            loop {
+                let idle = self.idle.notified();
+                if self.active.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                idle.await;
+            }
+        })
+        .await
+        .is_ok()
     }
 
     /// Runs a statement through the gate on the execution runtime. The
@@ -163,17 +174,22 @@ impl Shared {
         let gate = self.gate.clone();
         let principal = principal.to_string();
         let sql = sql.to_string();
+        // The statement counts as running until this task ends, that is
+        // until its closing audit entry is written.
         self.exec.spawn(async move {
+            let _active = active;
             match gate.execute_with(&principal, &target, &sql, &opts).await {
                 Err(e) => {
                     let _ = first_tx.send(Err(e));
                 }
                 Ok(mut rs) => {
                     if first_tx.send(Ok(rs.schema())).is_err() {
+                        let _ = rs.close().await;
                         return;
                     }
                     while let Some(b) = rs.next_batch().await {
                         if tx.send(b).await.is_err() {
+                            let _ = rs.close().await;
                             break;
                         }
                     }
@@ -188,12 +204,7 @@ impl Shared {
             }
             Err(_) => return Err(GateError::Setup("the statement task stopped".into())),
         };
-        Ok(Rows {
-            schema,
-            rx,
-            cancel,
-            _active: active,
-        })
+        Ok(Rows { schema, rx, cancel })
     }
 }
 
@@ -202,7 +213,6 @@ pub(crate) struct Rows {
     schema: SchemaRef,
     rx: mpsc::Receiver<Result<RecordBatch, GateError>>,
     cancel: CancelFlag,
-    _active: Active,
 }
 
 impl Rows {
@@ -234,12 +244,14 @@ impl Drop for Rows {
     }
 }
 
+/// How long a shutdown waits for cancelled statements to write their
+/// closing audit entries.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 /// A random URL-safe string of `bytes` random bytes.
-pub(crate) fn random_token(bytes: usize) -> Result<String, pgwire::error::PgWireError> {
+pub(crate) fn random_token(bytes: usize) -> std::io::Result<String> {
     let mut b = vec![0u8; bytes];
-    getrandom::fill(&mut b).map_err(|e| {
-        pgwire::error::PgWireError::ApiError(Box::new(std::io::Error::other(e.to_string())))
-    })?;
+    getrandom::fill(&mut b).map_err(|e| std::io::Error::other(format!("no randomness: {e}")))?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
 }
 
@@ -406,31 +418,16 @@ impl Server {
         Ok(server)
     }
 
-    /// The state shared by the listeners.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// Stops accepting, lets running statements finish for the grace
     /// period, cancels the rest, then signs an audit checkpoint so the log's
     /// state at shutdown is sealed.
     pub async fn shutdown(mut self) -> Shutdown {
         let _ = self.stop.send(true);
         let shared = self.shared.clone();
-        let waited = tokio::time::timeout(self.grace, async {
-            loop {
-                let idle = shared.idle.notified();
-                if shared.active.load(Ordering::SeqCst) == 0 {
-                    break;
-                }
-                idle.await;
-            }
-        })
-        .await;
-        let cancelled = if waited.is_err() {
-            shared.active.load(Ordering::SeqCst)
-        } else {
+        let cancelled = if shared.wait_idle(self.grace).await {
             0
+        } else {
+            shared.active.load(Ordering::SeqCst)
         };
         for t in &self.tasks {
             t.abort();
@@ -438,13 +435,12 @@ impl Server {
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
-        // Closing entries of cancelled statements are written as their
-        // streams drop; give them a moment, then seal the log.
-        for _ in 0..50 {
-            if shared.active.load(Ordering::SeqCst) == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // Aborting the connections dropped their statements' rows: each
+        // statement stops at its next batch and writes its closing entry.
+        if !shared.wait_idle(CLOSE_WAIT).await {
+            tracing::warn!(
+                "statements still running after the grace period; sealing the log anyway"
+            );
         }
         if let Err(e) = shared.gate.audit().checkpoint().await {
             tracing::warn!("audit checkpoint at shutdown failed: {e}");
@@ -493,15 +489,6 @@ async fn pg_loop(
         }
     }
     // Connections stay up while their statements finish (or the grace period ends).
-    let _ = tokio::time::timeout(grace, async {
-        loop {
-            let idle = shared.idle.notified();
-            if shared.active.load(Ordering::SeqCst) == 0 {
-                break;
-            }
-            idle.await;
-        }
-    })
-    .await;
+    shared.wait_idle(grace).await;
     conns.shutdown().await;
 }

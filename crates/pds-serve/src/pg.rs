@@ -413,7 +413,8 @@ impl StartupHandler for PgStartup {
                             .scram_verifier(&user)
                             .await
                             .map_err(|e| user_error("FATAL", "58000", e.to_string()))?;
-                        let nonce = crate::random_token(18)?;
+                        let nonce = crate::random_token(18)
+                            .map_err(|e| user_error("FATAL", "58000", e.to_string()))?;
                         let (exchange, first) =
                             scram::server_first(text, verifier, &user, &shared.decoy, &nonce)
                                 .map_err(|e| user_error("FATAL", "08P01", e.to_string()))?;
@@ -974,7 +975,6 @@ fn check_setting(name: &str, value: &str) -> PgWireResult<String> {
             .parse::<i32>()
             .map(|_| value.to_string())
             .map_err(|_| bad("an integer")),
-        "search_path" => Ok(value.to_string()),
         _ => Ok(value.to_string()),
     }
 }
@@ -1181,11 +1181,6 @@ impl ExtendedQueryHandler for PgQuery {
             }
         }
     }
-}
-
-/// Result schema helper for tests of the encoding.
-pub fn pg_fields(schema: &SchemaRef) -> PgWireResult<Vec<FieldInfo>> {
-    arrow_schema_to_pg_fields(schema, &Format::UnifiedText, None)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! A certificate that is configured but cannot be read, parsed or matched
 //! with its key stops the server: there is no fallback to plaintext.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::ServerConfig;
@@ -74,31 +74,20 @@ pub fn identity(cert: &Path, key: &Path) -> Result<tonic::transport::Identity, S
     ))
 }
 
-/// Writes a self-signed certificate for `names` into `dir`
-/// (`server.crt`, `server.key`, the key readable by its owner only).
-/// For local testing: clients must not verify it (`sslmode=require`).
-pub fn self_signed(dir: &Path, names: &[String]) -> Result<(PathBuf, PathBuf), ServeError> {
+/// Writes a self-signed certificate for `names` to `cert` and its key to
+/// `key` (readable by its owner only), creating their directories. For
+/// local testing: clients must not verify it (`sslmode=require`).
+pub fn self_signed(cert: &Path, key: &Path, names: &[String]) -> Result<(), ServeError> {
     let ck = rcgen::generate_simple_self_signed(names.to_vec())
         .map_err(|e| ServeError::Tls(format!("generating a certificate: {e}")))?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| ServeError::Tls(format!("creating {}: {e}", dir.display())))?;
-    let cert = dir.join("server.crt");
-    let key = dir.join("server.key");
-    let write = |p: &Path, s: String, mode: u32| -> Result<(), ServeError> {
-        use std::io::Write;
-        #[cfg(unix)]
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        o.mode(mode);
-        let mut f = o
-            .open(p)
-            .map_err(|e| ServeError::Tls(format!("writing {}: {e}", p.display())))?;
-        f.write_all(s.as_bytes())
-            .map_err(|e| ServeError::Tls(format!("writing {}: {e}", p.display())))
-    };
-    write(&cert, ck.cert.pem(), 0o644)?;
-    write(&key, ck.signing_key.serialize_pem(), 0o600)?;
-    Ok((cert, key))
+    for p in [cert, key] {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ServeError::Tls(format!("creating {}: {e}", dir.display())))?;
+        }
+    }
+    std::fs::write(cert, ck.cert.pem())
+        .map_err(|e| ServeError::Tls(format!("writing {}: {e}", cert.display())))?;
+    pds_keys::write_private(key, ck.signing_key.serialize_pem().as_bytes())
+        .map_err(|e| ServeError::Tls(format!("writing the key: {e}")))
 }
