@@ -1,27 +1,33 @@
 //! PDS accounts: who may sign in, and how.
 //!
-//! Two kinds of account:
+//! Three kinds of account:
 //!
-//! - **local**: a password, kept only as two verifiers: an Argon2id hash
-//!   (password logins over HTTP and Flight SQL, where the password arrives
-//!   over TLS) and a SCRAM-SHA-256 verifier (the PostgreSQL protocol, where
-//!   the password never crosses the network; see [`scram`]).
-//! - **federated**: no password at all; the person signs in with an access
-//!   token (the identity issue adds tokens from an OIDC provider).
+//! - **local** (a person): a password, kept only as an Argon2id hash, and a
+//!   mandatory TOTP second factor ([`mfa`]). Until the person has enrolled
+//!   an authenticator, a correct password only yields an enrolment token.
+//! - **federated** (a person): no password; the identity provider proves
+//!   who they are (`pds-oidc`) and PDS opens a session for them.
+//! - **service** (a program): no password, no session; it uses scoped API
+//!   tokens (one project, one role, an expiry), shown once.
 //!
-//! Access tokens are random 256-bit strings; the catalogue keeps only their
-//! SHA-256, with an expiry, and disabling an account revokes them all. Every
-//! change to an account is written to the audit log before it is applied.
-//! Failed sign-ins say "invalid credentials" whatever the reason (unknown
-//! account, disabled, wrong password), and take the same time.
+//! A sign-in opens a **session**: a short-lived access token and a refresh
+//! token that rotates at each use (a refresh token used twice revokes the
+//! session: it was stolen). Tokens are random 256-bit strings; the
+//! catalogue keeps only their SHA-256. Repeated failures lock the name with
+//! exponential backoff, known or not, so a lock says nothing about whether
+//! the account exists. Every change and every sign-in is audited first.
 #![forbid(unsafe_code)]
 
-pub mod scram;
+pub mod mfa;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD as B64, URL_SAFE_NO_PAD as B64URL};
 use pds_audit::{AuditLog, Record};
-use pds_catalog::{AccountRow, Catalog, TokenRow};
+use pds_catalog::{AccountRow, Catalog, SessionRow, TokenRow};
+use pds_keys::{KeyStore, SecretKey, WrappedKey};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -32,6 +38,17 @@ pub enum AccountError {
     /// Sign-in refused. Deliberately vague.
     #[error("invalid credentials")]
     BadCredentials,
+    /// The password was right but the second factor is missing.
+    #[error(
+        "this account needs its second factor: send the 6-digit code of your authenticator app (`totp`) or a recovery code (`recovery_code`)"
+    )]
+    SecondFactorRequired,
+    /// Too many failures: wait.
+    #[error("too many failed sign-ins: try again in {0} s")]
+    Locked(u64),
+    /// Session ended (idle, expired, logged out): sign in again.
+    #[error("{0}: sign in again")]
+    SessionEnded(String),
     /// Bad input (name, password policy...).
     #[error("{0}")]
     Invalid(String),
@@ -58,10 +75,12 @@ impl From<pds_catalog::CatalogError> for AccountError {
 /// How an account signs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// Password (SCRAM on the PostgreSQL protocol).
+    /// A person with a password and a TOTP second factor.
     Local,
-    /// Access token only.
+    /// A person signed in by an identity provider (OIDC).
     Federated,
+    /// A program with scoped API tokens.
+    Service,
 }
 
 impl Kind {
@@ -69,11 +88,20 @@ impl Kind {
         match self {
             Kind::Local => "local",
             Kind::Federated => "federated",
+            Kind::Service => "service",
+        }
+    }
+
+    fn parse(s: &str) -> Kind {
+        match s {
+            "federated" => Kind::Federated,
+            "service" => Kind::Service,
+            _ => Kind::Local,
         }
     }
 }
 
-/// An account, as the rest of PDS sees it (no verifier).
+/// An account, as the rest of PDS sees it (no secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     /// Login name (the principal in the audit log and in project members).
@@ -84,6 +112,10 @@ pub struct Account {
     pub admin: bool,
     /// Whether it is disabled.
     pub disabled: bool,
+    /// Whether a TOTP second factor is enrolled.
+    pub mfa: bool,
+    /// Refused sign-ins until then, if locked.
+    pub locked_until: Option<String>,
     /// Creation time.
     pub created_at: String,
 }
@@ -91,13 +123,11 @@ pub struct Account {
 fn account(r: &AccountRow) -> Account {
     Account {
         name: r.name.clone(),
-        kind: if r.kind == "federated" {
-            Kind::Federated
-        } else {
-            Kind::Local
-        },
+        kind: Kind::parse(&r.kind),
         admin: r.roles.split(',').any(|x| x.trim() == "admin"),
         disabled: r.disabled_at.is_some(),
+        mfa: r.totp_enrolled_at.is_some(),
+        locked_until: r.locked_until.clone(),
         created_at: r.created_at.clone(),
     }
 }
@@ -108,10 +138,11 @@ const ARGON_M_KIB: u32 = 19 * 1024;
 const ARGON_T: u32 = 2;
 const ARGON_P: u32 = 1;
 
-/// Minimum password length. The identity issue adds the full policy and MFA.
+/// Minimum password length (ANSSI: 12 for a password guarded by a second
+/// factor and a lockout).
 pub const MIN_PASSWORD_CHARS: usize = 12;
 
-fn random<const N: usize>() -> Result<[u8; N], AccountError> {
+pub(crate) fn random<const N: usize>() -> Result<[u8; N], AccountError> {
     let mut b = [0u8; N];
     getrandom::fill(&mut b).map_err(|e| AccountError::Internal(format!("no randomness: {e}")))?;
     Ok(b)
@@ -165,14 +196,27 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
     }
 }
 
-/// Checks a new password against the policy.
+/// Passwords too common to allow whatever their length.
+const COMMON: &[&str] = &[
+    "password", "motdepasse", "azerty", "qwerty", "123456", "letmein", "welcome", "bienvenue",
+    "soleil", "admin",
+];
+
+/// Checks a new password against the policy: length, not the account name,
+/// not built on a common password, at least 5 distinct characters.
 pub fn check_password(name: &str, password: &str) -> Result<(), AccountError> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(AccountError::Invalid(format!(
             "the password must have at least {MIN_PASSWORD_CHARS} characters"
         )));
     }
-    if password.to_lowercase().contains(&name.to_lowercase()) {
+    if password.chars().count() > 256 {
+        return Err(AccountError::Invalid(
+            "the password must have at most 256 characters".into(),
+        ));
+    }
+    let lower = password.to_lowercase();
+    if lower.contains(&name.to_lowercase()) {
         return Err(AccountError::Invalid(
             "the password must not contain the account name".into(),
         ));
@@ -182,6 +226,19 @@ pub fn check_password(name: &str, password: &str) -> Result<(), AccountError> {
             "the password must not contain control characters".into(),
         ));
     }
+    let mut distinct: Vec<char> = password.chars().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < 5 {
+        return Err(AccountError::Invalid(
+            "the password must use at least 5 different characters".into(),
+        ));
+    }
+    if let Some(w) = COMMON.iter().find(|w| lower.contains(*w)) {
+        return Err(AccountError::Invalid(format!(
+            "the password must not be built on a common password ({w:?}); a passphrase of several words works well"
+        )));
+    }
     Ok(())
 }
 
@@ -190,8 +247,215 @@ pub fn token_digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Prefix of PDS access tokens (lets secret scanners find leaked ones).
+/// Prefix of session access tokens (lets secret scanners find leaked ones).
 pub const TOKEN_PREFIX: &str = "pds_at_";
+/// Prefix of refresh tokens.
+pub const REFRESH_PREFIX: &str = "pds_rt_";
+/// Prefix of service API tokens.
+pub const SERVICE_PREFIX: &str = "pds_st_";
+/// Prefix of enrolment tokens (they only open the TOTP enrolment).
+pub const ENROL_PREFIX: &str = "pds_et_";
+
+/// Whether a string looks like a PDS token (any kind).
+pub fn is_pds_token(s: &str) -> bool {
+    [TOKEN_PREFIX, REFRESH_PREFIX, SERVICE_PREFIX, ENROL_PREFIX]
+        .iter()
+        .any(|p| s.starts_with(p))
+}
+
+/// Sign-in and session rules.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Failures allowed before the first lock.
+    pub free_failures: u32,
+    /// First lock; each further failure doubles it.
+    pub lock_base: chrono::Duration,
+    /// Longest lock.
+    pub lock_max: chrono::Duration,
+    /// Life of an access token.
+    pub access_ttl: chrono::Duration,
+    /// A session not refreshed for this long ends.
+    pub session_idle: chrono::Duration,
+    /// A session ends this long after sign-in, whatever happens.
+    pub session_max: chrono::Duration,
+    /// Life of an enrolment token.
+    pub enrol_ttl: chrono::Duration,
+    /// Longest life of a service token.
+    pub service_max: chrono::Duration,
+    /// TOTP hash.
+    pub totp_algorithm: mfa::TotpAlgorithm,
+    /// Issuer shown in authenticator apps.
+    pub totp_issuer: String,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            free_failures: 5,
+            lock_base: chrono::Duration::seconds(30),
+            lock_max: chrono::Duration::hours(1),
+            access_ttl: chrono::Duration::minutes(15),
+            session_idle: chrono::Duration::minutes(20),
+            session_max: chrono::Duration::hours(10),
+            enrol_ttl: chrono::Duration::minutes(10),
+            service_max: chrono::Duration::days(366),
+            totp_algorithm: mfa::TotpAlgorithm::Sha256,
+            totp_issuer: "PDS".into(),
+        }
+    }
+}
+
+impl Policy {
+    /// How long `failures` consecutive failures lock the name.
+    pub fn lock_for(&self, failures: i64) -> Option<chrono::Duration> {
+        let over = failures - i64::from(self.free_failures);
+        if over < 0 {
+            return None;
+        }
+        let factor = 1i64 << over.min(20);
+        let secs = self
+            .lock_base
+            .num_seconds()
+            .saturating_mul(factor)
+            .min(self.lock_max.num_seconds());
+        Some(chrono::Duration::seconds(secs))
+    }
+}
+
+/// Failure counters of names that are not accounts, so that locking looks
+/// the same whether the account exists or not. Bounded: the oldest entries
+/// go first.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    unknown: Mutex<HashMap<String, (i64, chrono::DateTime<chrono::Utc>)>>,
+}
+
+const THROTTLE_ENTRIES: usize = 10_000;
+
+impl Throttle {
+    fn get(&self, name: &str) -> (i64, Option<chrono::DateTime<chrono::Utc>>) {
+        let m = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&name.to_lowercase())
+            .map(|(n, until)| (*n, Some(*until)))
+            .unwrap_or((0, None))
+    }
+
+    fn set(&self, name: &str, failures: i64, until: chrono::DateTime<chrono::Utc>) {
+        let mut m = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= THROTTLE_ENTRIES
+            && let Some(oldest) = m.iter().min_by_key(|(_, v)| v.1).map(|(k, _)| k.clone())
+        {
+            m.remove(&oldest);
+        }
+        m.insert(name.to_lowercase(), (failures, until));
+    }
+}
+
+/// What proved a sign-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondFactor<'a> {
+    /// Nothing (refused for an enrolled account).
+    None,
+    /// A TOTP code.
+    Totp(&'a str),
+    /// A recovery code.
+    Recovery(&'a str),
+}
+
+/// Tokens of a session.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// Bearer token; also the password on the PostgreSQL protocol and Flight SQL.
+    pub access_token: String,
+    /// Exchanged for new tokens at `/api/v1/token/refresh`.
+    pub refresh_token: String,
+    /// Access token expiry (RFC 3339).
+    pub access_expires_at: String,
+    /// Session end, at the latest (RFC 3339).
+    pub session_expires_at: String,
+    /// Session id.
+    pub session_id: String,
+}
+
+/// The result of a correct password.
+#[derive(Debug, Clone)]
+pub enum LoginOutcome {
+    /// Signed in.
+    Signed(Tokens),
+    /// No second factor yet: this token opens only the enrolment.
+    EnrolmentRequired {
+        /// The enrolment token.
+        token: String,
+        /// Its expiry.
+        expires_at: String,
+    },
+}
+
+/// A project and role a service token is limited to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// Project id.
+    pub project: String,
+    /// Role in it.
+    pub role: String,
+}
+
+/// Who is calling, after a token was checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Account name.
+    pub name: String,
+    /// Platform administrator (never through a service token).
+    pub admin: bool,
+    /// What proved it: `session`, `service-token` or `oidc:<provider>`.
+    pub via: String,
+    /// The PDS session, if any.
+    pub session: Option<String>,
+    /// Service tokens: the only project and role.
+    pub scope: Option<Scope>,
+    /// Identity-provider tokens: the project roles the claims allow
+    /// (`None`: any).
+    pub eligible_roles: Option<Vec<String>>,
+    /// Identity-provider tokens: what to revoke at logout.
+    pub idp: Option<IdpToken>,
+}
+
+/// An identity provider's token, as far as revocation needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdpToken {
+    /// Provider name.
+    pub provider: String,
+    /// Its session id.
+    pub sid: Option<String>,
+    /// Its token id.
+    pub jti: Option<String>,
+    /// Its expiry (seconds since the epoch).
+    pub exp: i64,
+}
+
+impl Principal {
+    /// Whether this caller may act in `project` where its membership gives
+    /// `role`. The error says why not.
+    pub fn may_use(&self, project: &str, role: &str) -> Result<(), String> {
+        if let Some(s) = &self.scope
+            && (s.project != project || s.role != role)
+        {
+            return Err(format!(
+                "this token is limited to project `{}` with role `{}`",
+                s.project, s.role
+            ));
+        }
+        if let Some(e) = &self.eligible_roles
+            && !e.iter().any(|r| r == role)
+        {
+            return Err(format!(
+                "your identity provider's attributes do not allow the `{role}` role (allowed: {})",
+                if e.is_empty() { "none".to_string() } else { e.join(", ") }
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// The accounts of one home. Changes are audited first.
 #[derive(Debug)]
@@ -200,8 +464,29 @@ pub struct Accounts<'a> {
     audit: &'a AuditLog,
 }
 
+fn fmt_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
 fn now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    fmt_time(chrono::Utc::now())
+}
+
+fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+fn totp_purpose(name: &str) -> String {
+    format!("pds/totp/{name}")
+}
+
+fn new_token(prefix: &str) -> Result<Zeroizing<String>, AccountError> {
+    Ok(Zeroizing::new(format!(
+        "{prefix}{}",
+        B64URL.encode(random::<32>()?)
+    )))
 }
 
 impl<'a> Accounts<'a> {
@@ -216,11 +501,24 @@ impl<'a> Accounts<'a> {
         action: &str,
         details: serde_json::Value,
     ) -> Result<(), AccountError> {
+        self.record_decision(actor, action, "done", None, details)
+            .await
+    }
+
+    async fn record_decision(
+        &self,
+        actor: &str,
+        action: &str,
+        decision: &str,
+        reason: Option<String>,
+        details: serde_json::Value,
+    ) -> Result<(), AccountError> {
         self.audit
             .append(Record {
                 principal: actor.to_string(),
                 action: action.to_string(),
-                decision: "done".into(),
+                decision: decision.to_string(),
+                reason,
                 details: Some(details),
                 ..Record::default()
             })
@@ -229,7 +527,15 @@ impl<'a> Accounts<'a> {
             .map_err(|e| AccountError::Audit(e.to_string()))
     }
 
-    /// Creates an account. Local accounts need a password.
+    async fn row(&self, name: &str) -> Result<AccountRow, AccountError> {
+        self.cat
+            .account(name)
+            .await?
+            .ok_or_else(|| AccountError::NoAccount(name.to_string()))
+    }
+
+    /// Creates an account. Local accounts need a password; the others must
+    /// not have one.
     pub async fn add(
         &self,
         actor: &str,
@@ -239,14 +545,10 @@ impl<'a> Accounts<'a> {
         admin: bool,
     ) -> Result<Account, AccountError> {
         pds_project::check_principal(name).map_err(|e| AccountError::Invalid(e.to_string()))?;
-        let (hash, verifier) = match (kind, password) {
+        let hash = match (kind, password) {
             (Kind::Local, Some(p)) => {
                 check_password(name, p)?;
-                let salt = random::<16>()?;
-                (
-                    Some(hash_password(p)?),
-                    Some(scram::Verifier::new(p, &salt, scram::ITERATIONS).encode()),
-                )
+                Some(hash_password(p)?)
             }
             (Kind::Local, None) => {
                 return Err(AccountError::Invalid(format!(
@@ -255,11 +557,23 @@ impl<'a> Accounts<'a> {
             }
             (Kind::Federated, Some(_)) => {
                 return Err(AccountError::Invalid(
-                    "a federated account has no password: it signs in with an access token".into(),
+                    "a federated account has no password: its identity provider signs it in"
+                        .into(),
                 ));
             }
-            (Kind::Federated, None) => (None, None),
+            (Kind::Service, Some(_)) => {
+                return Err(AccountError::Invalid(
+                    "a service account has no password: it uses API tokens (`pds user token`)"
+                        .into(),
+                ));
+            }
+            (_, None) => None,
         };
+        if admin && kind == Kind::Service {
+            return Err(AccountError::Invalid(
+                "a service account cannot be a platform administrator".into(),
+            ));
+        }
         if self.cat.account(name).await?.is_some() {
             return Err(AccountError::Invalid(format!(
                 "account `{name}` already exists; `pds user passwd {name}` sets a new password"
@@ -277,14 +591,24 @@ impl<'a> Accounts<'a> {
             kind: kind.as_str().into(),
             roles: if admin { "admin".into() } else { String::new() },
             password_hash: hash,
-            scram_verifier: verifier,
+            scram_verifier: None,
             created_at: at.clone(),
             created_by: actor.to_string(),
             password_changed_at: password.map(|_| at),
             disabled_at: None,
+            totp_seed: None,
+            totp_enrolled_at: None,
+            totp_last_step: None,
+            failed_logins: 0,
+            locked_until: None,
         };
         self.cat.create_account(&row).await?;
         Ok(account(&row))
+    }
+
+    /// One account.
+    pub async fn get(&self, name: &str) -> Result<Account, AccountError> {
+        Ok(account(&self.row(name).await?))
     }
 
     /// Sets a local account's password.
@@ -294,42 +618,31 @@ impl<'a> Accounts<'a> {
         name: &str,
         password: &str,
     ) -> Result<(), AccountError> {
-        let row = self
-            .cat
-            .account(name)
-            .await?
-            .ok_or_else(|| AccountError::NoAccount(name.to_string()))?;
+        let row = self.row(name).await?;
         if row.kind != "local" {
             return Err(AccountError::Invalid(format!(
-                "`{name}` is a federated account: it has no password"
+                "`{name}` is a {} account: it has no password",
+                row.kind
             )));
         }
         check_password(name, password)?;
-        let salt = random::<16>()?;
         let hash = hash_password(password)?;
-        let verifier = scram::Verifier::new(password, &salt, scram::ITERATIONS).encode();
-        self.record(
-            actor,
-            "account.passwd",
-            serde_json::json!({"account": name}),
-        )
-        .await?;
+        self.record(actor, "account.passwd", serde_json::json!({"account": name}))
+            .await?;
         self.cat
-            .set_account_password(name, &hash, &verifier, &now())
+            .set_account_password(name, &hash, &now())
             .await?;
         Ok(())
     }
 
-    /// Disables (and revokes every token of) or re-enables an account.
+    /// Disables (and ends every session and token of) or re-enables an account.
     pub async fn set_disabled(
         &self,
         actor: &str,
         name: &str,
         disabled: bool,
     ) -> Result<(), AccountError> {
-        if self.cat.account(name).await?.is_none() {
-            return Err(AccountError::NoAccount(name.to_string()));
-        }
+        self.row(name).await?;
         let action = if disabled {
             "account.disable"
         } else {
@@ -341,6 +654,35 @@ impl<'a> Accounts<'a> {
         self.cat
             .set_account_disabled(name, disabled.then_some(at.as_str()))
             .await?;
+        if disabled {
+            self.cat.revoke_all_of(name, &at).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the second factor and ends every session: the person
+    /// enrols again at their next sign-in (lost phone).
+    pub async fn reset_mfa(&self, actor: &str, name: &str) -> Result<(), AccountError> {
+        let row = self.row(name).await?;
+        if row.kind != "local" {
+            return Err(AccountError::Invalid(format!(
+                "`{name}` is a {} account: PDS holds no second factor for it",
+                row.kind
+            )));
+        }
+        self.record(actor, "account.mfa_reset", serde_json::json!({"account": name}))
+            .await?;
+        self.cat.set_totp_seed(name, None).await?;
+        self.cat.revoke_all_of(name, &now()).await?;
+        Ok(())
+    }
+
+    /// Lifts a lock after failed sign-ins.
+    pub async fn unlock(&self, actor: &str, name: &str) -> Result<(), AccountError> {
+        self.row(name).await?;
+        self.record(actor, "account.unlock", serde_json::json!({"account": name}))
+            .await?;
+        self.cat.set_login_failures(name, 0, None).await?;
         Ok(())
     }
 
@@ -349,37 +691,87 @@ impl<'a> Accounts<'a> {
         Ok(self.cat.accounts().await?.iter().map(account).collect())
     }
 
-    /// The SCRAM verifier of an enabled local account; `None` otherwise
-    /// (the caller runs a decoy exchange).
-    pub async fn scram_verifier(
+    async fn fail(
         &self,
+        policy: &Policy,
+        throttle: &Throttle,
         name: &str,
-    ) -> Result<Option<scram::Verifier>, AccountError> {
-        Ok(self
-            .cat
-            .account(name)
-            .await?
-            .filter(|r| r.disabled_at.is_none() && r.kind == "local")
-            .and_then(|r| r.scram_verifier)
-            .and_then(|v| scram::Verifier::decode(&v)))
+        row: Option<&AccountRow>,
+        channel: &str,
+        reason: &str,
+    ) -> Result<(), AccountError> {
+        let t = chrono::Utc::now();
+        let failures = match row {
+            Some(r) => r.failed_logins + 1,
+            None => throttle.get(name).0 + 1,
+        };
+        let until = policy.lock_for(failures).map(|d| t + d);
+        match row {
+            Some(r) => {
+                self.cat
+                    .set_login_failures(&r.name, failures, until.map(fmt_time).as_deref())
+                    .await?
+            }
+            None => throttle.set(name, failures, until.unwrap_or(t)),
+        }
+        let principal = if pds_project::check_principal(name).is_ok() {
+            name
+        } else {
+            "?"
+        };
+        self.record_decision(
+            principal,
+            "login",
+            "refused",
+            Some(reason.to_string()),
+            serde_json::json!({"channel": channel, "failures": failures, "locked_until": until.map(fmt_time)}),
+        )
+        .await
     }
 
-    /// Whether `name` is an enabled federated account (signs in by token).
-    pub async fn is_federated(&self, name: &str) -> Result<bool, AccountError> {
-        Ok(self
-            .cat
-            .account(name)
-            .await?
-            .is_some_and(|r| r.kind == "federated" && r.disabled_at.is_none()))
+    fn locked(
+        &self,
+        throttle: &Throttle,
+        name: &str,
+        row: Option<&AccountRow>,
+    ) -> Option<u64> {
+        let until = match row {
+            Some(r) => r.locked_until.as_deref().and_then(parse_time),
+            None => throttle.get(name).1,
+        }?;
+        let left = (until - chrono::Utc::now()).num_seconds();
+        (left > 0).then_some(left as u64)
     }
 
-    /// Checks a password. Unknown, disabled and federated accounts cost the
-    /// same Argon2id computation as a wrong password.
-    pub async fn check_login(&self, name: &str, password: &str) -> Result<Account, AccountError> {
+    /// Signs in with a password and a second factor. A wrong password, an
+    /// unknown, disabled or non-local account all cost one Argon2id
+    /// computation and answer [`AccountError::BadCredentials`]. Failures
+    /// count towards a lock, for unknown names too.
+    pub async fn login(
+        &self,
+        keys: &KeyStore,
+        policy: &Policy,
+        throttle: &Throttle,
+        name: &str,
+        password: &str,
+        second: SecondFactor<'_>,
+        channel: &str,
+    ) -> Result<LoginOutcome, AccountError> {
         let row = self.cat.account(name).await?;
+        if let Some(left) = self.locked(throttle, name, row.as_ref()) {
+            self.record_decision(
+                if pds_project::check_principal(name).is_ok() { name } else { "?" },
+                "login",
+                "refused",
+                Some("locked after repeated failures".into()),
+                serde_json::json!({"channel": channel}),
+            )
+            .await?;
+            return Err(AccountError::Locked(left));
+        }
         let hash = row
             .as_ref()
-            .filter(|r| r.disabled_at.is_none())
+            .filter(|r| r.disabled_at.is_none() && r.kind == "local")
             .and_then(|r| r.password_hash.clone());
         // A decoy hash keeps the time of a failed lookup equal to a wrong password.
         let decoy = format!(
@@ -388,81 +780,546 @@ impl<'a> Accounts<'a> {
             B64.encode([0u8; 32])
         );
         let ok = verify_password(hash.as_deref().unwrap_or(&decoy), password);
-        match (ok, hash, row) {
-            (true, Some(_), Some(r)) => Ok(account(&r)),
-            _ => Err(AccountError::BadCredentials),
+        let (true, Some(_), Some(r)) = (ok, hash, row.as_ref()) else {
+            self.fail(policy, throttle, name, row.as_ref(), channel, "invalid credentials")
+                .await?;
+            return Err(AccountError::BadCredentials);
+        };
+        if r.totp_enrolled_at.is_none() {
+            let token = new_token(ENROL_PREFIX)?;
+            let expires = fmt_time(chrono::Utc::now() + policy.enrol_ttl);
+            self.record_decision(
+                name,
+                "login",
+                "enrolment",
+                Some("password accepted; a second factor must be enrolled".into()),
+                serde_json::json!({"channel": channel}),
+            )
+            .await?;
+            self.store_token(&token, name, "enrol", channel, &expires, None, None)
+                .await?;
+            return Ok(LoginOutcome::EnrolmentRequired {
+                token: token.to_string(),
+                expires_at: expires,
+            });
         }
+        let method = match second {
+            SecondFactor::None => {
+                self.record_decision(
+                    name,
+                    "login",
+                    "refused",
+                    Some("second factor missing".into()),
+                    serde_json::json!({"channel": channel}),
+                )
+                .await?;
+                return Err(AccountError::SecondFactorRequired);
+            }
+            SecondFactor::Totp(code) => {
+                if self.check_totp(keys, policy, r, code).await? {
+                    "password+totp"
+                } else {
+                    self.fail(policy, throttle, name, Some(r), channel, "wrong or reused TOTP code")
+                        .await?;
+                    return Err(AccountError::BadCredentials);
+                }
+            }
+            SecondFactor::Recovery(code) => {
+                if self
+                    .cat
+                    .spend_recovery_code(name, &mfa::recovery_digest(code), &now())
+                    .await?
+                {
+                    "password+recovery-code"
+                } else {
+                    self.fail(policy, throttle, name, Some(r), channel, "wrong or used recovery code")
+                        .await?;
+                    return Err(AccountError::BadCredentials);
+                }
+            }
+        };
+        if r.failed_logins != 0 || r.locked_until.is_some() {
+            self.cat.set_login_failures(name, 0, None).await?;
+        }
+        let tokens = self
+            .start_session(name, method, None, None, None, policy, channel)
+            .await?;
+        Ok(LoginOutcome::Signed(tokens))
     }
 
-    /// Issues an access token for an enabled account, valid for `ttl`.
-    /// Returns the token (shown once) and its expiry.
-    pub async fn issue_token(
+    async fn check_totp(
         &self,
+        keys: &KeyStore,
+        policy: &Policy,
+        r: &AccountRow,
+        code: &str,
+    ) -> Result<bool, AccountError> {
+        let seed = self.seed(keys, r)?;
+        let totp = mfa::generator(seed.expose(), policy.totp_algorithm, &policy.totp_issuer, &r.name)?;
+        let Some(step) = mfa::matching_step(&totp, code, chrono::Utc::now().timestamp().max(0) as u64)
+        else {
+            return Ok(false);
+        };
+        Ok(self.cat.spend_totp_step(&r.name, step as i64).await?)
+    }
+
+    fn seed(&self, keys: &KeyStore, r: &AccountRow) -> Result<SecretKey, AccountError> {
+        let wrapped: WrappedKey = r
+            .totp_seed
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .ok_or_else(|| AccountError::Internal(format!("account `{}` has no TOTP seed", r.name)))?;
+        keys.unwrap_data_key(&wrapped, &totp_purpose(&r.name))
+            .map_err(|e| AccountError::Internal(format!("TOTP seed of `{}`: {e}", r.name)))
+    }
+
+    /// Starts (or restarts) TOTP enrolment: a new seed, wrapped by the
+    /// master key, pending until [`Accounts::confirm_enrolment`].
+    pub async fn begin_enrolment(
+        &self,
+        keys: &KeyStore,
+        policy: &Policy,
         actor: &str,
         name: &str,
-        purpose: &str,
-        ttl: chrono::Duration,
-    ) -> Result<(String, String), AccountError> {
-        let row = self
-            .cat
-            .account(name)
-            .await?
-            .ok_or_else(|| AccountError::NoAccount(name.to_string()))?;
-        if row.disabled_at.is_some() {
+    ) -> Result<mfa::Enrolment, AccountError> {
+        let r = self.row(name).await?;
+        if r.kind != "local" || r.disabled_at.is_some() {
             return Err(AccountError::Invalid(format!(
-                "account `{name}` is disabled"
+                "`{name}` cannot enrol a second factor (only enabled local accounts have one)"
             )));
         }
-        let token = Zeroizing::new(format!("{TOKEN_PREFIX}{}", B64URL.encode(random::<32>()?)));
-        let issued = chrono::Utc::now();
-        let expires = (issued + ttl).format("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let digest = token_digest(&token);
+        if r.totp_enrolled_at.is_some() {
+            return Err(AccountError::Invalid(format!(
+                "`{name}` already has a second factor; an administrator resets it with `pds user reset-mfa {name}`"
+            )));
+        }
+        let seed = SecretKey::random().map_err(|e| AccountError::Internal(e.to_string()))?;
+        let wrapped = keys
+            .wrap_key(&seed, &totp_purpose(name))
+            .map_err(|e| AccountError::Internal(e.to_string()))?;
+        let totp = mfa::generator(seed.expose(), policy.totp_algorithm, &policy.totp_issuer, name)?;
+        let enrolment = mfa::enrolment(&totp)?;
+        self.record(actor, "account.mfa_enrol_start", serde_json::json!({"account": name}))
+            .await?;
+        let json = serde_json::to_string(&wrapped)
+            .map_err(|e| AccountError::Internal(e.to_string()))?;
+        self.cat.set_totp_seed(name, Some(&json)).await?;
+        Ok(enrolment)
+    }
+
+    /// Confirms enrolment with a first code. Returns the recovery codes,
+    /// shown once.
+    pub async fn confirm_enrolment(
+        &self,
+        keys: &KeyStore,
+        policy: &Policy,
+        actor: &str,
+        name: &str,
+        code: &str,
+    ) -> Result<Vec<String>, AccountError> {
+        let r = self.row(name).await?;
+        if r.totp_enrolled_at.is_some() {
+            return Err(AccountError::Invalid(format!("`{name}` is already enrolled")));
+        }
+        if r.totp_seed.is_none() {
+            return Err(AccountError::Invalid(format!(
+                "`{name}` has no enrolment in progress: start one first"
+            )));
+        }
+        let seed = self.seed(keys, &r)?;
+        let totp = mfa::generator(seed.expose(), policy.totp_algorithm, &policy.totp_issuer, name)?;
+        let Some(step) = mfa::matching_step(&totp, code, chrono::Utc::now().timestamp().max(0) as u64)
+        else {
+            self.record_decision(
+                actor,
+                "account.mfa_enrol",
+                "refused",
+                Some("wrong code".into()),
+                serde_json::json!({"account": name}),
+            )
+            .await?;
+            return Err(AccountError::Invalid(
+                "that code does not match: check the time on your phone and type the code shown now".into(),
+            ));
+        };
+        let codes = mfa::recovery_codes()?;
+        let digests: Vec<String> = codes.iter().map(|c| c.1.clone()).collect();
         self.record(
             actor,
-            "token.issue",
-            serde_json::json!({"account": name, "purpose": purpose, "expires_at": expires, "token_sha256_prefix": &digest[..12]}),
+            "account.mfa_enrol",
+            serde_json::json!({"account": name, "recovery_codes": digests.len()}),
         )
         .await?;
         self.cat
+            .confirm_totp(name, step as i64, &digests, &now())
+            .await?;
+        Ok(codes.into_iter().map(|c| c.0).collect())
+    }
+
+    /// Unused recovery codes left.
+    pub async fn recovery_codes_left(&self, name: &str) -> Result<i64, AccountError> {
+        Ok(self.cat.recovery_codes_left(name).await?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store_token(
+        &self,
+        token: &str,
+        name: &str,
+        kind: &str,
+        purpose: &str,
+        expires: &str,
+        session: Option<&str>,
+        scope: Option<&Scope>,
+    ) -> Result<(), AccountError> {
+        self.cat
             .insert_token(&TokenRow {
-                token_sha256: digest,
+                token_sha256: token_digest(token),
                 account: name.to_string(),
                 purpose: purpose.to_string(),
-                issued_at: issued.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-                expires_at: expires.clone(),
+                issued_at: now(),
+                expires_at: expires.to_string(),
                 revoked_at: None,
+                kind: kind.to_string(),
+                session_id: session.map(str::to_string),
+                project: scope.map(|s| s.project.clone()),
+                role: scope.map(|s| s.role.clone()),
             })
+            .await?;
+        Ok(())
+    }
+
+    /// Opens a session for a person already authenticated (password and
+    /// second factor, or an identity provider).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_session(
+        &self,
+        name: &str,
+        method: &str,
+        acr: Option<&str>,
+        idp: Option<&str>,
+        idp_sid: Option<&str>,
+        policy: &Policy,
+        channel: &str,
+    ) -> Result<Tokens, AccountError> {
+        let t = chrono::Utc::now();
+        let id = hex::encode(random::<16>()?);
+        let session = SessionRow {
+            id: id.clone(),
+            account: name.to_string(),
+            method: method.to_string(),
+            acr: acr.map(str::to_string),
+            idp: idp.map(str::to_string),
+            idp_sid: idp_sid.map(str::to_string),
+            created_at: fmt_time(t),
+            last_seen_at: fmt_time(t),
+            expires_at: fmt_time(t + policy.session_max),
+            revoked_at: None,
+        };
+        self.record_decision(
+            name,
+            "login",
+            "allowed",
+            None,
+            serde_json::json!({"channel": channel, "method": method, "acr": acr, "idp": idp, "session": id}),
+        )
+        .await?;
+        self.cat.insert_session(&session).await?;
+        self.session_tokens(&session, policy, channel).await
+    }
+
+    async fn session_tokens(
+        &self,
+        s: &SessionRow,
+        policy: &Policy,
+        channel: &str,
+    ) -> Result<Tokens, AccountError> {
+        let t = chrono::Utc::now();
+        let end = parse_time(&s.expires_at).unwrap_or(t);
+        let access = new_token(TOKEN_PREFIX)?;
+        let refresh = new_token(REFRESH_PREFIX)?;
+        let access_exp = fmt_time((t + policy.access_ttl).min(end));
+        self.record(
+            &s.account,
+            "token.issue",
+            serde_json::json!({"session": s.id, "channel": channel, "expires_at": access_exp,
+                "token_sha256_prefix": &token_digest(&access)[..12]}),
+        )
+        .await?;
+        self.store_token(&access, &s.account, "access", channel, &access_exp, Some(&s.id), None)
+            .await?;
+        self.store_token(&refresh, &s.account, "refresh", channel, &s.expires_at, Some(&s.id), None)
+            .await?;
+        Ok(Tokens {
+            access_token: access.to_string(),
+            refresh_token: refresh.to_string(),
+            access_expires_at: access_exp,
+            session_expires_at: s.expires_at.clone(),
+            session_id: s.id.clone(),
+        })
+    }
+
+    /// Exchanges a refresh token for new tokens. The old refresh token dies;
+    /// presenting a dead one again ends the whole session (theft).
+    pub async fn refresh(
+        &self,
+        policy: &Policy,
+        refresh_token: &str,
+    ) -> Result<Tokens, AccountError> {
+        if !refresh_token.starts_with(REFRESH_PREFIX) {
+            return Err(AccountError::BadCredentials);
+        }
+        let digest = token_digest(refresh_token);
+        let Some(t) = self.cat.token(&digest).await? else {
+            return Err(AccountError::BadCredentials);
+        };
+        let Some(sid) = t.session_id.clone().filter(|_| t.kind == "refresh") else {
+            return Err(AccountError::BadCredentials);
+        };
+        let at = now();
+        if t.revoked_at.is_some() {
+            self.record_decision(
+                &t.account,
+                "token.refresh",
+                "refused",
+                Some("refresh token reused: session revoked".into()),
+                serde_json::json!({"session": sid}),
+            )
+            .await?;
+            self.cat.revoke_session(&sid, &at).await?;
+            return Err(AccountError::SessionEnded(
+                "this refresh token was already used, so the session was ended".into(),
+            ));
+        }
+        let s = self
+            .cat
+            .session(&sid)
+            .await?
+            .ok_or(AccountError::BadCredentials)?;
+        let idle = parse_time(&s.last_seen_at)
+            .map(|l| chrono::Utc::now() - l > policy.session_idle)
+            .unwrap_or(true);
+        let reason = if s.revoked_at.is_some() {
+            Some("the session was logged out or revoked".to_string())
+        } else if s.expires_at.as_str() <= at.as_str() {
+            Some("the session reached its maximum length".to_string())
+        } else if idle {
+            Some(format!(
+                "the session was idle for more than {} minutes",
+                policy.session_idle.num_minutes()
+            ))
+        } else {
+            None
+        };
+        let acct = self.cat.account(&s.account).await?;
+        if acct.as_ref().is_none_or(|a| a.disabled_at.is_some()) {
+            return Err(AccountError::BadCredentials);
+        }
+        if let Some(reason) = reason {
+            self.record_decision(
+                &t.account,
+                "token.refresh",
+                "refused",
+                Some(reason.clone()),
+                serde_json::json!({"session": sid}),
+            )
+            .await?;
+            return Err(AccountError::SessionEnded(reason));
+        }
+        if !self.cat.revoke_token(&digest, &at).await? {
+            // Lost a race with another refresh of the same token.
+            self.cat.revoke_session(&sid, &at).await?;
+            return Err(AccountError::SessionEnded(
+                "this refresh token was already used, so the session was ended".into(),
+            ));
+        }
+        self.cat.touch_session(&sid, &at).await?;
+        self.session_tokens(&s, policy, "refresh").await
+    }
+
+    /// Issues a service API token: one project, one role, an expiry.
+    /// Returns the token (shown once) and its expiry.
+    pub async fn issue_service_token(
+        &self,
+        actor: &str,
+        policy: &Policy,
+        name: &str,
+        scope: &Scope,
+        ttl: chrono::Duration,
+    ) -> Result<(String, String), AccountError> {
+        let r = self.row(name).await?;
+        if r.kind != "service" {
+            return Err(AccountError::Invalid(format!(
+                "`{name}` is a {} account: API tokens are for service accounts (`pds user add NAME --service`); people sign in with their second factor",
+                r.kind
+            )));
+        }
+        if r.disabled_at.is_some() {
+            return Err(AccountError::Invalid(format!("account `{name}` is disabled")));
+        }
+        if ttl <= chrono::Duration::zero() || ttl > policy.service_max {
+            return Err(AccountError::Invalid(format!(
+                "a service token lives between 1 minute and {} days",
+                policy.service_max.num_days()
+            )));
+        }
+        let role = self
+            .cat
+            .memberships(name)
+            .await?
+            .into_iter()
+            .find(|(p, _)| p.id == scope.project)
+            .map(|(_, role)| role);
+        if role.as_deref() != Some(scope.role.as_str()) {
+            return Err(AccountError::Invalid(format!(
+                "`{name}` is not a member of project `{}` with role `{}`; add it first (`pds project member add`)",
+                scope.project, scope.role
+            )));
+        }
+        let token = new_token(SERVICE_PREFIX)?;
+        let expires = fmt_time(chrono::Utc::now() + ttl);
+        self.record(
+            actor,
+            "token.issue",
+            serde_json::json!({"account": name, "kind": "service", "project": scope.project, "role": scope.role,
+                "expires_at": expires, "token_sha256_prefix": &token_digest(&token)[..12]}),
+        )
+        .await?;
+        self.store_token(&token, name, "service", "api", &expires, None, Some(scope))
             .await?;
         Ok((token.to_string(), expires))
     }
 
-    /// The account a live token belongs to.
-    pub async fn check_token(&self, token: &str) -> Result<Account, AccountError> {
-        if !token.starts_with(TOKEN_PREFIX) {
-            return Err(AccountError::BadCredentials);
-        }
-        let Some(t) = self.cat.token(&token_digest(token)).await? else {
-            return Err(AccountError::BadCredentials);
-        };
-        if t.revoked_at.is_some() || t.expires_at.as_str() <= now().as_str() {
-            return Err(AccountError::BadCredentials);
-        }
-        match self.cat.account(&t.account).await? {
-            Some(r) if r.disabled_at.is_none() => Ok(account(&r)),
-            _ => Err(AccountError::BadCredentials),
-        }
+    /// The tokens of an account (digests, never tokens).
+    pub async fn tokens(&self, name: &str) -> Result<Vec<TokenRow>, AccountError> {
+        self.row(name).await?;
+        Ok(self.cat.tokens_of(name).await?)
     }
 
-    /// Revokes a token (sign-out).
-    pub async fn revoke_token(&self, actor: &str, token: &str) -> Result<bool, AccountError> {
-        let digest = token_digest(token);
+    /// Revokes an account's tokens by digest prefix.
+    pub async fn revoke_token_id(
+        &self,
+        actor: &str,
+        name: &str,
+        prefix: &str,
+    ) -> Result<u64, AccountError> {
+        self.row(name).await?;
         self.record(
             actor,
             "token.revoke",
-            serde_json::json!({"token_sha256_prefix": &digest[..12]}),
+            serde_json::json!({"account": name, "token_sha256_prefix": prefix}),
         )
         .await?;
-        Ok(self.cat.revoke_token(&digest, &now()).await?)
+        Ok(self.cat.revoke_token_prefix(name, prefix, &now()).await?)
+    }
+
+    /// Checks an access or service token: live, its session live, its
+    /// account enabled. Enrolment and refresh tokens are refused here.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AccountError> {
+        let kind = if token.starts_with(TOKEN_PREFIX) {
+            "access"
+        } else if token.starts_with(SERVICE_PREFIX) {
+            "service"
+        } else {
+            return Err(AccountError::BadCredentials);
+        };
+        let t = self.live_token(token, kind).await?;
+        if let Some(sid) = &t.session_id {
+            let s = self
+                .cat
+                .session(sid)
+                .await?
+                .ok_or(AccountError::BadCredentials)?;
+            if s.revoked_at.is_some() || s.expires_at <= now() {
+                return Err(AccountError::BadCredentials);
+            }
+        }
+        let r = self.cat.account(&t.account).await?;
+        let Some(r) = r.filter(|r| r.disabled_at.is_none()) else {
+            return Err(AccountError::BadCredentials);
+        };
+        let scope = match (t.project, t.role) {
+            (Some(project), Some(role)) => Some(Scope { project, role }),
+            _ => None,
+        };
+        Ok(Principal {
+            admin: scope.is_none() && account(&r).admin,
+            name: r.name,
+            via: if kind == "service" { "service-token".into() } else { "session".into() },
+            session: t.session_id,
+            scope,
+            eligible_roles: None,
+            idp: None,
+        })
+    }
+
+    async fn live_token(&self, token: &str, kind: &str) -> Result<TokenRow, AccountError> {
+        let Some(t) = self.cat.token(&token_digest(token)).await? else {
+            return Err(AccountError::BadCredentials);
+        };
+        if t.kind != kind || t.revoked_at.is_some() || t.expires_at.as_str() <= now().as_str() {
+            return Err(AccountError::BadCredentials);
+        }
+        Ok(t)
+    }
+
+    /// The account an enrolment token was issued to.
+    pub async fn enrolment_account(&self, token: &str) -> Result<String, AccountError> {
+        if !token.starts_with(ENROL_PREFIX) {
+            return Err(AccountError::BadCredentials);
+        }
+        Ok(self.live_token(token, "enrol").await?.account)
+    }
+
+    /// Ends the session a token belongs to (logout), or revokes the token
+    /// alone if it has no session. Returns the session row, if any.
+    pub async fn logout(
+        &self,
+        actor: &str,
+        token: &str,
+    ) -> Result<Option<SessionRow>, AccountError> {
+        let digest = token_digest(token);
+        let t = self.cat.token(&digest).await?;
+        let at = now();
+        match t.and_then(|t| t.session_id) {
+            Some(sid) => {
+                self.record(actor, "logout", serde_json::json!({"session": sid}))
+                    .await?;
+                self.cat.revoke_session(&sid, &at).await?;
+                Ok(self.cat.session(&sid).await?)
+            }
+            None => {
+                self.record(
+                    actor,
+                    "token.revoke",
+                    serde_json::json!({"token_sha256_prefix": &digest[..12]}),
+                )
+                .await?;
+                self.cat.revoke_token(&digest, &at).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Makes sure a federated account exists for a person an identity
+    /// provider vouched for (created on first sign-in, audited), and
+    /// returns it. A disabled account stays disabled.
+    pub async fn provision_federated(
+        &self,
+        name: &str,
+        provider: &str,
+    ) -> Result<Account, AccountError> {
+        match self.cat.account(name).await? {
+            Some(r) if r.kind == "federated" => Ok(account(&r)),
+            Some(r) => Err(AccountError::Invalid(format!(
+                "`{name}` is a {} account, not one of identity provider `{provider}`",
+                r.kind
+            ))),
+            None => {
+                self.add(&format!("oidc:{provider}"), name, Kind::Federated, None, false)
+                    .await
+            }
+        }
     }
 }
 
@@ -484,6 +1341,41 @@ mod tests {
     fn password_policy() {
         assert!(check_password("alice", "short").is_err());
         assert!(check_password("alice", "my-alice-password-1").is_err());
+        assert!(check_password("alice", "aaaaaaaaaaaaaaaa").is_err());
+        assert!(check_password("alice", "Azerty-2026-bureau").is_err());
         assert!(check_password("alice", "a long enough passphrase").is_ok());
+    }
+
+    #[test]
+    fn lock_doubles_then_caps() {
+        let p = Policy::default();
+        assert_eq!(p.lock_for(4), None);
+        assert_eq!(p.lock_for(5), Some(chrono::Duration::seconds(30)));
+        assert_eq!(p.lock_for(6), Some(chrono::Duration::seconds(60)));
+        assert_eq!(p.lock_for(8), Some(chrono::Duration::seconds(240)));
+        assert_eq!(p.lock_for(40), Some(chrono::Duration::hours(1)));
+    }
+
+    #[test]
+    fn service_scope_and_eligible_roles() {
+        let p = Principal {
+            name: "etl".into(),
+            admin: false,
+            via: "service-token".into(),
+            session: None,
+            scope: Some(Scope { project: "p1".into(), role: "researcher".into() }),
+            eligible_roles: None,
+            idp: None,
+        };
+        assert!(p.may_use("p1", "researcher").is_ok());
+        assert!(p.may_use("p2", "researcher").is_err());
+        assert!(p.may_use("p1", "lead").is_err());
+        let f = Principal {
+            scope: None,
+            eligible_roles: Some(vec!["researcher".into()]),
+            ..p
+        };
+        assert!(f.may_use("p9", "researcher").is_ok());
+        assert!(f.may_use("p9", "checker").unwrap_err().contains("checker"));
     }
 }

@@ -17,7 +17,7 @@ pub struct AccountRow {
     pub roles: String,
     /// Argon2id PHC string (local accounts).
     pub password_hash: Option<String>,
-    /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (local accounts).
+    /// Unused since sign-in needs a second factor (was a SCRAM verifier).
     pub scram_verifier: Option<String>,
     /// Creation time.
     pub created_at: String,
@@ -27,6 +27,16 @@ pub struct AccountRow {
     pub password_changed_at: Option<String>,
     /// When it was disabled, if it is.
     pub disabled_at: Option<String>,
+    /// The TOTP seed, wrapped by the master key (JSON), if one is set.
+    pub totp_seed: Option<String>,
+    /// When the TOTP enrolment was confirmed (`None`: pending or absent).
+    pub totp_enrolled_at: Option<String>,
+    /// The last TOTP time step accepted (codes are single-use).
+    pub totp_last_step: Option<i64>,
+    /// Consecutive failed sign-ins.
+    pub failed_logins: i64,
+    /// Sign-ins are refused until then (RFC 3339), after repeated failures.
+    pub locked_until: Option<String>,
 }
 
 /// An access token as stored (its digest, never the token).
@@ -44,6 +54,14 @@ pub struct TokenRow {
     pub expires_at: String,
     /// Revocation time.
     pub revoked_at: Option<String>,
+    /// `access`, `refresh`, `service` or `enrol`.
+    pub kind: String,
+    /// The session it belongs to (access and refresh tokens).
+    pub session_id: Option<String>,
+    /// The only project it opens (service tokens).
+    pub project: Option<String>,
+    /// The role it carries in that project (service tokens).
+    pub role: Option<String>,
 }
 
 fn account_from(r: &sqlx::any::AnyRow) -> Result<AccountRow, sqlx::Error> {
@@ -57,12 +75,39 @@ fn account_from(r: &sqlx::any::AnyRow) -> Result<AccountRow, sqlx::Error> {
         created_by: r.try_get("created_by")?,
         password_changed_at: r.try_get("password_changed_at")?,
         disabled_at: r.try_get("disabled_at")?,
+        totp_seed: r.try_get("totp_seed")?,
+        totp_enrolled_at: r.try_get("totp_enrolled_at")?,
+        totp_last_step: r.try_get("totp_last_step")?,
+        failed_logins: r.try_get("failed_logins")?,
+        locked_until: r.try_get("locked_until")?,
     })
 }
 
+pub(crate) fn token_from(r: &sqlx::any::AnyRow) -> Result<TokenRow, sqlx::Error> {
+    Ok(TokenRow {
+        token_sha256: r.try_get("token_sha256")?,
+        account: r.try_get("account")?,
+        purpose: r.try_get("purpose")?,
+        issued_at: r.try_get("issued_at")?,
+        expires_at: r.try_get("expires_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+        kind: r.try_get("kind")?,
+        session_id: r.try_get("session_id")?,
+        project: r.try_get("project")?,
+        role: r.try_get("role")?,
+    })
+}
+
+macro_rules! token_select {
+    () => {
+        "SELECT token_sha256, account, purpose, issued_at, expires_at, revoked_at, kind, session_id, project, role FROM access_tokens"
+    };
+}
+pub(crate) use token_select;
+
 macro_rules! account_select {
     () => {
-        "SELECT name, kind, roles, password_hash, scram_verifier, created_at, created_by, password_changed_at, disabled_at FROM accounts"
+        "SELECT name, kind, roles, password_hash, scram_verifier, created_at, created_by, password_changed_at, disabled_at, totp_seed, totp_enrolled_at, totp_last_step, failed_logins, locked_until FROM accounts"
     };
 }
 
@@ -115,19 +160,17 @@ impl Catalog {
         Ok(rows.iter().map(account_from).collect::<Result<_, _>>()?)
     }
 
-    /// Replaces an account's verifiers. Returns whether it exists.
+    /// Replaces an account's password hash. Returns whether it exists.
     pub async fn set_account_password(
         &self,
         name: &str,
         password_hash: &str,
-        scram_verifier: &str,
         at: &str,
     ) -> Result<bool, CatalogError> {
         let r = sqlx::query(
-            "UPDATE accounts SET password_hash = $1, scram_verifier = $2, password_changed_at = $3 WHERE name = $4",
+            "UPDATE accounts SET password_hash = $1, scram_verifier = NULL, password_changed_at = $2 WHERE name = $3",
         )
         .bind(password_hash)
-        .bind(scram_verifier)
         .bind(at)
         .bind(name)
         .execute(&self.pool)
@@ -165,13 +208,17 @@ impl Catalog {
     /// Stores a new token digest.
     pub async fn insert_token(&self, t: &TokenRow) -> Result<(), CatalogError> {
         sqlx::query(
-            "INSERT INTO access_tokens (token_sha256, account, purpose, issued_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, NULL)",
+            "INSERT INTO access_tokens (token_sha256, account, purpose, issued_at, expires_at, revoked_at, kind, session_id, project, role) VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $9)",
         )
         .bind(&t.token_sha256)
         .bind(&t.account)
         .bind(&t.purpose)
         .bind(&t.issued_at)
         .bind(&t.expires_at)
+        .bind(&t.kind)
+        .bind(&t.session_id)
+        .bind(&t.project)
+        .bind(&t.role)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -180,23 +227,12 @@ impl Catalog {
     /// The token with this digest, if any.
     pub async fn token(&self, sha256: &str) -> Result<Option<TokenRow>, CatalogError> {
         let row = sqlx::query(
-            "SELECT token_sha256, account, purpose, issued_at, expires_at, revoked_at FROM access_tokens WHERE token_sha256 = $1",
+            concat!(token_select!(), " WHERE token_sha256 = $1"),
         )
         .bind(sha256)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(TokenRow {
-                token_sha256: r.try_get("token_sha256")?,
-                account: r.try_get("account")?,
-                purpose: r.try_get("purpose")?,
-                issued_at: r.try_get("issued_at")?,
-                expires_at: r.try_get("expires_at")?,
-                revoked_at: r.try_get("revoked_at")?,
-            })
-        })
-        .transpose()
-        .map_err(CatalogError::Db)
+        Ok(row.as_ref().map(token_from).transpose()?)
     }
 
     /// Revokes one token. Returns whether a live token was revoked.

@@ -12,10 +12,12 @@
 #![forbid(unsafe_code)]
 
 mod accounts;
+mod identity;
 mod audit;
 mod projects;
 
 pub use accounts::{AccountRow, TokenRow};
+pub use identity::{PendingLogin, SessionRow};
 pub use audit::{AuditFilter, AuditKeyRow, AuditRow, CheckpointRow};
 pub use projects::{MemberRow, ProjectKeyRow, ProjectRow};
 

@@ -299,9 +299,16 @@ async fn serve(dir: &Path, home: &Path) -> Result<()> {
     };
     let pw_file = dir.join("researcher.password");
     pds_keys::write_private(&pw_file, password.as_bytes())?;
-    {
+    let totp_file = dir.join("researcher.totp");
+    let token_file = dir.join("researcher.token");
+    let qr = {
+        // The researcher's whole sign-in, as a person would do it: account,
+        // TOTP enrolment (the demo plays the phone), then password plus a
+        // recovery code (the enrolment code's time step is spent).
         let gate = pds_gate::Gate::open(&h).await?;
-        pds_accounts::Accounts::new(gate.catalog(), gate.audit())
+        let policy = crate::serve_cmd::policy(&h)?;
+        let accounts = pds_accounts::Accounts::new(gate.catalog(), gate.audit());
+        accounts
             .add(
                 STEWARD,
                 RESEARCHER,
@@ -310,7 +317,40 @@ async fn serve(dir: &Path, home: &Path) -> Result<()> {
                 false,
             )
             .await?;
-    }
+        let e = accounts
+            .begin_enrolment(gate.keys(), &policy, RESEARCHER, RESEARCHER)
+            .await?;
+        pds_keys::write_private(&totp_file, e.otpauth_uri.as_bytes())?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let codes = accounts
+            .confirm_enrolment(
+                gate.keys(),
+                &policy,
+                RESEARCHER,
+                RESEARCHER,
+                &pds_accounts::mfa::code_at(&e.otpauth_uri, now)?,
+            )
+            .await?;
+        let outcome = accounts
+            .login(
+                gate.keys(),
+                &policy,
+                &pds_accounts::Throttle::default(),
+                RESEARCHER,
+                &password,
+                pds_accounts::SecondFactor::Recovery(&codes[0]),
+                "demo",
+            )
+            .await?;
+        let pds_accounts::LoginOutcome::Signed(tokens) = outcome else {
+            anyhow::bail!("the demo researcher was not signed in after enrolment");
+        };
+        pds_keys::write_private(&token_file, tokens.access_token.as_bytes())?;
+        e.qr_text
+    };
     let cert = h.root.join(&h.config.serve.tls_cert);
     let key = h.root.join(&h.config.serve.tls_key);
     pds_serve::tls::self_signed(&cert, &key, &["localhost".into(), "127.0.0.1".into()])?;
@@ -326,13 +366,19 @@ async fn serve(dir: &Path, home: &Path) -> Result<()> {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let pw = pw_file.display();
+    let tok = token_file.display();
     println!(
-        "Account {RESEARCHER} created; its password is in {pw} (TLS certificate: self-signed, {cert}).\n\n\
-psql:\n  PGPASSWORD=$(cat {pw}) psql \"host={host} port={port} dbname={PROJECT} user={RESEARCHER} sslmode=require\" \\\n    -c 'SELECT COUNT(DISTINCT \"BEN_NIR_PSA\") FROM \"ER_PRS_F\"'\n\n\
-Python (psycopg 3):\n  python3 -c \"import psycopg; c = psycopg.connect(host='{host}', port={port}, dbname='{PROJECT}', user='{RESEARCHER}', password=open('{pw}').read(), sslmode='require'); print(c.execute('SELECT COUNT(*) FROM \\\"ER_PRS_F\\\"').fetchone())\"\n\n\
-Python (ADBC Flight SQL, Arrow results): grpc+tls://{flight}, username/password as above, call header x-pds-project={PROJECT}\n\n\
-HTTP:\n  curl -sk https://{http}/api/v1/login -H 'content-type: application/json' -d '{{\"user\":\"{RESEARCHER}\",\"password\":\"'$(cat {pw})'\"}}'\n  (then Authorization: Bearer <token>; the API is described at https://{http}/openapi.json)\n\nServing; Ctrl-C stops.",
-        cert = cert.display()
+        "{qr}\nAccount {RESEARCHER} created: password in {pw}, TOTP authenticator in {totp} (the QR code above;\n\
+scan it to sign in from your phone), and a signed-in session's access token in {tok}\n\
+(valid {ttl} minutes). TLS certificate: self-signed, {cert}.\n\n\
+Sign in again (password + the 6-digit code of your app):\n  curl -sk https://{http}/api/v1/login -H 'content-type: application/json' \\\n    -d '{{\"user\":\"{RESEARCHER}\",\"password\":\"'$(cat {pw})'\",\"totp\":\"123456\"}}'\n\n\
+psql (the access token is the password):\n  PGPASSWORD=$(cat {tok}) psql \"host={host} port={port} dbname={PROJECT} user={RESEARCHER} sslmode=require\" \\\n    -c 'SELECT COUNT(DISTINCT \"BEN_NIR_PSA\") FROM \"ER_PRS_F\"'\n\n\
+Python (psycopg 3):\n  python3 -c \"import psycopg; c = psycopg.connect(host='{host}', port={port}, dbname='{PROJECT}', user='{RESEARCHER}', password=open('{tok}').read(), sslmode='require'); print(c.execute('SELECT COUNT(*) FROM \\\"ER_PRS_F\\\"').fetchone())\"\n\n\
+Python (ADBC Flight SQL, Arrow results): grpc+tls://{flight}, username {RESEARCHER}, password = the access token, call header x-pds-project={PROJECT}\n\n\
+HTTP:\n  curl -sk https://{http}/api/v1/projects -H \"Authorization: Bearer $(cat {tok})\"\n  (the API is described at https://{http}/openapi.json)\n\nServing; Ctrl-C stops.",
+        cert = cert.display(),
+        totp = totp_file.display(),
+        ttl = h.config.serve.token_ttl_minutes,
     );
     crate::serve_cmd::stop_signal().await;
     crate::serve_cmd::stop(server, 30).await;

@@ -83,7 +83,9 @@ pub(crate) async fn start(
         flight: Some(addr(a.flight_listen, &c.flight_listen, "flight_listen")?),
         http: Some(addr(a.http_listen, &c.http_listen, "http_listen")?),
         tls: tls.clone(),
-        token_ttl: Duration::from_secs(c.token_ttl_minutes * 60),
+        policy: policy(h)?,
+        federation: federation(h)?,
+        attempts_per_minute: h.config.identity.login_attempts_per_minute,
         max_connections: c.max_connections as usize,
         grace: Duration::from_secs(a.grace_secs),
     };
@@ -92,6 +94,54 @@ pub(crate) async fn start(
         .await
         .context("pds serve did not start")?;
     Ok((server, tls))
+}
+
+/// The sign-in rules of a home's `[serve]` and `[identity]` sections.
+pub(crate) fn policy(h: &pds_home::Home) -> Result<pds_accounts::Policy> {
+    let i = &h.config.identity;
+    let minutes = |m: u64, what: &str| -> Result<chrono::Duration> {
+        if m == 0 || m > 60 * 24 * 366 {
+            bail!("{what} = {m} in pds.toml: give 1 minute to 366 days");
+        }
+        Ok(chrono::Duration::minutes(m as i64))
+    };
+    let p = pds_accounts::Policy {
+        free_failures: i.lock_after_failures.max(1),
+        lock_base: chrono::Duration::seconds(i.lock_base_seconds.clamp(1, 86_400) as i64),
+        lock_max: minutes(i.lock_max_minutes, "[identity] lock_max_minutes")?,
+        access_ttl: minutes(h.config.serve.token_ttl_minutes, "[serve] token_ttl_minutes")?,
+        session_idle: minutes(i.session_idle_minutes, "[identity] session_idle_minutes")?,
+        session_max: minutes(i.session_max_minutes, "[identity] session_max_minutes")?,
+        enrol_ttl: chrono::Duration::minutes(10),
+        service_max: chrono::Duration::days(i.service_token_max_days.clamp(1, 3660) as i64),
+        totp_algorithm: pds_accounts::mfa::TotpAlgorithm::parse(&i.totp_algorithm)
+            .context("[identity] totp_algorithm in pds.toml")?,
+        totp_issuer: i.totp_issuer.clone(),
+    };
+    if p.access_ttl > p.session_max {
+        bail!("[serve] token_ttl_minutes is longer than [identity] session_max_minutes");
+    }
+    Ok(p)
+}
+
+/// The identity providers of a home, with their client secrets read from
+/// the environment variables the configuration names.
+pub(crate) fn federation(h: &pds_home::Home) -> Result<pds_oidc::Federation> {
+    let mut configs = Vec::new();
+    for c in &h.config.identity.oidc {
+        let mut c = c.clone();
+        if let Some(var) = &c.client_secret_env {
+            let secret = std::env::var(var).with_context(|| {
+                format!(
+                    "identity provider `{}`: client_secret_env = {var:?} but that environment variable is not set",
+                    c.name
+                )
+            })?;
+            c.client_secret = Some(secret);
+        }
+        configs.push(c);
+    }
+    Ok(pds_oidc::Federation::new(configs)?)
 }
 
 fn show(server: &pds_serve::Server, tls: &pds_serve::TlsMode) {
@@ -184,14 +234,18 @@ pub(crate) async fn serve(home: &Path, a: ServeArgs) -> Result<()> {
 /// `pds user ...`
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum UserCommand {
-    /// Create an account. Local accounts get a password (asked for, or read
-    /// from the first line of stdin, or from PDS_NEW_PASSWORD).
+    /// Create an account. People get a password (asked for, or read from the
+    /// first line of stdin, or from PDS_NEW_PASSWORD) and enrol a TOTP
+    /// authenticator at their first sign-in (or with `pds user enrol`).
     Add {
         /// Account name.
         name: String,
-        /// The account signs in with access tokens only (no password).
-        #[arg(long)]
+        /// A person signed in by an identity provider (no password).
+        #[arg(long, conflicts_with = "service")]
         federated: bool,
+        /// A program: no password, scoped API tokens (`pds user token`).
+        #[arg(long)]
+        service: bool,
         /// Platform administrator (projects, members, accounts over the HTTP API).
         #[arg(long)]
         admin: bool,
@@ -201,7 +255,24 @@ pub(crate) enum UserCommand {
         /// Account name.
         name: String,
     },
-    /// Disable an account and revoke its tokens.
+    /// Enrol a TOTP authenticator with the person at your side: shows the QR
+    /// code here, then asks for the first code.
+    Enrol {
+        /// Account name.
+        name: String,
+    },
+    /// Remove an account's second factor and end its sessions (lost phone);
+    /// the person enrols again at their next sign-in.
+    ResetMfa {
+        /// Account name.
+        name: String,
+    },
+    /// Lift a lock after repeated failed sign-ins.
+    Unlock {
+        /// Account name.
+        name: String,
+    },
+    /// Disable an account and end its sessions and tokens.
     Disable {
         /// Account name.
         name: String,
@@ -213,55 +284,89 @@ pub(crate) enum UserCommand {
     },
     /// List accounts.
     List,
-    /// Issue an access token (shown once) for an account: service accounts,
-    /// federated accounts until the identity provider is configured.
+    /// Issue an API token to a service account, limited to one project and
+    /// role, shown once.
     Token {
+        /// Service account name.
+        name: String,
+        /// The only project the token opens (the account must be a member).
+        #[arg(long)]
+        project: String,
+        /// The role it carries (the account's role in the project).
+        #[arg(long, default_value = "researcher")]
+        role: String,
+        /// Days until it expires.
+        #[arg(long, default_value_t = 90)]
+        days: i64,
+    },
+    /// List an account's tokens (ids, kinds, scopes, expiry; never the tokens).
+    Tokens {
         /// Account name.
         name: String,
-        /// Lifetime in minutes.
-        #[arg(long, default_value_t = 60)]
-        minutes: i64,
+    },
+    /// Revoke tokens of an account by id (the prefix `pds user tokens` shows).
+    Revoke {
+        /// Account name.
+        name: String,
+        /// Token id (at least 12 hexadecimal digits).
+        id: String,
     },
 }
 
-fn read_password() -> Result<String> {
-    if let Ok(p) = std::env::var("PDS_NEW_PASSWORD") {
-        return Ok(p);
-    }
+fn read_line(prompt: &str) -> Result<String> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        eprint!(
-            "New password (echoed; at least {} characters): ",
-            pds_accounts::MIN_PASSWORD_CHARS
-        );
+        eprint!("{prompt}");
         let _ = std::io::stderr().flush();
     }
     let mut line = String::new();
     stdin
         .lock()
         .read_line(&mut line)
-        .context("reading the password from stdin")?;
-    let p = line.trim_end_matches(['\n', '\r']).to_string();
+        .context("reading from stdin")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn read_password() -> Result<String> {
+    if let Ok(p) = std::env::var("PDS_NEW_PASSWORD") {
+        return Ok(p);
+    }
+    let p = read_line(&format!(
+        "New password (echoed; at least {} characters): ",
+        pds_accounts::MIN_PASSWORD_CHARS
+    ))?;
     if p.is_empty() {
         bail!("no password given: type it, pipe it on stdin, or set PDS_NEW_PASSWORD");
     }
     Ok(p)
 }
 
+fn kind_name(k: pds_accounts::Kind) -> &'static str {
+    match k {
+        pds_accounts::Kind::Local => "local",
+        pds_accounts::Kind::Federated => "federated",
+        pds_accounts::Kind::Service => "service",
+    }
+}
+
 /// Runs `pds user`.
 pub(crate) async fn user(home: &Path, who: Option<&str>, c: UserCommand) -> Result<()> {
     let actor = crate::sql_cmd::principal(who)?;
     let h = pds_home::Home::open(home)?;
+    let policy = policy(&h)?;
     let gate = pds_gate::Gate::open(&h).await.context("opening the gate")?;
     let accounts = pds_accounts::Accounts::new(gate.catalog(), gate.audit());
     match c {
         UserCommand::Add {
             name,
             federated,
+            service,
             admin,
         } => {
             let (kind, password) = if federated {
                 (pds_accounts::Kind::Federated, None)
+            } else if service {
+                (pds_accounts::Kind::Service, None)
             } else {
                 (pds_accounts::Kind::Local, Some(read_password()?))
             };
@@ -270,10 +375,13 @@ pub(crate) async fn user(home: &Path, who: Option<&str>, c: UserCommand) -> Resu
                 .await?;
             println!(
                 "Account {name} created ({}{}).",
-                if federated {
-                    "federated: signs in with an access token"
-                } else {
-                    "local: password"
+                match kind {
+                    pds_accounts::Kind::Federated =>
+                        "federated: signs in through its identity provider",
+                    pds_accounts::Kind::Service =>
+                        "service: give it scoped tokens with `pds user token`",
+                    pds_accounts::Kind::Local =>
+                        "local: password, then a TOTP authenticator enrolled at the first sign-in",
                 },
                 if admin { ", admin" } else { "" }
             );
@@ -283,9 +391,43 @@ pub(crate) async fn user(home: &Path, who: Option<&str>, c: UserCommand) -> Resu
             accounts.set_password(&actor, &name, &p).await?;
             println!("Password of {name} changed.");
         }
+        UserCommand::Enrol { name } => {
+            let e = accounts
+                .begin_enrolment(gate.keys(), &policy, &actor, &name)
+                .await?;
+            eprintln!("{}", e.qr_text);
+            eprintln!("Scan this with the authenticator app of {name} (or type the secret {}).", e.secret_base32);
+            let mut tries = 0;
+            let codes = loop {
+                let code = read_line("Code shown by the app: ")?;
+                match accounts
+                    .confirm_enrolment(gate.keys(), &policy, &actor, &name, &code)
+                    .await
+                {
+                    Ok(c) => break c,
+                    Err(pds_accounts::AccountError::Invalid(m)) if tries < 2 => {
+                        eprintln!("{m}");
+                        tries += 1;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            println!("Second factor of {name} enrolled. Recovery codes (each works once; shown only now):");
+            for c in codes {
+                println!("  {c}");
+            }
+        }
+        UserCommand::ResetMfa { name } => {
+            accounts.reset_mfa(&actor, &name).await?;
+            println!("Second factor of {name} removed and its sessions ended; it enrols again at the next sign-in.");
+        }
+        UserCommand::Unlock { name } => {
+            accounts.unlock(&actor, &name).await?;
+            println!("Account {name} unlocked.");
+        }
         UserCommand::Disable { name } => {
             accounts.set_disabled(&actor, &name, true).await?;
-            println!("Account {name} disabled; its tokens are revoked.");
+            println!("Account {name} disabled; its sessions and tokens are revoked.");
         }
         UserCommand::Enable { name } => {
             accounts.set_disabled(&actor, &name, false).await?;
@@ -293,32 +435,84 @@ pub(crate) async fn user(home: &Path, who: Option<&str>, c: UserCommand) -> Resu
         }
         UserCommand::List => {
             println!(
-                "{:<24} {:<10} {:<6} {:<9} created",
-                "name", "kind", "admin", "status"
+                "{:<24} {:<10} {:<6} {:<4} {:<9} created",
+                "name", "kind", "admin", "mfa", "status"
             );
             for a in accounts.list().await? {
+                let locked = a
+                    .locked_until
+                    .as_deref()
+                    .filter(|u| *u > chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string().as_str());
                 println!(
-                    "{:<24} {:<10} {:<6} {:<9} {}",
+                    "{:<24} {:<10} {:<6} {:<4} {:<9} {}",
                     a.name,
-                    match a.kind {
-                        pds_accounts::Kind::Local => "local",
-                        pds_accounts::Kind::Federated => "federated",
-                    },
+                    kind_name(a.kind),
                     if a.admin { "yes" } else { "" },
-                    if a.disabled { "disabled" } else { "active" },
+                    if a.mfa { "yes" } else { "" },
+                    if a.disabled {
+                        "disabled"
+                    } else if locked.is_some() {
+                        "locked"
+                    } else {
+                        "active"
+                    },
                     a.created_at
                 );
             }
         }
-        UserCommand::Token { name, minutes } => {
-            if !(1..=60 * 24 * 30).contains(&minutes) {
-                bail!("--minutes {minutes}: give 1 to 43200 (30 days)");
+        UserCommand::Token {
+            name,
+            project,
+            role,
+            days,
+        } => {
+            if days < 1 {
+                bail!("--days {days}: give at least 1");
             }
             let (token, expires) = accounts
-                .issue_token(&actor, &name, "cli", chrono::Duration::minutes(minutes))
+                .issue_service_token(
+                    &actor,
+                    &policy,
+                    &name,
+                    &pds_accounts::Scope { project: project.clone(), role: role.clone() },
+                    chrono::Duration::days(days),
+                )
                 .await?;
-            eprintln!("Token for {name}, valid until {expires} (shown once; keep it secret):");
+            eprintln!(
+                "Token for {name} in project {project} as {role}, valid until {expires} (shown once; keep it secret):"
+            );
             println!("{token}");
+        }
+        UserCommand::Tokens { name } => {
+            println!(
+                "{:<14} {:<8} {:<20} {:<11} {:<21} status",
+                "id", "kind", "project", "role", "expires"
+            );
+            let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+            for t in accounts.tokens(&name).await? {
+                println!(
+                    "{:<14} {:<8} {:<20} {:<11} {:<21} {}",
+                    &t.token_sha256[..12],
+                    t.kind,
+                    t.project.as_deref().unwrap_or("-"),
+                    t.role.as_deref().unwrap_or("-"),
+                    t.expires_at,
+                    if t.revoked_at.is_some() {
+                        "revoked"
+                    } else if t.expires_at <= now {
+                        "expired"
+                    } else {
+                        "live"
+                    }
+                );
+            }
+        }
+        UserCommand::Revoke { name, id } => {
+            let n = accounts.revoke_token_id(&actor, &name, &id).await?;
+            if n == 0 {
+                bail!("no live token of {name} has id {id}; `pds user tokens {name}` lists them");
+            }
+            println!("{n} token(s) of {name} revoked.");
         }
     }
     Ok(())

@@ -207,7 +207,8 @@ pub struct ServeConfig {
     /// TLS private key (PEM), relative to the home unless absolute.
     #[serde(default = "default_tls_key")]
     pub tls_key: String,
-    /// Lifetime of access tokens issued at sign-in, minutes.
+    /// Lifetime of the access tokens of a session, minutes (refresh tokens
+    /// renew them within `[identity]` limits).
     #[serde(default = "default_token_minutes")]
     pub token_ttl_minutes: u64,
     /// Connections at once, per listener.
@@ -245,7 +246,7 @@ fn default_tls_key() -> String {
     "tls/server.key".into()
 }
 fn default_token_minutes() -> u64 {
-    480
+    15
 }
 fn default_max_connections() -> u64 {
     256
@@ -295,6 +296,90 @@ pub struct Config {
     /// Network front-ends.
     #[serde(default)]
     pub serve: ServeConfig,
+    /// Sign-in: second factor, lockout, sessions, identity providers.
+    #[serde(default)]
+    pub identity: IdentityConfig,
+}
+
+/// `[identity]` section: how people and programs sign in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// A session not refreshed for this long ends, minutes.
+    #[serde(default = "default_idle")]
+    pub session_idle_minutes: u64,
+    /// A session ends this long after sign-in, minutes.
+    #[serde(default = "default_session_max")]
+    pub session_max_minutes: u64,
+    /// Failed sign-ins allowed before the first lock.
+    #[serde(default = "default_lock_after")]
+    pub lock_after_failures: u32,
+    /// First lock, seconds; it doubles with each further failure.
+    #[serde(default = "default_lock_base")]
+    pub lock_base_seconds: u64,
+    /// Longest lock, minutes.
+    #[serde(default = "default_lock_max")]
+    pub lock_max_minutes: u64,
+    /// Sign-in attempts per minute from one address (HTTP, PostgreSQL, Flight SQL).
+    #[serde(default = "default_attempts")]
+    pub login_attempts_per_minute: u32,
+    /// TOTP hash: `SHA256` or `SHA512` (SHA-1 is banned by the crypto policy).
+    #[serde(default = "default_totp_alg")]
+    pub totp_algorithm: String,
+    /// Name shown in authenticator apps.
+    #[serde(default = "default_totp_issuer")]
+    pub totp_issuer: String,
+    /// Longest life of a service API token, days.
+    #[serde(default = "default_service_days")]
+    pub service_token_max_days: u64,
+    /// OpenID Connect identity providers (`[[identity.oidc]]`).
+    #[serde(default)]
+    pub oidc: Vec<pds_oidc::ProviderConfig>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            session_idle_minutes: default_idle(),
+            session_max_minutes: default_session_max(),
+            lock_after_failures: default_lock_after(),
+            lock_base_seconds: default_lock_base(),
+            lock_max_minutes: default_lock_max(),
+            login_attempts_per_minute: default_attempts(),
+            totp_algorithm: default_totp_alg(),
+            totp_issuer: default_totp_issuer(),
+            service_token_max_days: default_service_days(),
+            oidc: Vec::new(),
+        }
+    }
+}
+
+fn default_idle() -> u64 {
+    20
+}
+fn default_session_max() -> u64 {
+    600
+}
+fn default_lock_after() -> u32 {
+    5
+}
+fn default_lock_base() -> u64 {
+    30
+}
+fn default_lock_max() -> u64 {
+    60
+}
+fn default_attempts() -> u32 {
+    30
+}
+fn default_totp_alg() -> String {
+    "SHA256".into()
+}
+fn default_totp_issuer() -> String {
+    "PDS".into()
+}
+fn default_service_days() -> u64 {
+    366
 }
 
 fn default_catalogue_url() -> String {
@@ -396,9 +481,35 @@ http_listen = {http}
 # writes a certificate for local testing.
 tls_cert = {cert}
 tls_key = {key}
-# Lifetime of the access tokens given at sign-in, and connections per listener.
+# Lifetime of a session's access tokens (renewed with its refresh token),
+# and connections per listener.
 token_ttl_minutes = {ttl}
 max_connections = {maxconn}
+
+[identity]
+# People sign in with a password and a TOTP code (mandatory; enrolled at the
+# first sign-in) or through an identity provider below; programs use scoped
+# service tokens (`pds user token`).
+session_idle_minutes = {idle}
+session_max_minutes = {smax}
+# Failed sign-ins lock the name: after `lock_after_failures`, for
+# `lock_base_seconds`, doubling at each further failure up to `lock_max_minutes`.
+lock_after_failures = {lafter}
+lock_base_seconds = {lbase}
+lock_max_minutes = {lmax}
+login_attempts_per_minute = {attempts}
+totp_algorithm = {totpalg}
+totp_issuer = {totpiss}
+service_token_max_days = {sdays}
+
+# An identity provider (see docs/identity.md). Pro Santé Connect:
+# [[identity.oidc]]
+# name = "psc"
+# profile = "pro-sante-connect"
+# issuer = "https://auth.esw.esante.gouv.fr/auth/realms/esante-wallet"
+# client_id = "your-client-id"
+# client_secret_env = "PDS_PSC_CLIENT_SECRET"
+# redirect_uri = "https://pds.example.org/api/v1/oidc/psc/callback"
 "#,
         pg = toml_str(&c.serve.pg_listen),
         flight = toml_str(&c.serve.flight_listen),
@@ -407,6 +518,15 @@ max_connections = {maxconn}
         key = toml_str(&c.serve.tls_key),
         ttl = c.serve.token_ttl_minutes,
         maxconn = c.serve.max_connections,
+        idle = c.identity.session_idle_minutes,
+        smax = c.identity.session_max_minutes,
+        lafter = c.identity.lock_after_failures,
+        lbase = c.identity.lock_base_seconds,
+        lmax = c.identity.lock_max_minutes,
+        attempts = c.identity.login_attempts_per_minute,
+        totpalg = toml_str(&c.identity.totp_algorithm),
+        totpiss = toml_str(&c.identity.totp_issuer),
+        sdays = c.identity.service_token_max_days,
         timeout = c.gate.statement_timeout_secs,
         qmem = c.gate.query_memory_mib,
         tmem = c.gate.total_memory_mib,
@@ -521,6 +641,7 @@ impl Home {
             gate: GateConfig::default(),
             audit: AuditConfig::default(),
             serve: ServeConfig::default(),
+            identity: IdentityConfig::default(),
         };
         let home = Home {
             root: root.to_path_buf(),

@@ -472,6 +472,13 @@ impl KeyStore {
         Ok((k, w))
     }
 
+    /// Wraps an existing 256-bit secret (a TOTP seed, say) under the master
+    /// key, bound to `purpose`; [`KeyStore::unwrap_data_key`] opens it and
+    /// master-key rotation re-wraps it like any data key.
+    pub fn wrap_key(&self, key: &SecretKey, purpose: &str) -> Result<WrappedKey, KeyError> {
+        wrap(&self.master, purpose, key.expose())
+    }
+
     /// Unwraps a data key, checking it was wrapped for `purpose`.
     pub fn unwrap_data_key(&self, w: &WrappedKey, purpose: &str) -> Result<SecretKey, KeyError> {
         unwrap_key(&self.master, w, purpose)

@@ -39,6 +39,8 @@ use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+use pds_accounts::Principal;
+
 use crate::Shared;
 
 const TICKET_TTL: Duration = Duration::from_secs(60);
@@ -96,14 +98,18 @@ impl PdsFlight {
     }
 
     /// The signed-in account, from the bearer token.
-    async fn principal(&self, m: &MetadataMap) -> Result<String, Status> {
+    async fn principal(&self, m: &MetadataMap) -> Result<Principal, Status> {
         let token = header(m, "authorization")
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("sign in first: handshake with Basic credentials, or send authorization: Bearer <token>"))?;
-        match self.shared.accounts().check_token(token.trim()).await {
-            Ok(a) => Ok(a.name),
-            Err(_) => {
-                self.shared.metrics.login_failed("flight-sql");
+        self.authenticate(token).await
+    }
+
+    async fn authenticate(&self, token: &str) -> Result<Principal, Status> {
+        match self.shared.authenticate(token).await {
+            Ok(p) => Ok(p),
+            Err(reason) => {
+                self.shared.audit_refused_token("flight-sql", &reason).await;
                 Err(Status::unauthenticated("invalid credentials"))
             }
         }
@@ -127,7 +133,7 @@ impl PdsFlight {
     /// Runs a statement through the gate and keeps its rows for one `DoGet`.
     async fn start(
         &self,
-        principal: String,
+        principal: Principal,
         project: String,
         sql: &str,
         descriptor: FlightDescriptor,
@@ -151,7 +157,7 @@ impl PdsFlight {
             p.insert(
                 handle.clone(),
                 Pending {
-                    principal,
+                    principal: principal.name,
                     stream: rs,
                     created: Instant::now(),
                 },
@@ -215,7 +221,7 @@ impl PdsFlight {
     /// The project's views, read through the gate.
     async fn tables(
         &self,
-        principal: &str,
+        principal: &Principal,
         project: &str,
     ) -> Result<Vec<(String, Schema)>, Status> {
         let batches = self
@@ -248,7 +254,7 @@ impl PdsFlight {
                 .shared
                 .gate
                 .describe(
-                    principal,
+                    &principal.name,
                     &Target::Project(project.to_string()),
                     &format!("SELECT * FROM \"{n}\""),
                     &Self::options(),
@@ -298,6 +304,13 @@ impl FlightSqlService for PdsFlight {
         &self,
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<HandshakeStream>, Status> {
+        if let Some(addr) = request.remote_addr()
+            && let Err(wait) = self.shared.attempts.attempt(addr.ip())
+        {
+            return Err(Status::resource_exhausted(format!(
+                "too many sign-in attempts from this address: try again in {wait} s"
+            )));
+        }
         let auth = header(request.metadata(), "authorization")
             .ok_or_else(|| Status::unauthenticated("send authorization: Basic <user:password>"))?;
         let token = if let Some(b) = auth.strip_prefix("Basic ") {
@@ -314,43 +327,28 @@ impl FlightSqlService for PdsFlight {
             let (user, password) = text
                 .split_once(':')
                 .ok_or_else(|| Status::invalid_argument("credentials must be user:password"))?;
-            let accounts = self.shared.accounts();
-            match accounts.check_login(user, password).await {
-                Ok(a) => {
-                    accounts
-                        .issue_token(&a.name, &a.name, "flight-sql", self.shared.token_ttl)
-                        .await
-                        .map_err(|e| Status::internal(e.to_string()))?
-                        .0
-                }
-                Err(_) => {
-                    self.shared.metrics.login_failed("flight-sql");
-                    let _ = self
-                        .shared
-                        .gate
-                        .audit()
-                        .append(pds_audit::Record {
-                            principal: if pds_project::check_principal(user).is_ok() {
-                                user.to_string()
-                            } else {
-                                "?".into()
-                            },
-                            action: "login".into(),
-                            decision: "refused".into(),
-                            reason: Some("invalid credentials".into()),
-                            details: Some(serde_json::json!({"channel": "flight-sql"})),
-                            ..Default::default()
-                        })
-                        .await;
-                    return Err(Status::unauthenticated("invalid credentials"));
-                }
+            // As on the PostgreSQL protocol, the password is a token: a
+            // password alone is one factor.
+            if !pds_accounts::is_pds_token(password.trim())
+                && !pds_oidc::looks_like_jwt(password.trim())
+            {
+                self.shared
+                    .audit_refused_token("flight-sql", "a password instead of a token")
+                    .await;
+                return Err(Status::unauthenticated(
+                    "invalid credentials: the password must be an access token (sign in with your password and second factor at POST /api/v1/login, or through your identity provider; see docs/identity.md)",
+                ));
             }
+            let p = self.authenticate(password).await?;
+            if p.name != user {
+                self.shared
+                    .audit_refused_token("flight-sql", "token of another account")
+                    .await;
+                return Err(Status::unauthenticated("invalid credentials"));
+            }
+            password.trim().to_string()
         } else if let Some(t) = auth.strip_prefix("Bearer ") {
-            self.shared
-                .accounts()
-                .check_token(t.trim())
-                .await
-                .map_err(|_| Status::unauthenticated("invalid credentials"))?;
+            self.authenticate(t).await?;
             t.trim().to_string()
         } else {
             return Err(Status::unauthenticated(
@@ -401,7 +399,7 @@ impl FlightSqlService for PdsFlight {
             .lock()
             .ok()
             .and_then(|mut p| p.remove(&handle))
-            .filter(|p| p.principal == principal && p.created.elapsed() < TICKET_TTL)
+            .filter(|p| p.principal == principal.name && p.created.elapsed() < TICKET_TTL)
             .ok_or_else(|| {
                 Status::not_found("unknown or expired ticket: call GetFlightInfo again")
             })?;
@@ -420,11 +418,15 @@ impl FlightSqlService for PdsFlight {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let principal = self.principal(request.metadata()).await?;
         let project = Self::project(request.metadata())?;
+        self.shared
+            .authorize(&principal, &project)
+            .await
+            .map_err(gate_status)?;
         let d = self
             .shared
             .gate
             .describe(
-                &principal,
+                &principal.name,
                 &Target::Project(project.clone()),
                 &query.query,
                 &Self::options(),
@@ -444,7 +446,7 @@ impl FlightSqlService for PdsFlight {
             p.insert(
                 handle.clone(),
                 Prepared {
-                    principal,
+                    principal: principal.name,
                     project,
                     sql: query.query,
                 },
@@ -465,7 +467,7 @@ impl FlightSqlService for PdsFlight {
         let principal = self.principal(request.metadata()).await?;
         let handle = String::from_utf8_lossy(&query.prepared_statement_handle).to_string();
         if let Ok(mut p) = self.prepared.lock()
-            && p.get(&handle).is_some_and(|s| s.principal == principal)
+            && p.get(&handle).is_some_and(|s| s.principal == principal.name)
         {
             p.remove(&handle);
         }
@@ -485,7 +487,7 @@ impl FlightSqlService for PdsFlight {
             .ok()
             .and_then(|p| {
                 p.get(&handle)
-                    .filter(|s| s.principal == principal)
+                    .filter(|s| s.principal == principal.name)
                     .map(|s| (s.project.clone(), s.sql.clone()))
             })
             .ok_or_else(|| Status::not_found("unknown prepared statement"))?;

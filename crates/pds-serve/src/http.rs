@@ -1,6 +1,8 @@
 //! The HTTP API (axum), described by the OpenAPI document at `/openapi.json`.
 //!
-//! Sign in with `POST /api/v1/login` (local accounts) to get a bearer token.
+//! Sign in with `POST /api/v1/login` (password and TOTP code) or through an
+//! identity provider (`/api/v1/oidc/{provider}/login`) to get a session's
+//! bearer token; see [`identity`].
 //! Queries run through the gate like every other front-end; results come as
 //! JSON (row objects) or as an Arrow IPC stream, with a row limit. Admin
 //! endpoints need the platform `admin` role. `/healthz`, `/readyz` and
@@ -24,6 +26,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::Shared;
+
+mod identity;
 
 type S = Arc<Shared>;
 
@@ -71,6 +75,9 @@ fn account_failure(e: pds_accounts::AccountError) -> Failure {
     let m = e.to_string();
     match e {
         E::BadCredentials => fail(StatusCode::UNAUTHORIZED, "unauthenticated", m),
+        E::SecondFactorRequired => fail(StatusCode::UNAUTHORIZED, "mfa_required", m),
+        E::SessionEnded(_) => fail(StatusCode::UNAUTHORIZED, "session_ended", m),
+        E::Locked(_) => fail(StatusCode::TOO_MANY_REQUESTS, "locked", m),
         E::Invalid(_) => fail(StatusCode::BAD_REQUEST, "invalid", m),
         E::NoAccount(_) => fail(StatusCode::NOT_FOUND, "not_found", m),
         E::Audit(_) | E::Internal(_) => fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
@@ -136,33 +143,37 @@ pub struct Caller {
     name: String,
     admin: bool,
     token: String,
+    principal: pds_accounts::Principal,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
 }
 
 impl FromRequestParts<S> for Caller {
     type Rejection = Failure;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Caller, Failure> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| t.trim().to_string())
-            .ok_or_else(|| {
-                fail(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
-                    "sign in with POST /api/v1/login and send Authorization: Bearer <token>",
-                )
-            })?;
-        match state.accounts().check_token(&token).await {
-            Ok(a) => Ok(Caller {
-                name: a.name,
-                admin: a.admin,
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            fail(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "sign in with POST /api/v1/login (or your identity provider) and send Authorization: Bearer <token>",
+            )
+        })?;
+        match state.authenticate(&token).await {
+            Ok(p) => Ok(Caller {
+                name: p.name.clone(),
+                admin: p.admin,
                 token,
+                principal: p,
             }),
-            Err(_) => {
-                state.metrics.login_failed("http");
+            Err(reason) => {
+                state.audit_refused_token("http", &reason).await;
                 Err(fail(
                     StatusCode::UNAUTHORIZED,
                     "unauthenticated",
@@ -185,86 +196,6 @@ impl Caller {
             ))
         }
     }
-}
-
-/// Credentials of a local account.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct LoginRequest {
-    /// Account name.
-    pub user: String,
-    /// Password.
-    pub password: String,
-}
-
-/// An access token.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TokenResponse {
-    /// Send it as `Authorization: Bearer <token>`; also the password for
-    /// federated accounts on the PostgreSQL protocol.
-    pub token: String,
-    /// Always `Bearer`.
-    pub token_type: String,
-    /// Expiry, RFC 3339 UTC.
-    pub expires_at: String,
-}
-
-/// Sign in with a password; returns a bearer token.
-#[utoipa::path(post, path = "/api/v1/login", request_body = LoginRequest,
-    responses((status = 200, body = TokenResponse), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
-async fn login(
-    State(s): State<S>,
-    ApiJson(req): ApiJson<LoginRequest>,
-) -> Result<Json<TokenResponse>, Failure> {
-    let accounts = s.accounts();
-    match accounts.check_login(&req.user, &req.password).await {
-        Ok(a) => {
-            let (token, expires_at) = accounts
-                .issue_token(&a.name, &a.name, "http-login", s.token_ttl)
-                .await
-                .map_err(account_failure)?;
-            Ok(Json(TokenResponse {
-                token,
-                token_type: "Bearer".into(),
-                expires_at,
-            }))
-        }
-        Err(_) => {
-            s.metrics.login_failed("http");
-            let principal = if pds_project::check_principal(&req.user).is_ok() {
-                req.user.clone()
-            } else {
-                "?".into()
-            };
-            let _ = s
-                .gate
-                .audit()
-                .append(pds_audit::Record {
-                    principal,
-                    action: "login".into(),
-                    decision: "refused".into(),
-                    reason: Some("invalid credentials".into()),
-                    details: Some(serde_json::json!({"channel": "http"})),
-                    ..Default::default()
-                })
-                .await;
-            Err(fail(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "invalid credentials",
-            ))
-        }
-    }
-}
-
-/// Revokes the caller's token.
-#[utoipa::path(post, path = "/api/v1/logout", security(("bearer" = [])),
-    responses((status = 204), (status = 401, body = ApiError)))]
-async fn logout(State(s): State<S>, caller: Caller) -> Result<StatusCode, Failure> {
-    s.accounts()
-        .revoke_token(&caller.name, &caller.token)
-        .await
-        .map_err(account_failure)?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A project the caller belongs to.
@@ -372,7 +303,7 @@ async fn tables(
     let batches = s
         .run(
             "http",
-            &caller.name,
+            &caller.principal,
             Target::Project(project),
             "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' ORDER BY table_name, ordinal_position",
             options(),
@@ -525,7 +456,7 @@ async fn query(
     let mut rs = s
         .run(
             "http",
-            &caller.name,
+            &caller.principal,
             Target::Project(project),
             &req.sql,
             options(),
@@ -611,22 +542,28 @@ async fn query(
 pub struct AccountDoc {
     /// Name.
     pub name: String,
-    /// `local` or `federated`.
+    /// `local`, `federated` or `service`.
     pub kind: String,
     /// Platform administrator.
     pub admin: bool,
     /// Disabled.
     pub disabled: bool,
+    /// A TOTP second factor is enrolled.
+    pub mfa: bool,
+    /// Locked after failed sign-ins until then.
+    pub locked_until: Option<String>,
 }
 
 /// How an account signs in.
 #[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AccountKind {
-    /// A password (SCRAM on the PostgreSQL protocol).
+    /// A person: password and TOTP second factor.
     Local,
-    /// Access tokens only.
+    /// A person signed in by an identity provider.
     Federated,
+    /// A program: scoped API tokens.
+    Service,
 }
 
 /// A new account.
@@ -635,7 +572,7 @@ pub struct NewAccount {
     /// Name.
     #[schema(pattern = "^[A-Za-z0-9._@-]{1,128}$")]
     pub name: String,
-    /// `local` (default) or `federated`.
+    /// `local` (default), `federated` or `service`.
     pub kind: Option<AccountKind>,
     /// Password (local accounts).
     pub password: Option<String>,
@@ -650,9 +587,12 @@ fn account_doc(a: pds_accounts::Account) -> AccountDoc {
         kind: match a.kind {
             pds_accounts::Kind::Local => "local".into(),
             pds_accounts::Kind::Federated => "federated".into(),
+            pds_accounts::Kind::Service => "service".into(),
         },
         admin: a.admin,
         disabled: a.disabled,
+        mfa: a.mfa,
+        locked_until: a.locked_until,
     }
 }
 
@@ -677,6 +617,7 @@ async fn admin_add_user(
     let kind = match req.kind {
         None | Some(AccountKind::Local) => pds_accounts::Kind::Local,
         Some(AccountKind::Federated) => pds_accounts::Kind::Federated,
+        Some(AccountKind::Service) => pds_accounts::Kind::Service,
     };
     let a = s
         .accounts()
@@ -920,8 +861,13 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "PDS API", description = "Pseudonymised, audited access to SNDS data: sign-in, projects, catalogue, queries, administration."),
-    paths(login, logout, me, projects, tables, query, admin_users, admin_add_user, admin_disable_user, admin_projects, admin_create_project, admin_grant, admin_revoke, healthz, readyz, metrics),
-    components(schemas(AccountKind, ResultFormat, MemberRole, ModeDoc, ApiError, LoginRequest, TokenResponse, Me, ProjectSummary, TableDoc, ColumnDoc, QueryRequest, QueryResult, ResultColumn, AccountDoc, NewAccount, NewProjectRequest, MemberRequest, Readiness)),
+    paths(identity::login, identity::logout, identity::refresh, identity::mfa_enrol, identity::mfa_confirm,
+        identity::oidc_providers, identity::oidc_login, identity::oidc_callback,
+        identity::admin_reset_mfa, identity::admin_unlock, identity::admin_service_token,
+        me, projects, tables, query, admin_users, admin_add_user, admin_disable_user, admin_projects, admin_create_project, admin_grant, admin_revoke, healthz, readyz, metrics),
+    components(schemas(AccountKind, ResultFormat, MemberRole, ModeDoc, ApiError, identity::LoginRequest, identity::LoginResponse, identity::SessionTokens,
+        identity::RefreshRequest, identity::Enrolment, identity::ConfirmRequest, identity::ConfirmResponse, identity::LogoutResponse,
+        identity::Providers, identity::ServiceTokenRequest, identity::ServiceToken, Me, ProjectSummary, TableDoc, ColumnDoc, QueryRequest, QueryResult, ResultColumn, AccountDoc, NewAccount, NewProjectRequest, MemberRequest, Readiness)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -941,8 +887,23 @@ async fn not_found() -> Failure {
 /// The router.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/api/v1/login", post(login))
-        .route("/api/v1/logout", post(logout))
+        .route("/api/v1/login", post(identity::login))
+        .route("/api/v1/logout", post(identity::logout))
+        .route("/api/v1/token/refresh", post(identity::refresh))
+        .route("/api/v1/mfa/enrol", post(identity::mfa_enrol))
+        .route("/api/v1/mfa/confirm", post(identity::mfa_confirm))
+        .route("/api/v1/oidc/providers", get(identity::oidc_providers))
+        .route("/api/v1/oidc/{provider}/login", get(identity::oidc_login))
+        .route("/api/v1/oidc/{provider}/callback", get(identity::oidc_callback))
+        .route(
+            "/api/v1/admin/users/{name}/reset-mfa",
+            post(identity::admin_reset_mfa),
+        )
+        .route("/api/v1/admin/users/{name}/unlock", post(identity::admin_unlock))
+        .route(
+            "/api/v1/admin/users/{name}/tokens",
+            post(identity::admin_service_token),
+        )
         .route("/api/v1/me", get(me))
         .route("/api/v1/projects", get(projects))
         .route("/api/v1/projects/{project}/tables", get(tables))
@@ -983,17 +944,41 @@ pub(crate) async fn serve(
     };
     let result = match acceptor {
         None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<Peer>(),
+            )
+            .with_graceful_shutdown(signal)
+            .await
         }
         Some(acceptor) => {
             let tls = TlsListener::start(listener, acceptor, max_connections);
-            axum::serve(tls, app).with_graceful_shutdown(signal).await
+            axum::serve(
+                tls,
+                app.into_make_service_with_connect_info::<Peer>(),
+            )
+            .with_graceful_shutdown(signal)
+            .await
         }
     };
     if let Err(e) = result {
         tracing::error!("HTTP server: {e}");
+    }
+}
+
+/// The client address of a request (sign-in rate limits).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub(crate) SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(s: axum::serve::IncomingStream<'_, TlsListener>) -> Peer {
+        Peer(*s.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(s: axum::serve::IncomingStream<'_, TcpListener>) -> Peer {
+        Peer(*s.remote_addr())
     }
 }
 

@@ -15,6 +15,7 @@
 //! addresses only.
 #![forbid(unsafe_code)]
 
+mod auth;
 pub mod flight;
 pub mod http;
 pub mod metrics;
@@ -30,7 +31,7 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use base64::Engine;
-use pds_accounts::Accounts;
+use pds_accounts::{Accounts, Principal};
 use pds_gate::limits::CancelFlag;
 use pds_gate::{Gate, GateError, StatementOptions, Target};
 use std::sync::atomic::AtomicBool;
@@ -82,8 +83,12 @@ pub struct Options {
     pub http: Option<SocketAddr>,
     /// TLS.
     pub tls: TlsMode,
-    /// Lifetime of tokens issued at sign-in.
-    pub token_ttl: Duration,
+    /// Sign-in rules (second factor, lockout, session lifetimes).
+    pub policy: pds_accounts::Policy,
+    /// Identity providers.
+    pub federation: pds_oidc::Federation,
+    /// Sign-in attempts per minute from one address (0: no limit).
+    pub attempts_per_minute: u32,
     /// Connections at once per listener.
     pub max_connections: usize,
     /// On shutdown, how long running statements may take to finish before
@@ -100,9 +105,10 @@ pub struct Shared {
     exec: tokio::runtime::Handle,
     /// Whether TLS is on (plaintext connections are refused).
     tls: bool,
-    /// Secret for decoy SCRAM exchanges (unknown accounts).
-    decoy: [u8; 32],
-    token_ttl: chrono::Duration,
+    policy: pds_accounts::Policy,
+    federation: pds_oidc::Federation,
+    throttle: pds_accounts::Throttle,
+    attempts: auth::AttemptLimiter,
     metrics: metrics::Metrics,
     active: AtomicUsize,
     idle: Notify,
@@ -160,11 +166,14 @@ impl Shared {
     pub(crate) async fn run(
         self: &Arc<Self>,
         channel: &str,
-        principal: &str,
+        principal: &Principal,
         target: Target,
         sql: &str,
         mut opts: StatementOptions,
     ) -> Result<Rows, GateError> {
+        if let Target::Project(project) = &target {
+            self.authorize(principal, project).await?;
+        }
         let cancel: CancelFlag = Arc::new(AtomicBool::new(false));
         opts.cancel = Some(cancel.clone());
         opts.channel = Some(channel.to_string());
@@ -172,7 +181,7 @@ impl Shared {
         let (first_tx, first_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel(4);
         let gate = self.gate.clone();
-        let principal = principal.to_string();
+        let principal = principal.name.clone();
         let sql = sql.to_string();
         // The statement counts as running until this task ends, that is
         // until its closing audit entry is written.
@@ -347,16 +356,14 @@ impl Server {
             .enable_all()
             .build()
             .map_err(|e| ServeError::Config(format!("starting the execution runtime: {e}")))?;
-        let mut decoy = [0u8; 32];
-        getrandom::fill(&mut decoy)
-            .map_err(|e| ServeError::Config(format!("no randomness: {e}")))?;
         let shared = Arc::new(Shared {
             gate,
             exec: exec.handle().clone(),
             tls: tls.is_some(),
-            decoy,
-            token_ttl: chrono::Duration::from_std(opts.token_ttl)
-                .map_err(|e| ServeError::Config(format!("token lifetime: {e}")))?,
+            policy: opts.policy.clone(),
+            federation: opts.federation.clone(),
+            throttle: pds_accounts::Throttle::default(),
+            attempts: auth::AttemptLimiter::new(opts.attempts_per_minute),
             metrics: metrics::Metrics::new(),
             active: AtomicUsize::new(0),
             idle: Notify::new(),

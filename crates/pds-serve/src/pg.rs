@@ -23,10 +23,9 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use async_trait::async_trait;
-use bytes::Bytes;
 use datafusion::sql::sqlparser::ast::{self, Statement};
 use futures::{Sink, SinkExt, StreamExt, stream};
-use pds_accounts::scram;
+use pds_accounts::Principal;
 use pds_gate::{Description, GateError, StatementOptions, Target};
 use pgwire::api::Type;
 use pgwire::api::auth::{
@@ -128,7 +127,7 @@ impl CancelRegistry {
 /// The signed-in identity of a connection.
 #[derive(Debug, Clone)]
 struct Session {
-    principal: String,
+    principal: Principal,
     project: String,
     pid: i32,
     cancel: watch::Receiver<u64>,
@@ -162,13 +161,7 @@ impl Drop for ConnState {
 
 enum AuthState {
     Initial,
-    Scram {
-        user: String,
-    },
-    ScramSent {
-        user: String,
-        exchange: Box<scram::Exchange>,
-    },
+    /// Waiting for the password message, which carries a token.
     Token {
         user: String,
     },
@@ -291,24 +284,22 @@ impl PgStartup {
         )
     }
 
-    async fn complete<C>(&self, client: &mut C, user: String) -> PgWireResult<()>
+    async fn complete<C>(&self, client: &mut C, principal: Principal) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let user = principal.name.clone();
         let project = client
             .metadata()
             .get(METADATA_DATABASE)
             .cloned()
             .unwrap_or_else(|| user.clone());
-        let today = chrono::Utc::now().date_naive();
         let shared = &self.state.shared;
-        if let Err(e) =
-            pds_project::check_access(shared.gate.catalog(), &project, &user, today).await
-        {
+        if let Err(e) = shared.authorize(&principal, &project).await {
             let msg = match e {
-                pds_project::ProjectError::Denied(m) => m,
+                GateError::Refused(m) => m,
                 e => e.to_string(),
             };
             self.login_audit(&user, Some(&project), "refused", Some(msg.clone()))
@@ -321,7 +312,7 @@ impl PgStartup {
         client.set_pid_and_secret_key(pid, SecretKey::I32(i32::from_be_bytes(secret)));
         if let Ok(mut s) = self.state.session.lock() {
             *s = Some(Session {
-                principal: user.clone(),
+                principal,
                 project,
                 pid,
                 cancel,
@@ -347,7 +338,6 @@ impl StartupHandler for PgStartup {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let shared = self.state.shared.clone();
-        let accounts = shared.accounts();
         let mut auth = self.state.auth.lock().await;
         match message {
             PgWireFrontendMessage::Startup(ref startup) => {
@@ -363,112 +353,59 @@ impl StartupHandler for PgStartup {
                 let Some(user) = client.metadata().get(METADATA_USER).cloned() else {
                     return Err(user_error("FATAL", "28000", "no user name given"));
                 };
-                client.set_state(PgWireConnectionState::AuthenticationInProgress);
-                let federated = accounts
-                    .is_federated(&user)
-                    .await
-                    .map_err(|e| user_error("FATAL", "58000", e.to_string()))?;
-                if federated {
-                    if !client.is_secure() {
-                        return Err(user_error(
-                            "FATAL",
-                            "28000",
-                            "an access token is a password: it is accepted over TLS only",
-                        ));
-                    }
-                    *auth = AuthState::Token { user };
-                    client
-                        .send(PgWireBackendMessage::Authentication(
-                            Authentication::CleartextPassword,
-                        ))
-                        .await?;
-                } else {
-                    *auth = AuthState::Scram { user };
-                    client
-                        .send(PgWireBackendMessage::Authentication(Authentication::SASL(
-                            vec!["SCRAM-SHA-256".into()],
-                        )))
-                        .await?;
+                if let Err(wait) = shared.attempts.attempt(client.socket_addr().ip()) {
+                    return Err(user_error(
+                        "FATAL",
+                        "53300",
+                        format!("too many sign-in attempts from this address: try again in {wait} s"),
+                    ));
                 }
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                // The password is a token (a session access token, a
+                // service token or an identity provider's JWT): a password
+                // alone is one factor, which SNDS access does not allow.
+                *auth = AuthState::Token { user };
+                client
+                    .send(PgWireBackendMessage::Authentication(
+                        Authentication::CleartextPassword,
+                    ))
+                    .await?;
             }
             PgWireFrontendMessage::PasswordMessageFamily(msg) => {
                 match std::mem::replace(&mut *auth, AuthState::Done) {
-                    AuthState::Scram { user } => {
-                        let init = msg.into_sasl_initial_response()?;
-                        if init.auth_method != "SCRAM-SHA-256" {
+                    AuthState::Token { user } => {
+                        let pw = msg.into_password()?;
+                        let db = client.metadata().get(METADATA_DATABASE).cloned();
+                        let token = pw.password.trim();
+                        if !pds_accounts::is_pds_token(token) && !pds_oidc::looks_like_jwt(token) {
+                            // Audited like any refusal; the answer says how to sign in.
+                            let _ = self
+                                .refuse_login(&user, db.as_deref(), "a password instead of a token")
+                                .await;
                             return Err(user_error(
                                 "FATAL",
-                                "28000",
+                                "28P01",
                                 format!(
-                                    "SASL mechanism {} is not offered; use SCRAM-SHA-256",
-                                    init.auth_method
+                                    "password authentication failed for user \"{user}\": the password must be an access token, \
+                                     obtained by signing in with your password and second factor (POST /api/v1/login) \
+                                     or through your identity provider; see docs/identity.md"
                                 ),
                             ));
                         }
-                        let data = init.data.unwrap_or_default();
-                        let text = std::str::from_utf8(&data).map_err(|_| {
-                            user_error("FATAL", "08P01", "SCRAM message is not UTF-8")
-                        })?;
-                        let verifier = accounts
-                            .scram_verifier(&user)
-                            .await
-                            .map_err(|e| user_error("FATAL", "58000", e.to_string()))?;
-                        let nonce = crate::random_token(18)
-                            .map_err(|e| user_error("FATAL", "58000", e.to_string()))?;
-                        let (exchange, first) =
-                            scram::server_first(text, verifier, &user, &shared.decoy, &nonce)
-                                .map_err(|e| user_error("FATAL", "08P01", e.to_string()))?;
-                        *auth = AuthState::ScramSent {
-                            user,
-                            exchange: Box::new(exchange),
-                        };
-                        client
-                            .send(PgWireBackendMessage::Authentication(
-                                Authentication::SASLContinue(Bytes::from(first)),
-                            ))
-                            .await?;
-                    }
-                    AuthState::ScramSent { user, exchange } => {
-                        let resp = msg.into_sasl_response()?;
-                        let text = std::str::from_utf8(&resp.data).map_err(|_| {
-                            user_error("FATAL", "08P01", "SCRAM message is not UTF-8")
-                        })?;
-                        match exchange.finish(text) {
-                            Ok(fin) => {
-                                client
-                                    .feed(PgWireBackendMessage::Authentication(
-                                        Authentication::SASLFinal(Bytes::from(fin)),
-                                    ))
-                                    .await?;
-                                self.complete(client, user).await?;
-                            }
-                            Err(scram::ScramError::Malformed(m)) => {
-                                return Err(user_error(
-                                    "FATAL",
-                                    "08P01",
-                                    format!("malformed SCRAM message: {m}"),
-                                ));
-                            }
-                            Err(_) => {
-                                let db = client.metadata().get(METADATA_DATABASE).cloned();
+                        match shared.authenticate(token).await {
+                            Ok(p) if p.name == user => self.complete(client, p).await?,
+                            Ok(p) => {
                                 return Err(self
                                     .refuse_login(
                                         &user,
                                         db.as_deref(),
-                                        "wrong password or unknown account",
+                                        &format!("token of `{}` used as `{user}`", p.name),
                                     )
                                     .await);
                             }
-                        }
-                    }
-                    AuthState::Token { user } => {
-                        let pw = msg.into_password()?;
-                        match accounts.check_token(&pw.password).await {
-                            Ok(a) if a.name == user => self.complete(client, user).await?,
-                            _ => {
-                                let db = client.metadata().get(METADATA_DATABASE).cloned();
+                            Err(reason) => {
                                 return Err(self
-                                    .refuse_login(&user, db.as_deref(), "invalid access token")
+                                    .refuse_login(&user, db.as_deref(), &reason)
                                     .await);
                             }
                         }
@@ -585,7 +522,7 @@ impl QueryParser for PgParser {
                     self.state
                         .shared
                         .gate
-                        .describe(&principal, &target, &sql, &self.state.options(None))
+                        .describe(&principal.name, &target, &sql, &self.state.options(None))
                         .await
                         .map_err(gate_error)?,
                 )
@@ -659,7 +596,7 @@ impl ConnState {
             .and_then(|c| c.get(name).map(|c| c.stream.schema()))
     }
 
-    fn identity(&self) -> PgWireResult<(String, Target)> {
+    fn identity(&self) -> PgWireResult<(Principal, Target)> {
         let s = self
             .session
             .lock()

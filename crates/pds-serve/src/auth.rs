@@ -1,0 +1,180 @@
+//! Who is calling: one token check for every front-end.
+//!
+//! A caller presents a token: a PDS session access token (after a password
+//! and TOTP sign-in, or an identity-provider login), a scoped service token,
+//! or an identity provider's own JWT access token. [`Shared::authenticate`]
+//! is the only place that turns one into a [`Principal`]; PostgreSQL,
+//! Flight SQL and HTTP all call it, so no door is weaker than another.
+//! Failures are audited with their reason and answered vaguely.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use pds_accounts::{IdpToken, Principal};
+use pds_gate::GateError;
+
+use crate::Shared;
+
+/// Sign-in attempts per address, in one-minute windows. Bounded memory:
+/// when full, expired windows are dropped, then the table is cleared.
+#[derive(Debug)]
+pub(crate) struct AttemptLimiter {
+    per_minute: u32,
+    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+const LIMITER_ENTRIES: usize = 50_000;
+
+impl AttemptLimiter {
+    pub(crate) fn new(per_minute: u32) -> AttemptLimiter {
+        AttemptLimiter {
+            per_minute,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts an attempt from `ip`; `Err(seconds to wait)` past the limit.
+    pub(crate) fn attempt(&self, ip: IpAddr) -> Result<(), u64> {
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let minute = Duration::from_secs(60);
+        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() >= LIMITER_ENTRIES {
+            w.retain(|_, (start, _)| now.duration_since(*start) < minute);
+            if w.len() >= LIMITER_ENTRIES {
+                w.clear();
+            }
+        }
+        let e = w.entry(ip).or_insert((now, 0));
+        if now.duration_since(e.0) >= minute {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        if e.1 > self.per_minute {
+            Err(minute.saturating_sub(now.duration_since(e.0)).as_secs().max(1))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Shared {
+    /// Checks a token of any kind and returns the caller. The error is the
+    /// reason, for the audit log only.
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<Principal, String> {
+        let token = token.trim();
+        if pds_accounts::is_pds_token(token) {
+            return self
+                .accounts()
+                .authenticate(token)
+                .await
+                .map_err(|e| match e {
+                    pds_accounts::AccountError::BadCredentials => {
+                        "invalid, expired or revoked PDS token".to_string()
+                    }
+                    e => e.to_string(),
+                });
+        }
+        if !pds_oidc::looks_like_jwt(token) {
+            return Err("neither a PDS token nor a JWT".into());
+        }
+        let provider = self
+            .federation
+            .for_token(token)
+            .ok_or_else(|| "JWT from an issuer that is not configured".to_string())?;
+        let v = provider.validate(token).await.map_err(|e| e.to_string())?;
+        let id = provider.identity(&v.claims).map_err(|e| e.to_string())?;
+        let cat = self.gate.catalog();
+        for (kind, value) in [("sid", &id.sid), ("jti", &id.jti)] {
+            if let Some(value) = value
+                && cat
+                    .idp_revoked(provider.name(), kind, value)
+                    .await
+                    .map_err(|e| e.to_string())?
+            {
+                return Err(format!(
+                    "identity-provider {} revoked here (logout or revocation)",
+                    if kind == "sid" { "session" } else { "token" }
+                ));
+            }
+        }
+        let account = self
+            .accounts()
+            .provision_federated(&id.principal, provider.name())
+            .await
+            .map_err(|e| e.to_string())?;
+        if account.disabled {
+            return Err(format!("account `{}` is disabled", account.name));
+        }
+        Ok(Principal {
+            name: account.name,
+            admin: account.admin,
+            via: format!("oidc:{}", provider.name()),
+            session: None,
+            scope: None,
+            eligible_roles: id.eligible_roles,
+            idp: Some(IdpToken {
+                provider: provider.name().to_string(),
+                sid: id.sid,
+                jti: id.jti,
+                exp: id.exp,
+            }),
+        })
+    }
+
+    /// Audits a refused token.
+    pub(crate) async fn audit_refused_token(&self, channel: &str, reason: &str) {
+        self.metrics.login_failed(channel);
+        let _ = self
+            .gate
+            .audit()
+            .append(pds_audit::Record {
+                principal: "?".into(),
+                action: "authenticate".into(),
+                decision: "refused".into(),
+                reason: Some(reason.to_string()),
+                details: Some(serde_json::json!({"channel": channel})),
+                ..Default::default()
+            })
+            .await;
+    }
+
+    /// Whether `principal` may work in `project`: a member with a role that
+    /// may query, and, for scoped tokens and federated people, a role the
+    /// token or the identity provider's claims allow.
+    pub(crate) async fn authorize(
+        &self,
+        principal: &Principal,
+        project: &str,
+    ) -> Result<(), GateError> {
+        let today = chrono::Utc::now().date_naive();
+        let (_, role) =
+            pds_project::check_access(self.gate.catalog(), project, &principal.name, today)
+                .await
+                .map_err(|e| match e {
+                    pds_project::ProjectError::Denied(m) => GateError::Refused(m),
+                    e => GateError::Setup(e.to_string()),
+                })?;
+        if let Err(why) = principal.may_use(project, role.as_str()) {
+            let _ = self
+                .gate
+                .audit()
+                .append(pds_audit::Record {
+                    principal: principal.name.clone(),
+                    project: Some(project.to_string()),
+                    action: "authorize".into(),
+                    decision: "refused".into(),
+                    reason: Some(why.clone()),
+                    details: Some(serde_json::json!({"via": principal.via})),
+                    ..Default::default()
+                })
+                .await;
+            return Err(GateError::Refused(why));
+        }
+        Ok(())
+    }
+}
