@@ -198,8 +198,16 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
 
 /// Passwords too common to allow whatever their length.
 const COMMON: &[&str] = &[
-    "password", "motdepasse", "azerty", "qwerty", "123456", "letmein", "welcome", "bienvenue",
-    "soleil", "admin",
+    "password",
+    "motdepasse",
+    "azerty",
+    "qwerty",
+    "123456",
+    "letmein",
+    "welcome",
+    "bienvenue",
+    "soleil",
+    "admin",
 ];
 
 /// Checks a new password against the policy: length, not the account name,
@@ -362,6 +370,19 @@ pub enum SecondFactor<'a> {
     Recovery(&'a str),
 }
 
+/// What an identity provider said about a person signing in.
+#[derive(Debug, Clone, Copy)]
+pub struct Federated<'a> {
+    /// Provider name.
+    pub provider: &'a str,
+    /// Assurance level.
+    pub acr: Option<&'a str>,
+    /// The provider's session id.
+    pub sid: Option<&'a str>,
+    /// Project roles its claims allow (`None`: any).
+    pub eligible_roles: Option<&'a [String]>,
+}
+
 /// Tokens of a session.
 #[derive(Debug, Clone)]
 pub struct Tokens {
@@ -450,7 +471,11 @@ impl Principal {
         {
             return Err(format!(
                 "your identity provider's attributes do not allow the `{role}` role (allowed: {})",
-                if e.is_empty() { "none".to_string() } else { e.join(", ") }
+                if e.is_empty() {
+                    "none".to_string()
+                } else {
+                    e.join(", ")
+                }
             ));
         }
         Ok(())
@@ -557,8 +582,7 @@ impl<'a> Accounts<'a> {
             }
             (Kind::Federated, Some(_)) => {
                 return Err(AccountError::Invalid(
-                    "a federated account has no password: its identity provider signs it in"
-                        .into(),
+                    "a federated account has no password: its identity provider signs it in".into(),
                 ));
             }
             (Kind::Service, Some(_)) => {
@@ -627,11 +651,13 @@ impl<'a> Accounts<'a> {
         }
         check_password(name, password)?;
         let hash = hash_password(password)?;
-        self.record(actor, "account.passwd", serde_json::json!({"account": name}))
-            .await?;
-        self.cat
-            .set_account_password(name, &hash, &now())
-            .await?;
+        self.record(
+            actor,
+            "account.passwd",
+            serde_json::json!({"account": name}),
+        )
+        .await?;
+        self.cat.set_account_password(name, &hash, &now()).await?;
         Ok(())
     }
 
@@ -670,8 +696,12 @@ impl<'a> Accounts<'a> {
                 row.kind
             )));
         }
-        self.record(actor, "account.mfa_reset", serde_json::json!({"account": name}))
-            .await?;
+        self.record(
+            actor,
+            "account.mfa_reset",
+            serde_json::json!({"account": name}),
+        )
+        .await?;
         self.cat.set_totp_seed(name, None).await?;
         self.cat.revoke_all_of(name, &now()).await?;
         Ok(())
@@ -680,8 +710,12 @@ impl<'a> Accounts<'a> {
     /// Lifts a lock after failed sign-ins.
     pub async fn unlock(&self, actor: &str, name: &str) -> Result<(), AccountError> {
         self.row(name).await?;
-        self.record(actor, "account.unlock", serde_json::json!({"account": name}))
-            .await?;
+        self.record(
+            actor,
+            "account.unlock",
+            serde_json::json!({"account": name}),
+        )
+        .await?;
         self.cat.set_login_failures(name, 0, None).await?;
         Ok(())
     }
@@ -729,12 +763,7 @@ impl<'a> Accounts<'a> {
         .await
     }
 
-    fn locked(
-        &self,
-        throttle: &Throttle,
-        name: &str,
-        row: Option<&AccountRow>,
-    ) -> Option<u64> {
+    fn locked(&self, throttle: &Throttle, name: &str, row: Option<&AccountRow>) -> Option<u64> {
         let until = match row {
             Some(r) => r.locked_until.as_deref().and_then(parse_time),
             None => throttle.get(name).1,
@@ -760,7 +789,11 @@ impl<'a> Accounts<'a> {
         let row = self.cat.account(name).await?;
         if let Some(left) = self.locked(throttle, name, row.as_ref()) {
             self.record_decision(
-                if pds_project::check_principal(name).is_ok() { name } else { "?" },
+                if pds_project::check_principal(name).is_ok() {
+                    name
+                } else {
+                    "?"
+                },
                 "login",
                 "refused",
                 Some("locked after repeated failures".into()),
@@ -781,8 +814,15 @@ impl<'a> Accounts<'a> {
         );
         let ok = verify_password(hash.as_deref().unwrap_or(&decoy), password);
         let (true, Some(_), Some(r)) = (ok, hash, row.as_ref()) else {
-            self.fail(policy, throttle, name, row.as_ref(), channel, "invalid credentials")
-                .await?;
+            self.fail(
+                policy,
+                throttle,
+                name,
+                row.as_ref(),
+                channel,
+                "invalid credentials",
+            )
+            .await?;
             return Err(AccountError::BadCredentials);
         };
         if r.totp_enrolled_at.is_none() {
@@ -819,8 +859,15 @@ impl<'a> Accounts<'a> {
                 if self.check_totp(keys, policy, r, code).await? {
                     "password+totp"
                 } else {
-                    self.fail(policy, throttle, name, Some(r), channel, "wrong or reused TOTP code")
-                        .await?;
+                    self.fail(
+                        policy,
+                        throttle,
+                        name,
+                        Some(r),
+                        channel,
+                        "wrong or reused TOTP code",
+                    )
+                    .await?;
                     return Err(AccountError::BadCredentials);
                 }
             }
@@ -832,8 +879,15 @@ impl<'a> Accounts<'a> {
                 {
                     "password+recovery-code"
                 } else {
-                    self.fail(policy, throttle, name, Some(r), channel, "wrong or used recovery code")
-                        .await?;
+                    self.fail(
+                        policy,
+                        throttle,
+                        name,
+                        Some(r),
+                        channel,
+                        "wrong or used recovery code",
+                    )
+                    .await?;
                     return Err(AccountError::BadCredentials);
                 }
             }
@@ -842,7 +896,7 @@ impl<'a> Accounts<'a> {
             self.cat.set_login_failures(name, 0, None).await?;
         }
         let tokens = self
-            .start_session(name, method, None, None, None, policy, channel)
+            .start_session(name, method, None, policy, channel)
             .await?;
         Ok(LoginOutcome::Signed(tokens))
     }
@@ -855,8 +909,14 @@ impl<'a> Accounts<'a> {
         code: &str,
     ) -> Result<bool, AccountError> {
         let seed = self.seed(keys, r)?;
-        let totp = mfa::generator(seed.expose(), policy.totp_algorithm, &policy.totp_issuer, &r.name)?;
-        let Some(step) = mfa::matching_step(&totp, code, chrono::Utc::now().timestamp().max(0) as u64)
+        let totp = mfa::generator(
+            seed.expose(),
+            policy.totp_algorithm,
+            &policy.totp_issuer,
+            &r.name,
+        )?;
+        let Some(step) =
+            mfa::matching_step(&totp, code, chrono::Utc::now().timestamp().max(0) as u64)
         else {
             return Ok(false);
         };
@@ -868,7 +928,9 @@ impl<'a> Accounts<'a> {
             .totp_seed
             .as_deref()
             .and_then(|s| serde_json::from_str(s).ok())
-            .ok_or_else(|| AccountError::Internal(format!("account `{}` has no TOTP seed", r.name)))?;
+            .ok_or_else(|| {
+                AccountError::Internal(format!("account `{}` has no TOTP seed", r.name))
+            })?;
         keys.unwrap_data_key(&wrapped, &totp_purpose(&r.name))
             .map_err(|e| AccountError::Internal(format!("TOTP seed of `{}`: {e}", r.name)))
     }
@@ -897,12 +959,21 @@ impl<'a> Accounts<'a> {
         let wrapped = keys
             .wrap_key(&seed, &totp_purpose(name))
             .map_err(|e| AccountError::Internal(e.to_string()))?;
-        let totp = mfa::generator(seed.expose(), policy.totp_algorithm, &policy.totp_issuer, name)?;
+        let totp = mfa::generator(
+            seed.expose(),
+            policy.totp_algorithm,
+            &policy.totp_issuer,
+            name,
+        )?;
         let enrolment = mfa::enrolment(&totp)?;
-        self.record(actor, "account.mfa_enrol_start", serde_json::json!({"account": name}))
-            .await?;
-        let json = serde_json::to_string(&wrapped)
-            .map_err(|e| AccountError::Internal(e.to_string()))?;
+        self.record(
+            actor,
+            "account.mfa_enrol_start",
+            serde_json::json!({"account": name}),
+        )
+        .await?;
+        let json =
+            serde_json::to_string(&wrapped).map_err(|e| AccountError::Internal(e.to_string()))?;
         self.cat.set_totp_seed(name, Some(&json)).await?;
         Ok(enrolment)
     }
@@ -919,7 +990,9 @@ impl<'a> Accounts<'a> {
     ) -> Result<Vec<String>, AccountError> {
         let r = self.row(name).await?;
         if r.totp_enrolled_at.is_some() {
-            return Err(AccountError::Invalid(format!("`{name}` is already enrolled")));
+            return Err(AccountError::Invalid(format!(
+                "`{name}` is already enrolled"
+            )));
         }
         if r.totp_seed.is_none() {
             return Err(AccountError::Invalid(format!(
@@ -927,8 +1000,14 @@ impl<'a> Accounts<'a> {
             )));
         }
         let seed = self.seed(keys, &r)?;
-        let totp = mfa::generator(seed.expose(), policy.totp_algorithm, &policy.totp_issuer, name)?;
-        let Some(step) = mfa::matching_step(&totp, code, chrono::Utc::now().timestamp().max(0) as u64)
+        let totp = mfa::generator(
+            seed.expose(),
+            policy.totp_algorithm,
+            &policy.totp_issuer,
+            name,
+        )?;
+        let Some(step) =
+            mfa::matching_step(&totp, code, chrono::Utc::now().timestamp().max(0) as u64)
         else {
             self.record_decision(
                 actor,
@@ -996,12 +1075,16 @@ impl<'a> Accounts<'a> {
         &self,
         name: &str,
         method: &str,
-        acr: Option<&str>,
-        idp: Option<&str>,
-        idp_sid: Option<&str>,
+        federation: Option<&Federated<'_>>,
         policy: &Policy,
         channel: &str,
     ) -> Result<Tokens, AccountError> {
+        let acr = federation.and_then(|f| f.acr);
+        let idp = federation.map(|f| f.provider);
+        let idp_sid = federation.and_then(|f| f.sid);
+        let roles = federation
+            .and_then(|f| f.eligible_roles)
+            .map(|r| r.join(","));
         let t = chrono::Utc::now();
         let id = hex::encode(random::<16>()?);
         let session = SessionRow {
@@ -1011,6 +1094,7 @@ impl<'a> Accounts<'a> {
             acr: acr.map(str::to_string),
             idp: idp.map(str::to_string),
             idp_sid: idp_sid.map(str::to_string),
+            roles,
             created_at: fmt_time(t),
             last_seen_at: fmt_time(t),
             expires_at: fmt_time(t + policy.session_max),
@@ -1046,10 +1130,26 @@ impl<'a> Accounts<'a> {
                 "token_sha256_prefix": &token_digest(&access)[..12]}),
         )
         .await?;
-        self.store_token(&access, &s.account, "access", channel, &access_exp, Some(&s.id), None)
-            .await?;
-        self.store_token(&refresh, &s.account, "refresh", channel, &s.expires_at, Some(&s.id), None)
-            .await?;
+        self.store_token(
+            &access,
+            &s.account,
+            "access",
+            channel,
+            &access_exp,
+            Some(&s.id),
+            None,
+        )
+        .await?;
+        self.store_token(
+            &refresh,
+            &s.account,
+            "refresh",
+            channel,
+            &s.expires_at,
+            Some(&s.id),
+            None,
+        )
+        .await?;
         Ok(Tokens {
             access_token: access.to_string(),
             refresh_token: refresh.to_string(),
@@ -1155,7 +1255,9 @@ impl<'a> Accounts<'a> {
             )));
         }
         if r.disabled_at.is_some() {
-            return Err(AccountError::Invalid(format!("account `{name}` is disabled")));
+            return Err(AccountError::Invalid(format!(
+                "account `{name}` is disabled"
+            )));
         }
         if ttl <= chrono::Duration::zero() || ttl > policy.service_max {
             return Err(AccountError::Invalid(format!(
@@ -1224,6 +1326,7 @@ impl<'a> Accounts<'a> {
             return Err(AccountError::BadCredentials);
         };
         let t = self.live_token(token, kind).await?;
+        let mut eligible_roles = None;
         if let Some(sid) = &t.session_id {
             let s = self
                 .cat
@@ -1233,6 +1336,12 @@ impl<'a> Accounts<'a> {
             if s.revoked_at.is_some() || s.expires_at <= now() {
                 return Err(AccountError::BadCredentials);
             }
+            eligible_roles = s.roles.map(|r| {
+                r.split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            });
         }
         let r = self.cat.account(&t.account).await?;
         let Some(r) = r.filter(|r| r.disabled_at.is_none()) else {
@@ -1245,10 +1354,14 @@ impl<'a> Accounts<'a> {
         Ok(Principal {
             admin: scope.is_none() && account(&r).admin,
             name: r.name,
-            via: if kind == "service" { "service-token".into() } else { "session".into() },
+            via: if kind == "service" {
+                "service-token".into()
+            } else {
+                "session".into()
+            },
             session: t.session_id,
             scope,
-            eligible_roles: None,
+            eligible_roles,
             idp: None,
         })
     }
@@ -1316,8 +1429,14 @@ impl<'a> Accounts<'a> {
                 r.kind
             ))),
             None => {
-                self.add(&format!("oidc:{provider}"), name, Kind::Federated, None, false)
-                    .await
+                self.add(
+                    &format!("oidc:{provider}"),
+                    name,
+                    Kind::Federated,
+                    None,
+                    false,
+                )
+                .await
             }
         }
     }
@@ -1363,7 +1482,10 @@ mod tests {
             admin: false,
             via: "service-token".into(),
             session: None,
-            scope: Some(Scope { project: "p1".into(), role: "researcher".into() }),
+            scope: Some(Scope {
+                project: "p1".into(),
+                role: "researcher".into(),
+            }),
             eligible_roles: None,
             idp: None,
         };

@@ -204,7 +204,8 @@ mod tests {
         let code_old = t.generate(now - 2 * STEP_SECS).to_string();
         assert_eq!(matching_step(&t, &code_prev, now), Some(step - 1));
         assert_eq!(matching_step(&t, &code_next, now), Some(step + 1));
-        if code_old != code_prev && code_old != t.generate(now).to_string() && code_old != code_next {
+        if code_old != code_prev && code_old != t.generate(now).to_string() && code_old != code_next
+        {
             assert_eq!(matching_step(&t, &code_old, now), None);
         }
         assert_eq!(matching_step(&t, "12345", now), None);
@@ -220,20 +221,30 @@ mod tests {
         digests.dedup();
         assert_eq!(digests.len(), RECOVERY_CODES);
         let (code, digest) = &codes[0];
-        assert_eq!(&recovery_digest(&code.to_lowercase().replace('-', " ")), digest);
+        assert_eq!(
+            &recovery_digest(&code.to_lowercase().replace('-', " ")),
+            digest
+        );
     }
 
     #[test]
     fn sha1_is_refused() {
         assert!(TotpAlgorithm::parse("SHA1").is_err());
-        assert_eq!(TotpAlgorithm::parse("sha-256").unwrap(), TotpAlgorithm::Sha256);
+        assert_eq!(
+            TotpAlgorithm::parse("sha-256").unwrap(),
+            TotpAlgorithm::Sha256
+        );
     }
 
     #[test]
     fn enrolment_uri_and_qr() {
         let t = generator(&[1u8; 32], TotpAlgorithm::Sha256, "PDS", "carol").unwrap();
         let e = enrolment(&t).unwrap();
-        assert!(e.otpauth_uri.starts_with("otpauth://totp/PDS:carol?"), "{}", e.otpauth_uri);
+        assert!(
+            e.otpauth_uri.starts_with("otpauth://totp/PDS:carol?"),
+            "{}",
+            e.otpauth_uri
+        );
         assert!(e.otpauth_uri.contains("algorithm=SHA256"));
         assert!(e.qr_svg.contains("<svg"));
         assert!(e.qr_text.lines().count() > 10);

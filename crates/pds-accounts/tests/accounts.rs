@@ -101,7 +101,13 @@ async fn password_totp_recovery_sessions_and_refresh() {
     // At rest: a seed wrapped for this account only, no password, no codes.
     let row = cat.account("alice").await.unwrap().unwrap();
     let seed = row.totp_seed.clone().unwrap();
-    let secret = uri.split("secret=").nth(1).unwrap().split('&').next().unwrap();
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
     assert!(!seed.contains(secret));
     let wrapped: pds_keys::WrappedKey = serde_json::from_str(&seed).unwrap();
     assert!(keys.unwrap_data_key(&wrapped, "pds/totp/bob").is_err());
@@ -110,27 +116,53 @@ async fn password_totp_recovery_sessions_and_refresh() {
 
     // The password alone is not enough.
     assert!(matches!(
-        a.login(&keys, &p, &t, "alice", PW, SecondFactor::None, "test").await,
+        a.login(&keys, &p, &t, "alice", PW, SecondFactor::None, "test")
+            .await,
         Err(AccountError::SecondFactorRequired)
     ));
     // The code that confirmed the enrolment was spent: replay refused.
     let spent = mfa::code_at(&uri, now()).unwrap();
     assert!(matches!(
-        a.login(&keys, &p, &t, "alice", PW, SecondFactor::Totp(&spent), "test").await,
+        a.login(
+            &keys,
+            &p,
+            &t,
+            "alice",
+            PW,
+            SecondFactor::Totp(&spent),
+            "test"
+        )
+        .await,
         Err(AccountError::BadCredentials)
     ));
     // The next time step's code is inside the window and unused.
     let next = mfa::code_at(&uri, now() + mfa::STEP_SECS).unwrap();
     let s1 = signed(
-        a.login(&keys, &p, &t, "alice", PW, SecondFactor::Totp(&next), "test")
-            .await
-            .unwrap(),
+        a.login(
+            &keys,
+            &p,
+            &t,
+            "alice",
+            PW,
+            SecondFactor::Totp(&next),
+            "test",
+        )
+        .await
+        .unwrap(),
     );
     // ... once.
     assert!(
-        a.login(&keys, &p, &t, "alice", PW, SecondFactor::Totp(&next), "test")
-            .await
-            .is_err()
+        a.login(
+            &keys,
+            &p,
+            &t,
+            "alice",
+            PW,
+            SecondFactor::Totp(&next),
+            "test"
+        )
+        .await
+        .is_err()
     );
     // A code two steps ahead is outside the window.
     let far = mfa::code_at(&uri, now() + 3 * mfa::STEP_SECS).unwrap();
@@ -141,19 +173,44 @@ async fn password_totp_recovery_sessions_and_refresh() {
     );
     // A wrong password with a good code is refused.
     assert!(matches!(
-        a.login(&keys, &p, &t, "alice", "not the password at all", SecondFactor::Recovery(&codes[1]), "test").await,
+        a.login(
+            &keys,
+            &p,
+            &t,
+            "alice",
+            "not the password at all",
+            SecondFactor::Recovery(&codes[1]),
+            "test"
+        )
+        .await,
         Err(AccountError::BadCredentials)
     ));
     // Recovery codes: each works once, typed in any case.
     let s2 = signed(
-        a.login(&keys, &p, &t, "alice", PW, SecondFactor::Recovery(&codes[0].to_lowercase()), "test")
-            .await
-            .unwrap(),
+        a.login(
+            &keys,
+            &p,
+            &t,
+            "alice",
+            PW,
+            SecondFactor::Recovery(&codes[0].to_lowercase()),
+            "test",
+        )
+        .await
+        .unwrap(),
     );
     assert!(
-        a.login(&keys, &p, &t, "alice", PW, SecondFactor::Recovery(&codes[0]), "test")
-            .await
-            .is_err()
+        a.login(
+            &keys,
+            &p,
+            &t,
+            "alice",
+            PW,
+            SecondFactor::Recovery(&codes[0]),
+            "test"
+        )
+        .await
+        .is_err()
     );
     assert_eq!(a.recovery_codes_left("alice").await.unwrap(), 9);
     a.unlock("steward", "alice").await.unwrap();
@@ -226,12 +283,24 @@ async fn lockout_backs_off_for_known_and_unknown_names() {
     for name in ["carol", "nobody"] {
         for _ in 0..3 {
             assert!(matches!(
-                a.login(&keys, &p, &t, name, "wrong password!!", SecondFactor::None, "test").await,
+                a.login(
+                    &keys,
+                    &p,
+                    &t,
+                    name,
+                    "wrong password!!",
+                    SecondFactor::None,
+                    "test"
+                )
+                .await,
                 Err(AccountError::BadCredentials)
             ));
         }
         // Locked now, even with the right password, for 30 s (base).
-        match a.login(&keys, &p, &t, name, PW, SecondFactor::None, "test").await {
+        match a
+            .login(&keys, &p, &t, name, PW, SecondFactor::None, "test")
+            .await
+        {
             Err(AccountError::Locked(s)) => assert!((25..=30).contains(&s), "{s}"),
             other => panic!("{name}: expected a lock, got {other:?}"),
         }
@@ -243,11 +312,22 @@ async fn lockout_backs_off_for_known_and_unknown_names() {
     a.unlock("steward", "carol").await.unwrap();
     cat.set_login_failures("carol", 3, None).await.unwrap();
     assert!(
-        a.login(&keys, &p, &t, "carol", "wrong password!!", SecondFactor::None, "test")
-            .await
-            .is_err()
+        a.login(
+            &keys,
+            &p,
+            &t,
+            "carol",
+            "wrong password!!",
+            SecondFactor::None,
+            "test"
+        )
+        .await
+        .is_err()
     );
-    match a.login(&keys, &p, &t, "carol", PW, SecondFactor::None, "test").await {
+    match a
+        .login(&keys, &p, &t, "carol", PW, SecondFactor::None, "test")
+        .await
+    {
         Err(AccountError::Locked(s)) => assert!((55..=60).contains(&s), "{s}"),
         other => panic!("expected a 60 s lock, got {other:?}"),
     }
@@ -255,11 +335,22 @@ async fn lockout_backs_off_for_known_and_unknown_names() {
     a.unlock("steward", "carol").await.unwrap();
     let code = mfa::code_at(&uri, now() + mfa::STEP_SECS).unwrap();
     signed(
-        a.login(&keys, &p, &t, "carol", PW, SecondFactor::Totp(&code), "test")
-            .await
-            .unwrap(),
+        a.login(
+            &keys,
+            &p,
+            &t,
+            "carol",
+            PW,
+            SecondFactor::Totp(&code),
+            "test",
+        )
+        .await
+        .unwrap(),
     );
-    assert_eq!(cat.account("carol").await.unwrap().unwrap().failed_logins, 0);
+    assert_eq!(
+        cat.account("carol").await.unwrap().unwrap().failed_logins,
+        0
+    );
 }
 
 #[tokio::test]
@@ -273,7 +364,8 @@ async fn kinds_service_tokens_reset_and_disable() {
 
     // Passwords only for people with local accounts.
     assert!(matches!(
-        a.add("steward", "etl", Kind::Service, Some(PW), false).await,
+        a.add("steward", "etl", Kind::Service, Some(PW), false)
+            .await,
         Err(AccountError::Invalid(_))
     ));
     assert!(matches!(
@@ -326,7 +418,8 @@ async fn kinds_service_tokens_reset_and_disable() {
     a.reset_mfa("steward", "dave").await.unwrap();
     assert!(a.authenticate(&s.access_token).await.is_err());
     assert!(matches!(
-        a.login(&keys, &p, &t, "dave", PW, SecondFactor::None, "test").await,
+        a.login(&keys, &p, &t, "dave", PW, SecondFactor::None, "test")
+            .await,
         Ok(LoginOutcome::EnrolmentRequired { .. })
     ));
     assert_eq!(a.recovery_codes_left("dave").await.unwrap(), 0);
@@ -334,7 +427,8 @@ async fn kinds_service_tokens_reset_and_disable() {
     // Disabling refuses sign-in with the right password (same answer).
     a.set_disabled("steward", "dave", true).await.unwrap();
     assert!(matches!(
-        a.login(&keys, &p, &t, "dave", PW, SecondFactor::None, "test").await,
+        a.login(&keys, &p, &t, "dave", PW, SecondFactor::None, "test")
+            .await,
         Err(AccountError::BadCredentials)
     ));
     // Federated accounts are provisioned once and never get a password.

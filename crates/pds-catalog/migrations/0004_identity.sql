@@ -27,7 +27,8 @@ CREATE TABLE recovery_codes (
     PRIMARY KEY (account, code_sha256)
 );
 
--- A sign-in: what proved it (method, acr), and its lifetime. Refresh
+-- A sign-in: what proved it (method, acr), the project roles the identity
+-- provider's claims allow (comma-separated; NULL: any), and its lifetime. Refresh
 -- tokens rotate within it; logging out revokes it and every token in it.
 CREATE TABLE sessions (
     id           TEXT PRIMARY KEY,
@@ -36,6 +37,7 @@ CREATE TABLE sessions (
     acr          TEXT,
     idp          TEXT,
     idp_sid      TEXT,
+    roles        TEXT,
     created_at   TEXT NOT NULL,
     last_seen_at TEXT NOT NULL,
     expires_at   TEXT NOT NULL,

@@ -226,12 +226,10 @@ impl Catalog {
 
     /// The token with this digest, if any.
     pub async fn token(&self, sha256: &str) -> Result<Option<TokenRow>, CatalogError> {
-        let row = sqlx::query(
-            concat!(token_select!(), " WHERE token_sha256 = $1"),
-        )
-        .bind(sha256)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(concat!(token_select!(), " WHERE token_sha256 = $1"))
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.as_ref().map(token_from).transpose()?)
     }
 

@@ -22,6 +22,8 @@ pub struct SessionRow {
     pub idp: Option<String>,
     /// The provider's session id (`sid`), to refuse its tokens after logout.
     pub idp_sid: Option<String>,
+    /// Project roles the provider's claims allow, comma-separated (`None`: any).
+    pub roles: Option<String>,
     /// Start.
     pub created_at: String,
     /// Last sign-in or refresh (idle timeout).
@@ -57,6 +59,7 @@ fn session_from(r: &sqlx::any::AnyRow) -> Result<SessionRow, sqlx::Error> {
         acr: r.try_get("acr")?,
         idp: r.try_get("idp")?,
         idp_sid: r.try_get("idp_sid")?,
+        roles: r.try_get("roles")?,
         created_at: r.try_get("created_at")?,
         last_seen_at: r.try_get("last_seen_at")?,
         expires_at: r.try_get("expires_at")?,
@@ -184,8 +187,8 @@ impl Catalog {
     /// Starts a session.
     pub async fn insert_session(&self, s: &SessionRow) -> Result<(), CatalogError> {
         sqlx::query(
-            "INSERT INTO sessions (id, account, method, acr, idp, idp_sid, created_at, last_seen_at, expires_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)",
+            "INSERT INTO sessions (id, account, method, acr, idp, idp_sid, roles, created_at, last_seen_at, expires_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL)",
         )
         .bind(&s.id)
         .bind(&s.account)
@@ -193,6 +196,7 @@ impl Catalog {
         .bind(&s.acr)
         .bind(&s.idp)
         .bind(&s.idp_sid)
+        .bind(&s.roles)
         .bind(&s.created_at)
         .bind(&s.last_seen_at)
         .bind(&s.expires_at)
@@ -204,7 +208,7 @@ impl Catalog {
     /// One session.
     pub async fn session(&self, id: &str) -> Result<Option<SessionRow>, CatalogError> {
         let row = sqlx::query(
-            "SELECT id, account, method, acr, idp, idp_sid, created_at, last_seen_at, expires_at, revoked_at FROM sessions WHERE id = $1",
+            "SELECT id, account, method, acr, idp, idp_sid, roles, created_at, last_seen_at, expires_at, revoked_at FROM sessions WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -225,11 +229,12 @@ impl Catalog {
     /// Revokes a session and every token in it. Returns whether it was live.
     pub async fn revoke_session(&self, id: &str, at: &str) -> Result<bool, CatalogError> {
         let mut tx = self.pool.begin().await?;
-        let r = sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let r =
+            sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         sqlx::query(
             "UPDATE access_tokens SET revoked_at = $1 WHERE session_id = $2 AND revoked_at IS NULL",
         )

@@ -12,13 +12,13 @@
 #![forbid(unsafe_code)]
 
 mod accounts;
-mod identity;
 mod audit;
+mod identity;
 mod projects;
 
 pub use accounts::{AccountRow, TokenRow};
-pub use identity::{PendingLogin, SessionRow};
 pub use audit::{AuditFilter, AuditKeyRow, AuditRow, CheckpointRow};
+pub use identity::{PendingLogin, SessionRow};
 pub use projects::{MemberRow, ProjectKeyRow, ProjectRow};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};

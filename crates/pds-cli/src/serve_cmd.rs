@@ -59,7 +59,9 @@ fn addr(flag: Option<SocketAddr>, config: &str, what: &str) -> Result<SocketAddr
     match flag {
         Some(a) => Ok(a),
         None => config.parse().with_context(|| {
-            format!("[serve] {what} = {config:?} in pds.toml is not an address like 127.0.0.1:6432")
+            format!(
+                "[serve] {what} = {config:?} in config.toml is not an address like 127.0.0.1:6432"
+            )
         }),
     }
 }
@@ -101,7 +103,7 @@ pub(crate) fn policy(h: &pds_home::Home) -> Result<pds_accounts::Policy> {
     let i = &h.config.identity;
     let minutes = |m: u64, what: &str| -> Result<chrono::Duration> {
         if m == 0 || m > 60 * 24 * 366 {
-            bail!("{what} = {m} in pds.toml: give 1 minute to 366 days");
+            bail!("{what} = {m} in config.toml: give 1 minute to 366 days");
         }
         Ok(chrono::Duration::minutes(m as i64))
     };
@@ -109,13 +111,16 @@ pub(crate) fn policy(h: &pds_home::Home) -> Result<pds_accounts::Policy> {
         free_failures: i.lock_after_failures.max(1),
         lock_base: chrono::Duration::seconds(i.lock_base_seconds.clamp(1, 86_400) as i64),
         lock_max: minutes(i.lock_max_minutes, "[identity] lock_max_minutes")?,
-        access_ttl: minutes(h.config.serve.token_ttl_minutes, "[serve] token_ttl_minutes")?,
+        access_ttl: minutes(
+            h.config.serve.token_ttl_minutes,
+            "[serve] token_ttl_minutes",
+        )?,
         session_idle: minutes(i.session_idle_minutes, "[identity] session_idle_minutes")?,
         session_max: minutes(i.session_max_minutes, "[identity] session_max_minutes")?,
         enrol_ttl: chrono::Duration::minutes(10),
         service_max: chrono::Duration::days(i.service_token_max_days.clamp(1, 3660) as i64),
         totp_algorithm: pds_accounts::mfa::TotpAlgorithm::parse(&i.totp_algorithm)
-            .context("[identity] totp_algorithm in pds.toml")?,
+            .context("[identity] totp_algorithm in config.toml")?,
         totp_issuer: i.totp_issuer.clone(),
     };
     if p.access_ttl > p.session_max {
@@ -396,7 +401,10 @@ pub(crate) async fn user(home: &Path, who: Option<&str>, c: UserCommand) -> Resu
                 .begin_enrolment(gate.keys(), &policy, &actor, &name)
                 .await?;
             eprintln!("{}", e.qr_text);
-            eprintln!("Scan this with the authenticator app of {name} (or type the secret {}).", e.secret_base32);
+            eprintln!(
+                "Scan this with the authenticator app of {name} (or type the secret {}).",
+                e.secret_base32
+            );
             let mut tries = 0;
             let codes = loop {
                 let code = read_line("Code shown by the app: ")?;
@@ -412,14 +420,18 @@ pub(crate) async fn user(home: &Path, who: Option<&str>, c: UserCommand) -> Resu
                     Err(e) => return Err(e.into()),
                 }
             };
-            println!("Second factor of {name} enrolled. Recovery codes (each works once; shown only now):");
+            println!(
+                "Second factor of {name} enrolled. Recovery codes (each works once; shown only now):"
+            );
             for c in codes {
                 println!("  {c}");
             }
         }
         UserCommand::ResetMfa { name } => {
             accounts.reset_mfa(&actor, &name).await?;
-            println!("Second factor of {name} removed and its sessions ended; it enrols again at the next sign-in.");
+            println!(
+                "Second factor of {name} removed and its sessions ended; it enrols again at the next sign-in."
+            );
         }
         UserCommand::Unlock { name } => {
             accounts.unlock(&actor, &name).await?;
@@ -439,10 +451,12 @@ pub(crate) async fn user(home: &Path, who: Option<&str>, c: UserCommand) -> Resu
                 "name", "kind", "admin", "mfa", "status"
             );
             for a in accounts.list().await? {
-                let locked = a
-                    .locked_until
-                    .as_deref()
-                    .filter(|u| *u > chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string().as_str());
+                let locked = a.locked_until.as_deref().filter(|u| {
+                    *u > chrono::Utc::now()
+                        .format("%Y-%m-%dT%H:%M:%SZ")
+                        .to_string()
+                        .as_str()
+                });
                 println!(
                     "{:<24} {:<10} {:<6} {:<4} {:<9} {}",
                     a.name,
@@ -474,7 +488,10 @@ pub(crate) async fn user(home: &Path, who: Option<&str>, c: UserCommand) -> Resu
                     &actor,
                     &policy,
                     &name,
-                    &pds_accounts::Scope { project: project.clone(), role: role.clone() },
+                    &pds_accounts::Scope {
+                        project: project.clone(),
+                        role: role.clone(),
+                    },
                     chrono::Duration::days(days),
                 )
                 .await?;

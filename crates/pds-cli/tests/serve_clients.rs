@@ -36,9 +36,63 @@ struct Env {
     pg: (String, u16),
     flight: String,
     http: String,
+    /// Session access tokens of the people, after a real sign-in.
+    tokens: std::collections::HashMap<String, String>,
+    /// Their authenticators (otpauth URIs).
+    totp: std::collections::HashMap<String, String>,
 }
 
 impl Env {
+    fn token(&self, user: &str) -> String {
+        self.tokens[user].clone()
+    }
+
+    /// The whole first sign-in of a person over HTTP: password, enrolment
+    /// token, authenticator enrolment, first code, session.
+    fn sign_in(&mut self, user: &str) {
+        let base = format!("https://{}", self.http);
+        let (code, body) = post_json(
+            &format!("{base}/api/v1/login"),
+            None,
+            &serde_json::json!({"user": user, "password": PASSWORD}),
+        );
+        assert_eq!(code, 200, "{body}");
+        let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(j["status"], "enrolment_required", "{body}");
+        let et = j["enrolment_token"].as_str().unwrap().to_string();
+        let (code, body) = post_json(
+            &format!("{base}/api/v1/mfa/enrol"),
+            Some(&et),
+            &serde_json::json!({}),
+        );
+        assert_eq!(code, 200, "{body}");
+        let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let uri = e["otpauth_uri"].as_str().unwrap().to_string();
+        assert!(
+            e["qr_svg"]
+                .as_str()
+                .unwrap()
+                .starts_with("data:image/svg+xml;base64,")
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let first = pds_accounts::mfa::code_at(&uri, now).unwrap();
+        let (code, body) = post_json(
+            &format!("{base}/api/v1/mfa/confirm"),
+            Some(&et),
+            &serde_json::json!({"code": first}),
+        );
+        assert_eq!(code, 200, "{body}");
+        let c: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(c["recovery_codes"].as_array().unwrap().len(), 10, "{body}");
+        let token = c["session"]["access_token"].as_str().unwrap().to_string();
+        assert!(token.starts_with("pds_at_"), "{body}");
+        self.tokens.insert(user.to_string(), token);
+        self.totp.insert(user.to_string(), uri);
+    }
+
     fn pds(&self, who: &str) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_pds"));
         c.arg("--home").arg(&self.home).arg("--as").arg(who);
@@ -136,6 +190,8 @@ fn setup(beneficiaries: &str) -> Env {
         pg: (String::new(), 0),
         flight: String::new(),
         http: String::new(),
+        tokens: Default::default(),
+        totp: Default::default(),
         _dir: dir,
     };
     let base = env.home.parent().unwrap().to_path_buf();
@@ -189,10 +245,6 @@ fn setup(beneficiaries: &str) -> Env {
             &["project", "grant", id, "alice", "--role", "researcher"],
         );
     }
-    env.run(
-        "steward",
-        &["project", "grant", "p-row", "fed", "--role", "researcher"],
-    );
     env.run("steward", &["project", "expire", "p-old"]);
     for (name, extra) in [("alice", None), ("bob", None), ("root", Some("--admin"))] {
         let mut c = env.pds("steward");
@@ -203,10 +255,49 @@ fn setup(beneficiaries: &str) -> Env {
         }
         ok(&c.output().unwrap());
     }
-    env.run("steward", &["user", "add", "fed", "--federated"]);
+    env.run("steward", &["user", "add", "etl", "--service"]);
+    env.run(
+        "steward",
+        &["project", "grant", "p-row", "etl", "--role", "researcher"],
+    );
     env.run("steward", &["tls", "self-signed"]);
+    // Many sign-ins from one address in these tests; the limit itself is
+    // tested in identity_oidc.rs.
+    let cfg = env.home.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "login_attempts_per_minute = 30",
+            "login_attempts_per_minute = 100000",
+        ),
+    )
+    .unwrap();
     start(&mut env);
+    for user in ["alice", "bob", "root"] {
+        env.sign_in(user);
+    }
     env
+}
+
+/// POSTs JSON with an optional bearer token; returns status and body.
+fn post_json(url: &str, bearer: Option<&str>, body: &serde_json::Value) -> (u16, String) {
+    let auth = bearer.map(|t| format!("authorization: Bearer {t}"));
+    let mut args = vec![
+        "-X",
+        "POST",
+        url,
+        "-H",
+        "content-type: application/json",
+        "-d",
+    ];
+    let b = body.to_string();
+    args.push(&b);
+    if let Some(a) = &auth {
+        args.push("-H");
+        args.push(a);
+    }
+    curl(&args)
 }
 
 /// Every listener on a free loopback port.
@@ -295,7 +386,7 @@ fn psql_and_r_dbi() {
     let env = setup("400");
     let count = "SELECT COUNT(*) AS n, COUNT(DISTINCT \"BEN_NIR_PSA\") AS people FROM \"ER_PRS_F\"";
     let expected = env.expected("p-row", count);
-    let got = ok(&env.psql("p-row", "alice", PASSWORD, "require", count));
+    let got = ok(&env.psql("p-row", "alice", &env.token("alice"), "require", count));
     assert_eq!(
         got.lines().map(str::to_string).collect::<Vec<_>>(),
         expected
@@ -312,7 +403,7 @@ fn psql_and_r_dbi() {
     );
     // Project pseudonyms, exactly as pds sql gives them.
     let top = "SELECT \"BEN_NIR_PSA\", COUNT(*) AS n FROM \"ER_PRS_F\" GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5";
-    let got = ok(&env.psql("p-row", "alice", PASSWORD, "require", top));
+    let got = ok(&env.psql("p-row", "alice", &env.token("alice"), "require", top));
     assert_eq!(
         got.lines().map(str::to_string).collect::<Vec<_>>(),
         env.expected("p-row", top)
@@ -320,11 +411,17 @@ fn psql_and_r_dbi() {
     assert!(got.starts_with("v1:"), "{got}");
 
     // psql's catalogue commands list the perimeter and nothing else.
-    let dt = ok(&env.psql("p-row", "alice", PASSWORD, "require", "\\dt"));
+    let dt = ok(&env.psql("p-row", "alice", &env.token("alice"), "require", "\\dt"));
     let mut names: Vec<&str> = dt.lines().filter_map(|l| l.split(',').nth(1)).collect();
     names.sort();
     assert_eq!(names, vec!["ER_PRS_F", "IR_BEN_R"], "{dt}");
-    let d = ok(&env.psql("p-row", "alice", PASSWORD, "require", "\\d \"IR_BEN_R\""));
+    let d = ok(&env.psql(
+        "p-row",
+        "alice",
+        &env.token("alice"),
+        "require",
+        "\\d \"IR_BEN_R\"",
+    ));
     let cols: Vec<&str> = d.lines().filter_map(|l| l.split(',').next()).collect();
     assert!(
         cols.contains(&"BEN_NIR_PSA") && cols.contains(&"BEN_SEX_COD"),
@@ -337,7 +434,7 @@ fn psql_and_r_dbi() {
     let info = ok(&env.psql(
         "p-row",
         "alice",
-        PASSWORD,
+        &env.token("alice"),
         "require",
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
     ));
@@ -347,7 +444,7 @@ fn psql_and_r_dbi() {
     let o = ok(&env.psql(
         "p-row",
         "alice",
-        PASSWORD,
+        &env.token("alice"),
         "require",
         "SET statement_timeout = 5000; SHOW statement_timeout",
     ));
@@ -355,7 +452,7 @@ fn psql_and_r_dbi() {
     let o = env.psql(
         "p-row",
         "alice",
-        PASSWORD,
+        &env.token("alice"),
         "require",
         "SET work_mem = '4GB'",
     );
@@ -369,7 +466,7 @@ fn psql_and_r_dbi() {
     for (sql, fragment) in ADVERSARIAL {
         let gate = env.gate_error("p-row", sql);
         assert!(gate.contains(fragment), "{sql}: gate said {gate}");
-        let o = env.psql("p-row", "alice", PASSWORD, "require", sql);
+        let o = env.psql("p-row", "alice", &env.token("alice"), "require", sql);
         assert!(!o.status.success(), "{sql} passed through psql");
         assert!(
             stderr(&o).contains(fragment),
@@ -378,7 +475,7 @@ fn psql_and_r_dbi() {
         );
     }
     for (sql, fragment) in AGGREGATE_ONLY {
-        let o = env.psql("p-agg", "alice", PASSWORD, "require", sql);
+        let o = env.psql("p-agg", "alice", &env.token("alice"), "require", sql);
         assert!(
             stderr(&o).contains(fragment),
             "{sql}: psql got {}",
@@ -386,11 +483,11 @@ fn psql_and_r_dbi() {
         );
     }
     // Catalogue queries are not data: allowed in aggregate-only projects.
-    let dt = ok(&env.psql("p-agg", "alice", PASSWORD, "require", "\\dt"));
+    let dt = ok(&env.psql("p-agg", "alice", &env.token("alice"), "require", "\\dt"));
     assert!(dt.contains("ER_PRS_F"), "{dt}");
     let agg = "SELECT \"BEN_SEX_COD\", COUNT(*) FROM \"IR_BEN_R\" GROUP BY 1 ORDER BY 1";
     assert_eq!(
-        ok(&env.psql("p-agg", "alice", PASSWORD, "require", agg))
+        ok(&env.psql("p-agg", "alice", &env.token("alice"), "require", agg))
             .lines()
             .map(str::to_string)
             .collect::<Vec<_>>(),
@@ -410,8 +507,8 @@ fn psql_and_r_dbi() {
         "{}",
         stderr(&o)
     );
-    let unknown = env.psql("p-none", "bob", PASSWORD, "require", "SELECT 1");
-    let non_member = env.psql("p-row", "bob", PASSWORD, "require", "SELECT 1");
+    let unknown = env.psql("p-none", "bob", &env.token("bob"), "require", "SELECT 1");
+    let non_member = env.psql("p-row", "bob", &env.token("bob"), "require", "SELECT 1");
     assert!(!unknown.status.success() && !non_member.status.success());
     let msg = |o: &Output| stderr(o).replace("p-none", "P").replace("p-row", "P");
     assert_eq!(
@@ -419,22 +516,46 @@ fn psql_and_r_dbi() {
         msg(&non_member),
         "unknown and forbidden projects must look the same"
     );
-    let expired = env.psql("p-old", "alice", PASSWORD, "require", "SELECT 1");
+    let expired = env.psql("p-old", "alice", &env.token("alice"), "require", "SELECT 1");
     assert!(stderr(&expired).contains("expired"), "{}", stderr(&expired));
-    let plain = env.psql("p-row", "alice", PASSWORD, "disable", "SELECT 1");
+    let plain = env.psql("p-row", "alice", &env.token("alice"), "disable", "SELECT 1");
     assert!(
         stderr(&plain).contains("TLS connections only"),
         "{}",
         stderr(&plain)
     );
-    // A federated account signs in with a token, over TLS only.
+    // A password alone is one factor: refused, with how to sign in.
+    let o = env.psql("p-row", "alice", PASSWORD, "require", "SELECT 1");
+    assert!(
+        stderr(&o).contains("must be an access token"),
+        "{}",
+        stderr(&o)
+    );
+    // Someone else's token does not open this account.
+    let o = env.psql("p-row", "alice", &env.token("bob"), "require", "SELECT 1");
+    assert!(!o.status.success());
+    // A service account: its scoped token opens its project only.
     let token = env
-        .run("steward", &["user", "token", "fed", "--minutes", "5"])
+        .run(
+            "steward",
+            &[
+                "user",
+                "token",
+                "etl",
+                "--project",
+                "p-row",
+                "--role",
+                "researcher",
+                "--days",
+                "1",
+            ],
+        )
         .trim()
         .to_string();
+    assert!(token.starts_with("pds_st_"), "{token}");
     let o = ok(&env.psql(
         "p-row",
-        "fed",
+        "etl",
         &token,
         "require",
         "SELECT COUNT(*) FROM \"IR_BEN_R\"",
@@ -443,17 +564,41 @@ fn psql_and_r_dbi() {
         o.lines().map(str::to_string).collect::<Vec<_>>(),
         env.expected("p-row", "SELECT COUNT(*) FROM \"IR_BEN_R\"")
     );
-    let o = env.psql("p-row", "fed", "pds_at_forged", "require", "SELECT 1");
+    let o = env.psql("p-agg", "etl", &token, "require", "SELECT 1");
+    assert!(
+        !o.status.success(),
+        "a service token opened another project"
+    );
+    let o = env.psql("p-row", "etl", "pds_st_forged", "require", "SELECT 1");
     assert!(
         stderr(&o).contains("password authentication failed"),
         "{}",
         stderr(&o)
     );
+    // Revoked: refused at the next connection.
+    let tokens = env.run("steward", &["user", "tokens", "etl"]);
+    let id = tokens
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    env.run("steward", &["user", "revoke", "etl", &id]);
+    let o = env.psql("p-row", "etl", &token, "require", "SELECT 1");
+    assert!(!o.status.success(), "a revoked token still works");
 
     // R: DBI over RPostgreSQL (libpq), the same answers.
     let r = Command::new("Rscript")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/dbi_client.R"))
-        .args([&env.pg.0, &env.pg.1.to_string(), "p-row", "alice", PASSWORD])
+        .args([
+            &env.pg.0,
+            &env.pg.1.to_string(),
+            "p-row",
+            "alice",
+            &env.token("alice"),
+        ])
         .output()
         .expect("Rscript (Debian r-base-core, r-cran-dbi, r-cran-rpostgresql) must be installed");
     let r = ok(&r);
@@ -523,7 +668,7 @@ fn psycopg_plain_prepared_cursor_cancel() {
     let port = env.pg.1.to_string();
     let j = python(
         "psycopg_client.py",
-        &[&env.pg.0, &port, "p-row", "alice", PASSWORD],
+        &[&env.pg.0, &port, "p-row", "alice", &env.token("alice")],
     );
     let plain = &env.expected(
         "p-row",
@@ -613,7 +758,8 @@ fn adbc_flight_sql() {
     let uri = format!("grpc+tls://{}", env.flight);
     let count = "SELECT COUNT(*) AS n, COUNT(DISTINCT \"BEN_NIR_PSA\") AS people FROM \"ER_PRS_F\"";
     let top = "SELECT \"BEN_NIR_PSA\", COUNT(*) AS n FROM \"ER_PRS_F\" GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5";
-    let mut args = vec![uri.as_str(), "p-row", "alice", PASSWORD, count, top];
+    let token = env.token("alice");
+    let mut args = vec![uri.as_str(), "p-row", "alice", token.as_str(), count, top];
     for (sql, _) in ADVERSARIAL {
         args.push(sql);
     }
@@ -682,12 +828,12 @@ fn http_api_openapi_and_shutdown() {
     };
     let (code, body) = login("alice", "nope nope nope");
     assert_eq!(code, 401, "{body}");
+    assert!(body.contains("\"unauthenticated\""), "{body}");
+    // The password alone is not a sign-in.
     let (code, body) = login("alice", PASSWORD);
-    assert_eq!(code, 200, "{body}");
-    let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("\"mfa_required\""), "{body}");
+    let token = env.token("alice");
     let auth = format!("authorization: Bearer {token}");
     let (code, body) = curl(&["-H", &auth, &format!("{base}/api/v1/projects")]);
     assert_eq!(code, 200);
@@ -789,13 +935,7 @@ fn http_api_openapi_and_shutdown() {
     // Admin endpoints need the admin role.
     let (code, _) = curl(&["-H", &auth, &format!("{base}/api/v1/admin/users")]);
     assert_eq!(code, 403);
-    let (_, body) = login("root", PASSWORD);
-    let admin = format!(
-        "authorization: Bearer {}",
-        serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
-            .as_str()
-            .unwrap()
-    );
+    let admin = format!("authorization: Bearer {}", env.token("root"));
     let (code, body) = curl(&[
         "-X",
         "PUT",
@@ -811,7 +951,10 @@ fn http_api_openapi_and_shutdown() {
     let (code, body) = curl(&["-H", &admin, &format!("{base}/api/v1/admin/users")]);
     assert_eq!(code, 200);
     assert!(
-        body.contains("\"name\":\"fed\"") && !body.contains("argon2") && !body.contains("SCRAM"),
+        body.contains("\"name\":\"etl\"")
+            && body.contains("\"mfa\":true")
+            && !body.contains("argon2")
+            && !body.contains("totp"),
         "{body}"
     );
     // Health, readiness, metrics (counts only, no names or values).
@@ -830,6 +973,9 @@ fn http_api_openapi_and_shutdown() {
     let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
     for p in [
         "/api/v1/login",
+        "/api/v1/mfa/enrol",
+        "/api/v1/token/refresh",
+        "/api/v1/oidc/{provider}/callback",
         "/api/v1/projects/{project}/query",
         "/api/v1/admin/projects/{project}/members/{principal}",
         "/metrics",
@@ -839,10 +985,10 @@ fn http_api_openapi_and_shutdown() {
             "{p} missing from the OpenAPI document"
         );
     }
-    // Logout revokes the token.
+    // Logout ends the session.
     assert_eq!(
         curl(&["-X", "POST", "-H", &auth, &format!("{base}/api/v1/logout")]).0,
-        204
+        200
     );
     assert_eq!(
         curl(&["-H", &auth, &format!("{base}/api/v1/projects")]).0,
@@ -855,11 +1001,7 @@ fn http_api_openapi_and_shutdown() {
     // would revoke the token the run uses. Semantic checks (a perimeter's
     // TOML, account name rules) cannot be written in the schema, so the
     // "schema-valid input must be accepted" check is off.
-    let (_, body) = login("root", PASSWORD);
-    let fuzz_token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fuzz_token = env.token("root");
     let st = Command::new("schemathesis")
         .args([
             "run",
@@ -880,6 +1022,8 @@ fn http_api_openapi_and_shutdown() {
             "/api/v1/logout",
             "--exclude-path",
             "/api/v1/admin/users/{name}/disable",
+            "--exclude-path",
+            "/api/v1/admin/users/{name}/reset-mfa",
             "--seed",
             "1",
         ])
@@ -980,13 +1124,15 @@ fn demo_serves_until_ctrl_c() {
     }
     let out = printed.join("\n");
     assert!(out.contains("== 6/6"), "{out}");
-    // The printed psql command, run as printed (password from the file it names).
+    // The printed psql command, run as printed (the access token from the file it names).
     let line = printed
         .iter()
         .find(|l| l.contains("psql \"host="))
         .unwrap_or_else(|| panic!("no psql command printed:\n{out}"));
     let conn = line.split('"').nth(1).unwrap().to_string();
-    let password = std::fs::read_to_string(demo.join("researcher.password")).unwrap();
+    let password = std::fs::read_to_string(demo.join("researcher.token")).unwrap();
+    assert!(password.starts_with("pds_at_"), "{password}");
+    assert!(demo.join("researcher.totp").exists());
     let o = Command::new("psql")
         .arg(&conn)
         .args(["-X", "-A", "-t", "-c", "SELECT COUNT(*) FROM \"ER_PRS_F\""])

@@ -119,7 +119,7 @@ pub struct ProviderConfig {
     /// Client id registered with the provider.
     pub client_id: String,
     /// Client secret (confidential clients); set it through
-    /// `client_secret_env` in `pds.toml`, never in the file itself.
+    /// `client_secret_env` in `config.toml`, never in the file itself.
     #[serde(skip)]
     pub client_secret: Option<String>,
     /// Environment variable holding the client secret.
@@ -245,7 +245,9 @@ impl ProviderConfig {
             ));
         }
         if !(30..=900).contains(&self.state_ttl_secs) {
-            return Err(cfg_err("`state_ttl_secs` must be between 30 and 900".into()));
+            return Err(cfg_err(
+                "`state_ttl_secs` must be between 30 and 900".into(),
+            ));
         }
         let prefix = self.principal_prefix.clone().unwrap_or_default();
         if !prefix
@@ -256,15 +258,18 @@ impl ProviderConfig {
                 "`principal_prefix` {prefix:?} may only hold letters, digits, '.', '_', '@' or '-'"
             )));
         }
-        for u in [Some(&self.issuer), Some(&self.redirect_uri), self.discovery_url.as_ref()]
-            .into_iter()
-            .flatten()
-            .chain(
-                self.endpoints
-                    .iter()
-                    .flat_map(|e| [&e.authorization_endpoint, &e.token_endpoint, &e.jwks_uri]),
-            )
-        {
+        for u in [
+            Some(&self.issuer),
+            Some(&self.redirect_uri),
+            self.discovery_url.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(
+            self.endpoints
+                .iter()
+                .flat_map(|e| [&e.authorization_endpoint, &e.token_endpoint, &e.jwks_uri]),
+        ) {
             check_url(u).map_err(|m| cfg_err(m))?;
         }
         Ok(self)
@@ -638,7 +643,9 @@ impl Provider {
                 .map_err(|err| self.unavailable(format!("userinfo is not JSON: {err}")))?
         };
         if claims.get("sub").and_then(Value::as_str) != Some(sub) {
-            return Err(refused("userinfo is about another subject than the ID token"));
+            return Err(refused(
+                "userinfo is about another subject than the ID token",
+            ));
         }
         Ok(claims)
     }
@@ -661,7 +668,8 @@ impl Provider {
         }
         Err(refused(format!(
             "no key {} for {alg:?} in the provider's key set",
-            kid.map(|k| format!("{k:?}")).unwrap_or_else(|| "(no kid)".into())
+            kid.map(|k| format!("{k:?}"))
+                .unwrap_or_else(|| "(no kid)".into())
         )))
     }
 
@@ -706,7 +714,10 @@ impl Provider {
             })
         })?;
         let claims = data.claims;
-        let iat = claims.get("iat").and_then(Value::as_i64).unwrap_or(i64::MAX);
+        let iat = claims
+            .get("iat")
+            .and_then(Value::as_i64)
+            .unwrap_or(i64::MAX);
         if iat > now_secs() + self.cfg.clock_skew_secs as i64 {
             return Err(refused("token issued in the future (iat)"));
         }
@@ -733,8 +744,13 @@ impl Provider {
 
     /// Validates an ID token from a browser login: audience = client id,
     /// the login's nonce, and the acr level.
-    pub async fn validate_id_token(&self, token: &str, nonce: &str) -> Result<Validated, OidcError> {
-        self.verify(token, Audience::Client, Some(nonce), true).await
+    pub async fn validate_id_token(
+        &self,
+        token: &str,
+        nonce: &str,
+    ) -> Result<Validated, OidcError> {
+        self.verify(token, Audience::Client, Some(nonce), true)
+            .await
     }
 
     /// Validates an access token presented to PDS directly (HTTP bearer,
@@ -755,7 +771,11 @@ impl Provider {
             .into_iter()
             .next()
             .ok_or_else(|| refused(format!("claim `{claim}` missing: cannot name the person")))?;
-        let principal = format!("{}{}", self.cfg.principal_prefix.as_deref().unwrap_or(""), id);
+        let principal = format!(
+            "{}{}",
+            self.cfg.principal_prefix.as_deref().unwrap_or(""),
+            id
+        );
         if principal.is_empty()
             || principal.len() > 128
             || !principal
@@ -783,9 +803,18 @@ impl Provider {
         Ok(Identity {
             principal,
             subject: sub.to_string(),
-            acr: claims.get("acr").and_then(Value::as_str).map(str::to_string),
-            sid: claims.get("sid").and_then(Value::as_str).map(str::to_string),
-            jti: claims.get("jti").and_then(Value::as_str).map(str::to_string),
+            acr: claims
+                .get("acr")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            sid: claims
+                .get("sid")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            jti: claims
+                .get("jti")
+                .and_then(Value::as_str)
+                .map(str::to_string),
             exp: claims.get("exp").and_then(Value::as_i64).unwrap_or(0),
             eligible_roles: eligible,
         })
@@ -915,8 +944,7 @@ pub fn looks_like_jwt(s: &str) -> bool {
     parts.len() == 3
         && parts[..2].iter().all(|p| {
             !p.is_empty()
-                && p
-                    .bytes()
+                && p.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
@@ -959,7 +987,9 @@ mod tests {
         assert_eq!(c.principal_claim.as_deref(), Some("SubjectNameID"));
         assert_eq!(
             c.discovery_url.as_deref(),
-            Some("https://auth.esw.esante.gouv.fr/auth/realms/esante-wallet/.well-known/wallet-openid-configuration")
+            Some(
+                "https://auth.esw.esante.gouv.fr/auth/realms/esante-wallet/.well-known/wallet-openid-configuration"
+            )
         );
         assert_eq!(c.algorithms, vec!["RS256", "ES256", "PS256"]);
     }
@@ -974,7 +1004,12 @@ mod tests {
         assert!(c.resolve().unwrap_err().to_string().contains("https"));
         let mut c = psc();
         c.profile = Some("franceconnect".into());
-        assert!(c.resolve().unwrap_err().to_string().contains("unknown profile"));
+        assert!(
+            c.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("unknown profile")
+        );
     }
 
     #[tokio::test]
@@ -1024,7 +1059,10 @@ mod tests {
             vec!["10", "21"]
         );
         assert_eq!(
-            claim_values(&claims, "SubjectRefPro.exercices[].activities[].codeModeExercice"),
+            claim_values(
+                &claims,
+                "SubjectRefPro.exercices[].activities[].codeModeExercice"
+            ),
             vec!["S"]
         );
         let mut c = psc();
@@ -1037,7 +1075,10 @@ mod tests {
         let p = Provider::new(c.resolve().unwrap()).unwrap();
         let id = p.identity(&claims).unwrap();
         assert_eq!(id.principal, "psc-810001234567");
-        assert_eq!(id.eligible_roles, Some(vec!["lead".into(), "researcher".into()]));
+        assert_eq!(
+            id.eligible_roles,
+            Some(vec!["lead".into(), "researcher".into()])
+        );
         let mut bad = claims.clone();
         bad.insert("SubjectNameID".into(), Value::String("81 0/..".into()));
         assert!(p.identity(&bad).is_err());

@@ -55,7 +55,10 @@ impl AttemptLimiter {
         }
         e.1 += 1;
         if e.1 > self.per_minute {
-            Err(minute.saturating_sub(now.duration_since(e.0)).as_secs().max(1))
+            Err(minute
+                .saturating_sub(now.duration_since(e.0))
+                .as_secs()
+                .max(1))
         } else {
             Ok(())
         }

@@ -467,7 +467,8 @@ impl FlightSqlService for PdsFlight {
         let principal = self.principal(request.metadata()).await?;
         let handle = String::from_utf8_lossy(&query.prepared_statement_handle).to_string();
         if let Ok(mut p) = self.prepared.lock()
-            && p.get(&handle).is_some_and(|s| s.principal == principal.name)
+            && p.get(&handle)
+                .is_some_and(|s| s.principal == principal.name)
         {
             p.remove(&handle);
         }

@@ -894,12 +894,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/mfa/confirm", post(identity::mfa_confirm))
         .route("/api/v1/oidc/providers", get(identity::oidc_providers))
         .route("/api/v1/oidc/{provider}/login", get(identity::oidc_login))
-        .route("/api/v1/oidc/{provider}/callback", get(identity::oidc_callback))
+        .route(
+            "/api/v1/oidc/{provider}/callback",
+            get(identity::oidc_callback),
+        )
         .route(
             "/api/v1/admin/users/{name}/reset-mfa",
             post(identity::admin_reset_mfa),
         )
-        .route("/api/v1/admin/users/{name}/unlock", post(identity::admin_unlock))
+        .route(
+            "/api/v1/admin/users/{name}/unlock",
+            post(identity::admin_unlock),
+        )
         .route(
             "/api/v1/admin/users/{name}/tokens",
             post(identity::admin_service_token),
@@ -944,21 +950,15 @@ pub(crate) async fn serve(
     };
     let result = match acceptor {
         None => {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<Peer>(),
-            )
-            .with_graceful_shutdown(signal)
-            .await
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(signal)
+                .await
         }
         Some(acceptor) => {
             let tls = TlsListener::start(listener, acceptor, max_connections);
-            axum::serve(
-                tls,
-                app.into_make_service_with_connect_info::<Peer>(),
-            )
-            .with_graceful_shutdown(signal)
-            .await
+            axum::serve(tls, app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(signal)
+                .await
         }
     };
     if let Err(e) = result {

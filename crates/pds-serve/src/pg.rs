@@ -357,7 +357,9 @@ impl StartupHandler for PgStartup {
                     return Err(user_error(
                         "FATAL",
                         "53300",
-                        format!("too many sign-in attempts from this address: try again in {wait} s"),
+                        format!(
+                            "too many sign-in attempts from this address: try again in {wait} s"
+                        ),
                     ));
                 }
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
@@ -404,9 +406,7 @@ impl StartupHandler for PgStartup {
                                     .await);
                             }
                             Err(reason) => {
-                                return Err(self
-                                    .refuse_login(&user, db.as_deref(), &reason)
-                                    .await);
+                                return Err(self.refuse_login(&user, db.as_deref(), &reason).await);
                             }
                         }
                     }

@@ -15,7 +15,7 @@ use crate::ServeError;
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, ServeError> {
     std::fs::read(path).map_err(|e| {
         ServeError::Tls(format!(
-            "cannot read the {what} {}: {e}; set [serve] tls_cert and tls_key in pds.toml, run `pds tls self-signed` for a local test certificate, or pass --insecure-local",
+            "cannot read the {what} {}: {e}; set [serve] tls_cert and tls_key in config.toml, run `pds tls self-signed` for a local test certificate, or pass --insecure-local",
             path.display()
         ))
     })

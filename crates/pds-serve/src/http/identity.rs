@@ -263,16 +263,13 @@ async fn enrolling(s: &S, headers: &HeaderMap) -> Result<String, Failure> {
             "send the enrolment token from /api/v1/login as Authorization: Bearer <token>",
         )
     })?;
-    s.accounts()
-        .enrolment_account(&token)
-        .await
-        .map_err(|_| {
-            fail(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "invalid or expired enrolment token: sign in again with your password",
-            )
-        })
+    s.accounts().enrolment_account(&token).await.map_err(|_| {
+        fail(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "invalid or expired enrolment token: sign in again with your password",
+        )
+    })
 }
 
 /// What to add to an authenticator app.
@@ -348,7 +345,7 @@ pub(super) async fn mfa_confirm(
         accounts.logout(&name, &t).await.map_err(account_failure)?;
     }
     let tokens = accounts
-        .start_session(&name, "password+totp", None, None, None, &s.policy, "http")
+        .start_session(&name, "password+totp", None, &s.policy, "http")
         .await
         .map_err(account_failure)?;
     Ok(Json(ConfirmResponse {
@@ -580,9 +577,12 @@ pub(super) async fn oidc_callback(
         .start_session(
             &account.name,
             "oidc",
-            id.acr.as_deref(),
-            Some(&name),
-            id.sid.as_deref(),
+            Some(&pds_accounts::Federated {
+                provider: &name,
+                acr: id.acr.as_deref(),
+                sid: id.sid.as_deref(),
+                eligible_roles: id.eligible_roles.as_deref(),
+            }),
             &s.policy,
             "http",
         )
@@ -679,5 +679,8 @@ pub(super) async fn admin_service_token(
         )
         .await
         .map_err(account_failure)?;
-    Ok((StatusCode::CREATED, Json(ServiceToken { token, expires_at })))
+    Ok((
+        StatusCode::CREATED,
+        Json(ServiceToken { token, expires_at }),
+    ))
 }
