@@ -776,6 +776,7 @@ impl<'a> Accounts<'a> {
     /// unknown, disabled or non-local account all cost one Argon2id
     /// computation and answer [`AccountError::BadCredentials`]. Failures
     /// count towards a lock, for unknown names too.
+    #[allow(clippy::too_many_arguments)]
     pub async fn login(
         &self,
         keys: &KeyStore,

@@ -182,6 +182,8 @@ pub enum StoredKey {
     Project(String, i64),
     /// The audit log's signing key.
     Audit(String),
+    /// An account's TOTP seed.
+    Totp(String),
 }
 
 /// A connection pool to the catalogue.
@@ -558,6 +560,13 @@ impl Catalog {
                         .execute(&mut *tx)
                         .await?
                 }
+                StoredKey::Totp(name) => {
+                    sqlx::query("UPDATE accounts SET totp_seed = $1 WHERE name = $2")
+                        .bind(wrapped.as_str())
+                        .bind(name.as_str())
+                        .execute(&mut *tx)
+                        .await?
+                }
             };
             if r.rows_affected() == 0 {
                 return Err(CatalogError::Invalid(format!(
@@ -570,7 +579,8 @@ impl Catalog {
     }
 
     /// Every key the catalogue holds wrapped by the master key (snapshot
-    /// keys, live project keys, the audit log key), for master rotation.
+    /// keys, live project keys, the audit log key, TOTP seeds), for master
+    /// rotation.
     pub async fn wrapped_keys(&self) -> Result<Vec<(StoredKey, String)>, CatalogError> {
         let mut out = Vec::new();
         for r in sqlx::query("SELECT id, wrapped_key FROM snapshots ORDER BY id")
@@ -601,6 +611,14 @@ impl Catalog {
                 StoredKey::Audit(r.try_get("key_id")?),
                 r.try_get("wrapped_secret")?,
             ));
+        }
+        for r in sqlx::query(
+            "SELECT name, totp_seed FROM accounts WHERE totp_seed IS NOT NULL ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            out.push((StoredKey::Totp(r.try_get("name")?), r.try_get("totp_seed")?));
         }
         Ok(out)
     }

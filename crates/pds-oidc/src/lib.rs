@@ -270,7 +270,7 @@ impl ProviderConfig {
                 .iter()
                 .flat_map(|e| [&e.authorization_endpoint, &e.token_endpoint, &e.jwks_uri]),
         ) {
-            check_url(u).map_err(|m| cfg_err(m))?;
+            check_url(u).map_err(&cfg_err)?;
         }
         Ok(self)
     }
@@ -683,7 +683,7 @@ impl Provider {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| refused(format!("not a valid JWT header: {e}")))?;
         let alg_name = format!("{:?}", header.alg);
-        if !self.cfg.algorithms.iter().any(|a| *a == alg_name) {
+        if !self.cfg.algorithms.contains(&alg_name) {
             return Err(refused(format!(
                 "signature algorithm {alg_name} is not accepted (allowed: {})",
                 self.cfg.algorithms.join(", ")
@@ -857,11 +857,13 @@ enum Audience {
 /// verifies an HMAC.
 fn pick(keys: &[Jwk], kid: Option<&str>, alg: Algorithm) -> Option<Jwk> {
     let fits = |k: &Jwk| {
-        let family_ok = match (&k.algorithm, alg) {
-            (AlgorithmParameters::RSA(_), Algorithm::RS256 | Algorithm::PS256) => true,
-            (AlgorithmParameters::EllipticCurve(_), Algorithm::ES256) => true,
-            _ => false,
-        };
+        let family_ok = matches!(
+            (&k.algorithm, alg),
+            (
+                AlgorithmParameters::RSA(_),
+                Algorithm::RS256 | Algorithm::PS256
+            ) | (AlgorithmParameters::EllipticCurve(_), Algorithm::ES256)
+        );
         let alg_ok = k
             .common
             .key_algorithm

@@ -85,8 +85,9 @@ fn too_many(wait: u64, msg: String) -> Response {
     r
 }
 
-fn limit(s: &S, peer: SocketAddr) -> Result<(), Response> {
-    s.attempts.attempt(peer.ip()).map_err(|wait| {
+/// The refusal when `peer` has made too many sign-in attempts.
+fn limited(s: &S, peer: SocketAddr) -> Option<Response> {
+    s.attempts.attempt(peer.ip()).err().map(|wait| {
         too_many(
             wait,
             format!("too many sign-in attempts from this address: try again in {wait} s"),
@@ -104,7 +105,9 @@ pub(super) async fn login(
     ConnectInfo(super::Peer(peer)): ConnectInfo<super::Peer>,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, Response> {
-    limit(&s, peer)?;
+    if let Some(r) = limited(&s, peer) {
+        return Err(r);
+    }
     let second = match (&req.totp, &req.recovery_code) {
         (Some(_), Some(_)) => {
             return Err(fail(
@@ -408,7 +411,9 @@ pub(super) async fn oidc_login(
     ConnectInfo(super::Peer(peer)): ConnectInfo<super::Peer>,
     Path(name): Path<String>,
 ) -> Result<Response, Response> {
-    limit(&s, peer)?;
+    if let Some(r) = limited(&s, peer) {
+        return Err(r);
+    }
     let p = provider(&s, &name).map_err(IntoResponse::into_response)?;
     let a = p
         .authorization()
