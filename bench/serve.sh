@@ -22,7 +22,6 @@ cargo build --release --locked -p pds-cli
 BIN="$CARGO_TARGET_DIR/release/pds"
 WORK="${BENCH_WORK:-bench/work}/serve-$N"
 rm -rf "$WORK"; mkdir -p "$WORK" bench/results
-PW="serve load 0123456789 pw"
 export PDS_USER=steward
 echo "== data: $N beneficiaries, 2022 (CSV for PDS, the same rows as Parquet for pyarrow)"
 "$BIN" synth -q --beneficiaries "$N" --years 2022 --seed 42 --out "$WORK/delivery"
@@ -38,7 +37,9 @@ TOML
 "$BIN" --home "$WORK/home" project create p-bench --title bench --authorisation bench \
   --expires 2099-12-31 --perimeter "$WORK/perimeter.toml" > /dev/null
 "$BIN" --home "$WORK/home" project grant p-bench bench > /dev/null
-PDS_NEW_PASSWORD="$PW" "$BIN" --home "$WORK/home" user add bench > /dev/null
+# A service account: its scoped token is the password of every client.
+"$BIN" --home "$WORK/home" user add bench --service > /dev/null
+PW=$("$BIN" --home "$WORK/home" user token bench --project p-bench --role researcher --days 1 2>/dev/null)
 "$BIN" --home "$WORK/home" tls self-signed > /dev/null
 "$BIN" --home "$WORK/home" serve --pg-listen 127.0.0.1:0 --flight-listen 127.0.0.1:0 \
   --http-listen 127.0.0.1:0 --ready-file "$WORK/ready.json" > "$WORK/serve.log" 2>&1 &

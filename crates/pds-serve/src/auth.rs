@@ -17,8 +17,11 @@ use pds_gate::GateError;
 
 use crate::Shared;
 
-/// Sign-in attempts per address, in one-minute windows. Bounded memory:
-/// when full, expired windows are dropped, then the table is cleared.
+/// Sign-in attempts per address, in one-minute windows. Password sign-ins
+/// (HTTP) count every attempt, since each costs an Argon2id computation;
+/// token sign-ins (PostgreSQL, Flight SQL) count failures only, so a lab
+/// behind one address can open many connections. Bounded memory: when
+/// full, expired windows are dropped, then the table is cleared.
 #[derive(Debug)]
 pub(crate) struct AttemptLimiter {
     per_minute: u32,
@@ -33,6 +36,19 @@ impl AttemptLimiter {
             per_minute,
             windows: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether `ip` is over the limit now (`Some(seconds to wait)`),
+    /// without counting an attempt.
+    pub(crate) fn blocked(&self, ip: IpAddr) -> Option<u64> {
+        if self.per_minute == 0 {
+            return None;
+        }
+        let w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let (start, n) = w.get(&ip)?;
+        let elapsed = start.elapsed();
+        (elapsed < Duration::from_secs(60) && *n >= self.per_minute)
+            .then(|| (Duration::from_secs(60) - elapsed).as_secs().max(1))
     }
 
     /// Counts an attempt from `ip`; `Err(seconds to wait)` past the limit.

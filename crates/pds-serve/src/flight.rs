@@ -115,6 +115,58 @@ impl PdsFlight {
         }
     }
 
+    /// Checks the handshake's credentials; returns the token to use.
+    async fn handshake(
+        &self,
+        request: &Request<Streaming<HandshakeRequest>>,
+    ) -> Result<String, Status> {
+        let auth = header(request.metadata(), "authorization")
+            .ok_or_else(|| Status::unauthenticated("send authorization: Basic <user:password>"))?;
+        let token = if let Some(b) = auth.strip_prefix("Basic ") {
+            // Go's Flight client omits the padding; accept both forms.
+            let b = b.trim();
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(b))
+                .map_err(|_| {
+                    Status::invalid_argument("authorization: Basic value is not base64")
+                })?;
+            let text = String::from_utf8(decoded)
+                .map_err(|_| Status::invalid_argument("credentials are not UTF-8"))?;
+            let (user, password) = text
+                .split_once(':')
+                .ok_or_else(|| Status::invalid_argument("credentials must be user:password"))?;
+            // As on the PostgreSQL protocol, the password is a token: a
+            // password alone is one factor.
+            if !pds_accounts::is_pds_token(password.trim())
+                && !pds_oidc::looks_like_jwt(password.trim())
+            {
+                self.shared
+                    .audit_refused_token("flight-sql", "a password instead of a token")
+                    .await;
+                return Err(Status::unauthenticated(
+                    "invalid credentials: the password must be an access token (sign in with your password and second factor at POST /api/v1/login, or through your identity provider; see docs/identity.md)",
+                ));
+            }
+            let p = self.authenticate(password).await?;
+            if p.name != user {
+                self.shared
+                    .audit_refused_token("flight-sql", "token of another account")
+                    .await;
+                return Err(Status::unauthenticated("invalid credentials"));
+            }
+            password.trim().to_string()
+        } else if let Some(t) = auth.strip_prefix("Bearer ") {
+            self.authenticate(t).await?;
+            t.trim().to_string()
+        } else {
+            return Err(Status::unauthenticated(
+                "authorization must be Basic or Bearer",
+            ));
+        };
+        Ok(token)
+    }
+
     fn project(m: &MetadataMap) -> Result<String, Status> {
         header(m, "x-pds-project").map(str::to_string).ok_or_else(|| {
             Status::invalid_argument(
@@ -304,57 +356,20 @@ impl FlightSqlService for PdsFlight {
         &self,
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<HandshakeStream>, Status> {
-        if let Some(addr) = request.remote_addr()
-            && let Err(wait) = self.shared.attempts.attempt(addr.ip())
-        {
+        let peer = request.remote_addr().map(|a| a.ip());
+        if let Some(wait) = peer.and_then(|ip| self.shared.attempts.blocked(ip)) {
             return Err(Status::resource_exhausted(format!(
-                "too many sign-in attempts from this address: try again in {wait} s"
+                "too many failed sign-ins from this address: try again in {wait} s"
             )));
         }
-        let auth = header(request.metadata(), "authorization")
-            .ok_or_else(|| Status::unauthenticated("send authorization: Basic <user:password>"))?;
-        let token = if let Some(b) = auth.strip_prefix("Basic ") {
-            // Go's Flight client omits the padding; accept both forms.
-            let b = b.trim();
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(b))
-                .map_err(|_| {
-                    Status::invalid_argument("authorization: Basic value is not base64")
-                })?;
-            let text = String::from_utf8(decoded)
-                .map_err(|_| Status::invalid_argument("credentials are not UTF-8"))?;
-            let (user, password) = text
-                .split_once(':')
-                .ok_or_else(|| Status::invalid_argument("credentials must be user:password"))?;
-            // As on the PostgreSQL protocol, the password is a token: a
-            // password alone is one factor.
-            if !pds_accounts::is_pds_token(password.trim())
-                && !pds_oidc::looks_like_jwt(password.trim())
-            {
-                self.shared
-                    .audit_refused_token("flight-sql", "a password instead of a token")
-                    .await;
-                return Err(Status::unauthenticated(
-                    "invalid credentials: the password must be an access token (sign in with your password and second factor at POST /api/v1/login, or through your identity provider; see docs/identity.md)",
-                ));
-            }
-            let p = self.authenticate(password).await?;
-            if p.name != user {
-                self.shared
-                    .audit_refused_token("flight-sql", "token of another account")
-                    .await;
-                return Err(Status::unauthenticated("invalid credentials"));
-            }
-            password.trim().to_string()
-        } else if let Some(t) = auth.strip_prefix("Bearer ") {
-            self.authenticate(t).await?;
-            t.trim().to_string()
-        } else {
-            return Err(Status::unauthenticated(
-                "authorization must be Basic or Bearer",
-            ));
-        };
+        let result = self.handshake(&request).await;
+        if result.is_err()
+            && let Some(ip) = peer
+        {
+            // Failed sign-ins count towards the address's limit.
+            let _ = self.shared.attempts.attempt(ip);
+        }
+        let token = result?;
         let bearer = format!("Bearer {token}");
         let out: HandshakeStream = Box::pin(stream::iter(vec![Ok(HandshakeResponse {
             protocol_version: 0,

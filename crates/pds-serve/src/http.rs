@@ -265,7 +265,12 @@ async fn projects(
     State(s): State<S>,
     caller: Caller,
 ) -> Result<Json<Vec<ProjectSummary>>, Failure> {
-    Ok(Json(memberships(&s, Some(&caller.name)).await?))
+    let mut list = memberships(&s, Some(&caller.name)).await?;
+    // A service token shows only the project it opens.
+    if let Some(scope) = &caller.principal.scope {
+        list.retain(|p| p.id == scope.project);
+    }
+    Ok(Json(list))
 }
 
 /// A column of a project view.

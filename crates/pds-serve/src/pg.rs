@@ -273,7 +273,15 @@ impl PgStartup {
             .await;
     }
 
-    async fn refuse_login(&self, user: &str, project: Option<&str>, reason: &str) -> PgWireError {
+    async fn refuse_login(
+        &self,
+        ip: std::net::IpAddr,
+        user: &str,
+        project: Option<&str>,
+        reason: &str,
+    ) -> PgWireError {
+        // Failed sign-ins count towards the address's limit.
+        let _ = self.state.shared.attempts.attempt(ip);
         self.state.shared.metrics.login_failed("pgwire");
         self.login_audit(user, project, "refused", Some(reason.to_string()))
             .await;
@@ -353,7 +361,7 @@ impl StartupHandler for PgStartup {
                 let Some(user) = client.metadata().get(METADATA_USER).cloned() else {
                     return Err(user_error("FATAL", "28000", "no user name given"));
                 };
-                if let Err(wait) = shared.attempts.attempt(client.socket_addr().ip()) {
+                if let Some(wait) = shared.attempts.blocked(client.socket_addr().ip()) {
                     return Err(user_error(
                         "FATAL",
                         "53300",
@@ -378,11 +386,17 @@ impl StartupHandler for PgStartup {
                     AuthState::Token { user } => {
                         let pw = msg.into_password()?;
                         let db = client.metadata().get(METADATA_DATABASE).cloned();
+                        let ip = client.socket_addr().ip();
                         let token = pw.password.trim();
                         if !pds_accounts::is_pds_token(token) && !pds_oidc::looks_like_jwt(token) {
                             // Audited like any refusal; the answer says how to sign in.
                             let _ = self
-                                .refuse_login(&user, db.as_deref(), "a password instead of a token")
+                                .refuse_login(
+                                    ip,
+                                    &user,
+                                    db.as_deref(),
+                                    "a password instead of a token",
+                                )
                                 .await;
                             return Err(user_error(
                                 "FATAL",
@@ -399,6 +413,7 @@ impl StartupHandler for PgStartup {
                             Ok(p) => {
                                 return Err(self
                                     .refuse_login(
+                                        ip,
                                         &user,
                                         db.as_deref(),
                                         &format!("token of `{}` used as `{user}`", p.name),
@@ -406,7 +421,9 @@ impl StartupHandler for PgStartup {
                                     .await);
                             }
                             Err(reason) => {
-                                return Err(self.refuse_login(&user, db.as_deref(), &reason).await);
+                                return Err(self
+                                    .refuse_login(ip, &user, db.as_deref(), &reason)
+                                    .await);
                             }
                         }
                     }
