@@ -12,6 +12,7 @@ base, pg_host, pg_port, issuer, accounts, password, connects = sys.argv[1:8]
 accounts, connects = int(accounts), int(connects)
 S = requests.Session()
 S.verify = False
+S.trust_env = False  # REQUESTS_CA_BUNDLE would otherwise override verify=False
 
 
 def totp(secret, t):

@@ -196,6 +196,27 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
     }
 }
 
+/// Argon2id work at once: each computation holds 19 MiB and a core, so a
+/// burst of sign-ins queues here instead of stalling the async runtime.
+fn argon_permits() -> &'static tokio::sync::Semaphore {
+    static S: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    })
+}
+
+/// [`verify_password`] on a blocking thread, at most one per core.
+pub async fn verify_password_blocking(phc: String, password: String) -> Result<bool, AccountError> {
+    let _permit = argon_permits()
+        .acquire()
+        .await
+        .map_err(|e| AccountError::Internal(e.to_string()))?;
+    let password = Zeroizing::new(password);
+    tokio::task::spawn_blocking(move || verify_password(&phc, &password))
+        .await
+        .map_err(|e| AccountError::Internal(format!("password check: {e}")))
+}
+
 /// Passwords too common to allow whatever their length.
 const COMMON: &[&str] = &[
     "password",
@@ -341,21 +362,33 @@ pub struct Throttle {
 const THROTTLE_ENTRIES: usize = 10_000;
 
 impl Throttle {
-    fn get(&self, name: &str) -> (i64, Option<chrono::DateTime<chrono::Utc>>) {
-        let m = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(&name.to_lowercase())
-            .map(|(n, until)| (*n, Some(*until)))
-            .unwrap_or((0, None))
-    }
-
-    fn set(&self, name: &str, failures: i64, until: chrono::DateTime<chrono::Utc>) {
+    /// Counts an attempt for `name`: the failure count including it, or
+    /// `Err(seconds left)` while the name is locked.
+    fn begin(&self, name: &str, now: chrono::DateTime<chrono::Utc>) -> Result<i64, u64> {
         let mut m = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        let key = name.to_lowercase();
+        if let Some((_, until)) = m.get(&key) {
+            let left = (*until - now).num_seconds();
+            if left > 0 {
+                return Err(left as u64);
+            }
+        }
         if m.len() >= THROTTLE_ENTRIES
+            && !m.contains_key(&key)
             && let Some(oldest) = m.iter().min_by_key(|(_, v)| v.1).map(|(k, _)| k.clone())
         {
             m.remove(&oldest);
         }
-        m.insert(name.to_lowercase(), (failures, until));
+        let e = m.entry(key).or_insert((0, now));
+        e.0 += 1;
+        Ok(e.0)
+    }
+
+    fn lock(&self, name: &str, until: chrono::DateTime<chrono::Utc>) {
+        let mut m = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = m.get_mut(&name.to_lowercase()) {
+            e.1 = until;
+        }
     }
 }
 
@@ -439,6 +472,9 @@ pub struct Principal {
     pub eligible_roles: Option<Vec<String>>,
     /// Identity-provider tokens: what to revoke at logout.
     pub idp: Option<IdpToken>,
+    /// Service tokens: the token's digest, to notice its revocation on
+    /// connections already open.
+    pub token_sha256: Option<String>,
 }
 
 /// An identity provider's token, as far as revocation needs it.
@@ -452,6 +488,8 @@ pub struct IdpToken {
     pub jti: Option<String>,
     /// Its expiry (seconds since the epoch).
     pub exp: i64,
+    /// SHA-256 of the token (revoked by itself when it has no `sid`/`jti`).
+    pub sha256: String,
 }
 
 impl Principal {
@@ -625,6 +663,7 @@ impl<'a> Accounts<'a> {
             totp_last_step: None,
             failed_logins: 0,
             locked_until: None,
+            idp: None,
         };
         self.cat.create_account(&row).await?;
         Ok(account(&row))
@@ -657,7 +696,10 @@ impl<'a> Accounts<'a> {
             serde_json::json!({"account": name}),
         )
         .await?;
-        self.cat.set_account_password(name, &hash, &now()).await?;
+        let at = now();
+        self.cat.set_account_password(name, &hash, &at).await?;
+        // A new password ends what the old one opened.
+        self.cat.revoke_all_of(name, &at).await?;
         Ok(())
     }
 
@@ -725,28 +767,92 @@ impl<'a> Accounts<'a> {
         Ok(self.cat.accounts().await?.iter().map(account).collect())
     }
 
+    /// Counts this attempt before anything is checked, atomically, so
+    /// that parallel attempts cannot outrun the lock: returns the failure
+    /// count including it. Past the threshold the name is locked at once
+    /// and the attempt refused without looking at the password.
+    async fn begin_attempt(
+        &self,
+        policy: &Policy,
+        throttle: &Throttle,
+        name: &str,
+        known: bool,
+        channel: &str,
+    ) -> Result<i64, AccountError> {
+        let t = chrono::Utc::now();
+        let counted = if known {
+            match self.cat.begin_login_attempt(name, &fmt_time(t)).await? {
+                Ok(n) => Ok(n),
+                Err(until) => Err(until
+                    .as_deref()
+                    .and_then(parse_time)
+                    .map(|u| (u - t).num_seconds().max(1) as u64)
+                    .unwrap_or(1)),
+            }
+        } else if pds_project::check_principal(name).is_ok() {
+            throttle.begin(name, t)
+        } else {
+            // Not a possible account name: nothing to remember.
+            Ok(1)
+        };
+        let refused = match counted {
+            Ok(n) if n > i64::from(policy.free_failures) => {
+                let lock = policy.lock_for(n).unwrap_or(policy.lock_base);
+                self.set_lock(throttle, name, known, t + lock).await?;
+                Some(lock.num_seconds().max(1) as u64)
+            }
+            Ok(_) => None,
+            Err(left) => Some(left),
+        };
+        if let Some(left) = refused {
+            self.record_decision(
+                if pds_project::check_principal(name).is_ok() {
+                    name
+                } else {
+                    "?"
+                },
+                "login",
+                "refused",
+                Some("locked after repeated failures".into()),
+                serde_json::json!({"channel": channel}),
+            )
+            .await?;
+            return Err(AccountError::Locked(left));
+        }
+        counted.map_err(|_| AccountError::Internal("lock state".into()))
+    }
+
+    async fn set_lock(
+        &self,
+        throttle: &Throttle,
+        name: &str,
+        known: bool,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), AccountError> {
+        if known {
+            self.cat.set_login_lock(name, &fmt_time(until)).await?;
+        } else {
+            throttle.lock(name, until);
+        }
+        Ok(())
+    }
+
+    /// A failed attempt (already counted): locks the name once the count
+    /// reaches the threshold, and audits.
+    #[allow(clippy::too_many_arguments)]
     async fn fail(
         &self,
         policy: &Policy,
         throttle: &Throttle,
         name: &str,
-        row: Option<&AccountRow>,
+        known: bool,
+        failures: i64,
         channel: &str,
         reason: &str,
     ) -> Result<(), AccountError> {
-        let t = chrono::Utc::now();
-        let failures = match row {
-            Some(r) => r.failed_logins + 1,
-            None => throttle.get(name).0 + 1,
-        };
-        let until = policy.lock_for(failures).map(|d| t + d);
-        match row {
-            Some(r) => {
-                self.cat
-                    .set_login_failures(&r.name, failures, until.map(fmt_time).as_deref())
-                    .await?
-            }
-            None => throttle.set(name, failures, until.unwrap_or(t)),
+        let until = policy.lock_for(failures).map(|d| chrono::Utc::now() + d);
+        if let Some(u) = until {
+            self.set_lock(throttle, name, known, u).await?;
         }
         let principal = if pds_project::check_principal(name).is_ok() {
             name
@@ -761,15 +867,6 @@ impl<'a> Accounts<'a> {
             serde_json::json!({"channel": channel, "failures": failures, "locked_until": until.map(fmt_time)}),
         )
         .await
-    }
-
-    fn locked(&self, throttle: &Throttle, name: &str, row: Option<&AccountRow>) -> Option<u64> {
-        let until = match row {
-            Some(r) => r.locked_until.as_deref().and_then(parse_time),
-            None => throttle.get(name).1,
-        }?;
-        let left = (until - chrono::Utc::now()).num_seconds();
-        (left > 0).then_some(left as u64)
     }
 
     /// Signs in with a password and a second factor. A wrong password, an
@@ -788,21 +885,9 @@ impl<'a> Accounts<'a> {
         channel: &str,
     ) -> Result<LoginOutcome, AccountError> {
         let row = self.cat.account(name).await?;
-        if let Some(left) = self.locked(throttle, name, row.as_ref()) {
-            self.record_decision(
-                if pds_project::check_principal(name).is_ok() {
-                    name
-                } else {
-                    "?"
-                },
-                "login",
-                "refused",
-                Some("locked after repeated failures".into()),
-                serde_json::json!({"channel": channel}),
-            )
+        let failures = self
+            .begin_attempt(policy, throttle, name, row.is_some(), channel)
             .await?;
-            return Err(AccountError::Locked(left));
-        }
         let hash = row
             .as_ref()
             .filter(|r| r.disabled_at.is_none() && r.kind == "local")
@@ -813,13 +898,14 @@ impl<'a> Accounts<'a> {
             B64.encode([0u8; 16]),
             B64.encode([0u8; 32])
         );
-        let ok = verify_password(hash.as_deref().unwrap_or(&decoy), password);
-        let (true, Some(_), Some(r)) = (ok, hash, row.as_ref()) else {
+        let ok = verify_password_blocking(hash.unwrap_or(decoy), password.to_string()).await?;
+        let (true, Some(r)) = (ok, row.as_ref().filter(|r| r.password_hash.is_some())) else {
             self.fail(
                 policy,
                 throttle,
                 name,
-                row.as_ref(),
+                row.is_some(),
+                failures,
                 channel,
                 "invalid credentials",
             )
@@ -827,6 +913,7 @@ impl<'a> Accounts<'a> {
             return Err(AccountError::BadCredentials);
         };
         if r.totp_enrolled_at.is_none() {
+            self.cat.set_login_failures(name, 0, None).await?;
             let token = new_token(ENROL_PREFIX)?;
             let expires = fmt_time(chrono::Utc::now() + policy.enrol_ttl);
             self.record_decision(
@@ -846,6 +933,8 @@ impl<'a> Accounts<'a> {
         }
         let method = match second {
             SecondFactor::None => {
+                // The password was right: this attempt is not a failure.
+                self.cat.undo_login_attempt(name).await?;
                 self.record_decision(
                     name,
                     "login",
@@ -864,7 +953,8 @@ impl<'a> Accounts<'a> {
                         policy,
                         throttle,
                         name,
-                        Some(r),
+                        true,
+                        failures,
                         channel,
                         "wrong or reused TOTP code",
                     )
@@ -884,7 +974,8 @@ impl<'a> Accounts<'a> {
                         policy,
                         throttle,
                         name,
-                        Some(r),
+                        true,
+                        failures,
                         channel,
                         "wrong or used recovery code",
                     )
@@ -893,7 +984,7 @@ impl<'a> Accounts<'a> {
                 }
             }
         };
-        if r.failed_logins != 0 || r.locked_until.is_some() {
+        {
             self.cat.set_login_failures(name, 0, None).await?;
         }
         let tokens = self
@@ -1030,8 +1121,9 @@ impl<'a> Accounts<'a> {
             serde_json::json!({"account": name, "recovery_codes": digests.len()}),
         )
         .await?;
+        let seed_json = r.totp_seed.clone().unwrap_or_default();
         self.cat
-            .confirm_totp(name, step as i64, &digests, &now())
+            .confirm_totp(name, &seed_json, step as i64, &digests, &now())
             .await?;
         Ok(codes.into_iter().map(|c| c.0).collect())
     }
@@ -1364,7 +1456,36 @@ impl<'a> Accounts<'a> {
             scope,
             eligible_roles,
             idp: None,
+            token_sha256: (kind == "service").then_some(t.token_sha256),
         })
+    }
+
+    /// Whether what let `p` in still holds: the account is enabled, its
+    /// session is neither logged out nor past its end, its service token
+    /// not revoked or expired. Checked on every statement, so a logout, a
+    /// revocation or a disabled account also stops connections already
+    /// open. (An access token's own 15-minute life only bounds when a
+    /// connection can be opened.) The error is the reason.
+    pub async fn still_valid(&self, p: &Principal) -> Result<(), String> {
+        let internal = |e: pds_catalog::CatalogError| e.to_string();
+        let at = now();
+        match self.cat.account(&p.name).await.map_err(internal)? {
+            Some(r) if r.disabled_at.is_none() => {}
+            _ => return Err(format!("account `{}` is disabled", p.name)),
+        }
+        if let Some(id) = &p.session {
+            match self.cat.session(id).await.map_err(internal)? {
+                Some(s) if s.revoked_at.is_none() && s.expires_at > at => {}
+                _ => return Err("the session was logged out, revoked or has ended".into()),
+            }
+        }
+        if let Some(d) = &p.token_sha256 {
+            match self.cat.token(d).await.map_err(internal)? {
+                Some(t) if t.revoked_at.is_none() && t.expires_at > at => {}
+                _ => return Err("the service token was revoked or has expired".into()),
+            }
+        }
+        Ok(())
     }
 
     async fn live_token(&self, token: &str, kind: &str) -> Result<TokenRow, AccountError> {
@@ -1424,20 +1545,38 @@ impl<'a> Accounts<'a> {
         provider: &str,
     ) -> Result<Account, AccountError> {
         match self.cat.account(name).await? {
-            Some(r) if r.kind == "federated" => Ok(account(&r)),
+            Some(r) if r.kind == "federated" && r.idp.as_deref() == Some(provider) => {
+                Ok(account(&r))
+            }
+            // Created ahead of the first sign-in by an administrator:
+            // the first provider to vouch for the name keeps it.
+            Some(r) if r.kind == "federated" && r.idp.is_none() => {
+                self.record(
+                    &format!("oidc:{provider}"),
+                    "account.bind_idp",
+                    serde_json::json!({"account": name, "idp": provider}),
+                )
+                .await?;
+                self.cat.set_account_idp(name, provider).await?;
+                Ok(account(&r))
+            }
             Some(r) => Err(AccountError::Invalid(format!(
-                "`{name}` is a {} account, not one of identity provider `{provider}`",
-                r.kind
+                "`{name}` is not an account of identity provider `{provider}` ({} account{})",
+                r.kind,
+                r.idp.map(|i| format!(" of `{i}`")).unwrap_or_default()
             ))),
             None => {
-                self.add(
-                    &format!("oidc:{provider}"),
-                    name,
-                    Kind::Federated,
-                    None,
-                    false,
-                )
-                .await
+                let a = self
+                    .add(
+                        &format!("oidc:{provider}"),
+                        name,
+                        Kind::Federated,
+                        None,
+                        false,
+                    )
+                    .await?;
+                self.cat.set_account_idp(name, provider).await?;
+                Ok(a)
             }
         }
     }
@@ -1489,6 +1628,7 @@ mod tests {
             }),
             eligible_roles: None,
             idp: None,
+            token_sha256: None,
         };
         assert!(p.may_use("p1", "researcher").is_ok());
         assert!(p.may_use("p2", "researcher").is_err());

@@ -435,6 +435,18 @@ async fn kinds_service_tokens_reset_and_disable() {
     let f = a.provision_federated("psc-810001", "psc").await.unwrap();
     assert_eq!(f.kind, Kind::Federated);
     assert!(a.provision_federated("psc-810001", "psc").await.is_ok());
+    // Another provider naming the same person is refused.
+    match a.provision_federated("psc-810001", "chu").await {
+        Err(AccountError::Invalid(m)) => assert!(m.contains("`psc`"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // An account created ahead by an administrator binds to the first
+    // provider that vouches for it, and only that one.
+    a.add("steward", "chu-42", Kind::Federated, None, false)
+        .await
+        .unwrap();
+    assert!(a.provision_federated("chu-42", "chu").await.is_ok());
+    assert!(a.provision_federated("chu-42", "psc").await.is_err());
     assert!(a.provision_federated("etl", "psc").await.is_err());
     assert!(
         a.login(&keys, &p, &t, "psc-810001", PW, SecondFactor::None, "test")

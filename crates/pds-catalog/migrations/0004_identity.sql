@@ -9,6 +9,9 @@ ALTER TABLE accounts ADD COLUMN totp_enrolled_at TEXT;
 ALTER TABLE accounts ADD COLUMN totp_last_step BIGINT;
 ALTER TABLE accounts ADD COLUMN failed_logins BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE accounts ADD COLUMN locked_until TEXT;
+-- The identity provider a federated account belongs to: another provider
+-- naming the same person is refused.
+ALTER TABLE accounts ADD COLUMN idp TEXT;
 
 -- Tokens now have a kind (access, refresh, service, enrol), belong to a
 -- session (access/refresh) and, for service tokens, to one project and role.
@@ -45,7 +48,9 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_account ON sessions (account);
 
--- Browser logins in flight: `state` (hashed), nonce and PKCE verifier.
+-- Browser logins in flight: `state` (hashed), nonce, PKCE verifier, and the
+-- hash of a cookie set in the browser that started it (the callback must
+-- come from that browser).
 -- A row is deleted when its callback arrives, so a replayed callback finds
 -- nothing.
 CREATE TABLE oidc_pending (
@@ -53,6 +58,7 @@ CREATE TABLE oidc_pending (
     provider      TEXT NOT NULL,
     nonce         TEXT NOT NULL,
     pkce_verifier TEXT NOT NULL,
+    browser_sha256 TEXT NOT NULL,
     created_at    TEXT NOT NULL,
     expires_at    TEXT NOT NULL
 );

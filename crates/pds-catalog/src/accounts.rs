@@ -37,6 +37,8 @@ pub struct AccountRow {
     pub failed_logins: i64,
     /// Sign-ins are refused until then (RFC 3339), after repeated failures.
     pub locked_until: Option<String>,
+    /// Federated accounts: the identity provider they belong to.
+    pub idp: Option<String>,
 }
 
 /// An access token as stored (its digest, never the token).
@@ -80,6 +82,7 @@ fn account_from(r: &sqlx::any::AnyRow) -> Result<AccountRow, sqlx::Error> {
         totp_last_step: r.try_get("totp_last_step")?,
         failed_logins: r.try_get("failed_logins")?,
         locked_until: r.try_get("locked_until")?,
+        idp: r.try_get("idp")?,
     })
 }
 
@@ -107,7 +110,7 @@ pub(crate) use token_select;
 
 macro_rules! account_select {
     () => {
-        "SELECT name, kind, roles, password_hash, scram_verifier, created_at, created_by, password_changed_at, disabled_at, totp_seed, totp_enrolled_at, totp_last_step, failed_logins, locked_until FROM accounts"
+        "SELECT name, kind, roles, password_hash, scram_verifier, created_at, created_by, password_changed_at, disabled_at, totp_seed, totp_enrolled_at, totp_last_step, failed_logins, locked_until, idp FROM accounts"
     };
 }
 
@@ -126,8 +129,8 @@ impl Catalog {
             )));
         }
         sqlx::query(
-            "INSERT INTO accounts (name, kind, roles, password_hash, scram_verifier, created_at, created_by, password_changed_at, disabled_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)",
+            "INSERT INTO accounts (name, kind, roles, password_hash, scram_verifier, created_at, created_by, password_changed_at, disabled_at, idp) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9)",
         )
         .bind(&a.name)
         .bind(&a.kind)
@@ -137,6 +140,7 @@ impl Catalog {
         .bind(&a.created_at)
         .bind(&a.created_by)
         .bind(&a.password_changed_at)
+        .bind(&a.idp)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

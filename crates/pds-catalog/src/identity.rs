@@ -45,6 +45,8 @@ pub struct PendingLogin {
     pub nonce: String,
     /// The PKCE code verifier.
     pub pkce_verifier: String,
+    /// SHA-256 of the cookie set in the browser that started the login.
+    pub browser_sha256: String,
     /// Start.
     pub created_at: String,
     /// Deadline for the callback.
@@ -94,16 +96,31 @@ impl Catalog {
     pub async fn confirm_totp(
         &self,
         name: &str,
+        seed: &str,
         step: i64,
         recovery_sha256: &[String],
         at: &str,
     ) -> Result<(), CatalogError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE accounts SET totp_enrolled_at = $1, totp_last_step = $2 WHERE name = $3 AND totp_seed IS NOT NULL",
+        // Only the seed the code was checked against, and only once.
+        let r = sqlx::query(
+            "UPDATE accounts SET totp_enrolled_at = $1, totp_last_step = $2 WHERE name = $3 AND totp_seed = $4 AND totp_enrolled_at IS NULL",
         )
         .bind(at)
         .bind(step)
+        .bind(name)
+        .bind(seed)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Err(CatalogError::Invalid(
+                "the enrolment changed or was already confirmed: start it again".into(),
+            ));
+        }
+        sqlx::query(
+            "UPDATE access_tokens SET revoked_at = $1 WHERE account = $2 AND kind = 'enrol' AND revoked_at IS NULL",
+        )
+        .bind(at)
         .bind(name)
         .execute(&mut *tx)
         .await?;
@@ -168,6 +185,60 @@ impl Catalog {
         Ok(row.try_get("n")?)
     }
 
+    /// Counts a sign-in attempt of an account before it is checked: one
+    /// statement that only succeeds while the account is not locked, so
+    /// parallel attempts are all counted. `Ok(count)` including this one,
+    /// or `Err(locked_until)` while locked.
+    pub async fn begin_login_attempt(
+        &self,
+        name: &str,
+        now: &str,
+    ) -> Result<Result<i64, Option<String>>, CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE accounts SET failed_logins = failed_logins + 1 WHERE name = $1 AND (locked_until IS NULL OR locked_until <= $2)",
+        )
+        .bind(name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query("SELECT failed_logins, locked_until FROM accounts WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let Some(row) = row else {
+            return Ok(Err(None));
+        };
+        if r.rows_affected() == 1 {
+            Ok(Ok(row.try_get("failed_logins")?))
+        } else {
+            Ok(Err(row.try_get("locked_until")?))
+        }
+    }
+
+    /// Takes back the count of an attempt that turned out not to be a
+    /// failure (right password, second factor still to come).
+    pub async fn undo_login_attempt(&self, name: &str) -> Result<(), CatalogError> {
+        sqlx::query(
+            "UPDATE accounts SET failed_logins = CASE WHEN failed_logins > 0 THEN failed_logins - 1 ELSE 0 END WHERE name = $1",
+        )
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Locks an account's sign-in until `until`.
+    pub async fn set_login_lock(&self, name: &str, until: &str) -> Result<(), CatalogError> {
+        sqlx::query("UPDATE accounts SET locked_until = $1 WHERE name = $2")
+            .bind(until)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records the failed-sign-in counter and lock of an account.
     pub async fn set_login_failures(
         &self,
@@ -178,6 +249,16 @@ impl Catalog {
         sqlx::query("UPDATE accounts SET failed_logins = $1, locked_until = $2 WHERE name = $3")
             .bind(failures)
             .bind(locked_until)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Binds a federated account to its identity provider.
+    pub async fn set_account_idp(&self, name: &str, idp: &str) -> Result<(), CatalogError> {
+        sqlx::query("UPDATE accounts SET idp = $1 WHERE name = $2")
+            .bind(idp)
             .bind(name)
             .execute(&self.pool)
             .await?;
@@ -310,12 +391,13 @@ impl Catalog {
             .execute(&self.pool)
             .await?;
         sqlx::query(
-            "INSERT INTO oidc_pending (state_sha256, provider, nonce, pkce_verifier, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO oidc_pending (state_sha256, provider, nonce, pkce_verifier, browser_sha256, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&p.state_sha256)
         .bind(&p.provider)
         .bind(&p.nonce)
         .bind(&p.pkce_verifier)
+        .bind(&p.browser_sha256)
         .bind(&p.created_at)
         .bind(&p.expires_at)
         .execute(&self.pool)
@@ -331,7 +413,7 @@ impl Catalog {
     ) -> Result<Option<PendingLogin>, CatalogError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "SELECT state_sha256, provider, nonce, pkce_verifier, created_at, expires_at FROM oidc_pending WHERE state_sha256 = $1",
+            "SELECT state_sha256, provider, nonce, pkce_verifier, browser_sha256, created_at, expires_at FROM oidc_pending WHERE state_sha256 = $1",
         )
         .bind(state_sha256)
         .fetch_optional(&mut *tx)
@@ -352,6 +434,7 @@ impl Catalog {
             provider: r.try_get("provider")?,
             nonce: r.try_get("nonce")?,
             pkce_verifier: r.try_get("pkce_verifier")?,
+            browser_sha256: r.try_get("browser_sha256")?,
             created_at: r.try_get("created_at")?,
             expires_at: r.try_get("expires_at")?,
         }))

@@ -110,6 +110,16 @@ impl Env {
         assert_eq!(code, 200, "{body}");
     }
 
+    fn jar(&self) -> String {
+        self.dir.path().join("cookies.txt").display().to_string()
+    }
+
+    /// GET with the browser's cookies.
+    fn get(&self, url: &str) -> (u16, String) {
+        let jar = self.jar();
+        curl(&["-c", &jar, "-b", &jar, url])
+    }
+
     /// Follows redirects like a browser (cookie jar) from `start` until one
     /// points at `stop_prefix`; returns that address.
     fn browse(&self, start: &str, stop_prefix: &str) -> String {
@@ -148,11 +158,16 @@ impl Env {
     /// PDS's browser login up to the callback address the provider sends
     /// the browser to (code and state in it).
     fn pds_login_callback(&self) -> String {
+        let jar = self.jar();
         let (code, headers) = curl(&[
             "-o",
             "/dev/null",
             "-D",
             "-",
+            "-c",
+            &jar,
+            "-b",
+            &jar,
             &format!("{}/api/v1/oidc/psc/login", self.base()),
         ]);
         assert_eq!(code, 303, "{headers}");
@@ -433,7 +448,12 @@ fn oidc_code_flow_tokens_attacks_and_local_second_factor() {
     // 1. The browser-less code flow with PKCE: PDS session for Jeanne.
     env.next_login("810001234567", "eidas1");
     let cb = env.pds_login_callback();
+    // The callback must come from the browser that started the login.
     let (code, body) = curl(&[&cb]);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("another browser"), "{body}");
+    let cb = env.pds_login_callback();
+    let (code, body) = env.get(&cb);
     assert_eq!(code, 200, "{body}");
     let session = json(&body);
     let token = session["access_token"].as_str().unwrap().to_string();
@@ -442,14 +462,14 @@ fn oidc_code_flow_tokens_attacks_and_local_second_factor() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(json(&body)["name"], JEANNE);
     // The replayed callback (same code and state) is refused.
-    let (code, body) = curl(&[&cb]);
+    let (code, body) = env.get(&cb);
     assert_eq!(code, 400, "{body}");
     // A state PDS never issued is refused.
     let cb2 = env.pds_login_callback();
     let p2 = url_params(&cb2);
     let forged = cb2.replace(&p2["state"], "forged-state-forged-state-forged-state-1234");
     assert_ne!(forged, cb2);
-    let (code, body) = curl(&[&forged]);
+    let (code, body) = env.get(&forged);
     assert_eq!(code, 400, "{body}");
     // A used authorization code with a fresh, valid state: the provider
     // refuses the code, PDS refuses the login.
@@ -457,7 +477,7 @@ fn oidc_code_flow_tokens_attacks_and_local_second_factor() {
     let p3 = url_params(&cb3);
     let p1 = url_params(&cb);
     let replayed = cb3.replace(&p3["code"], &p1["code"]);
-    let (code, body) = curl(&[&replayed]);
+    let (code, body) = env.get(&replayed);
     assert_eq!(code, 401, "{body}");
 
     // 2. PostgreSQL with the PDS token of that login: same answer as pds sql.
@@ -572,6 +592,11 @@ fn oidc_code_flow_tokens_attacks_and_local_second_factor() {
             "below the required level",
         ),
         ("unknown kid", serde_json::json!({"key": "other"}), "no key"),
+        (
+            "an ID token as an access token",
+            serde_json::json!({"claims": {"nonce": "n-0123456789"}}),
+            "an ID token is not an access token",
+        ),
     ];
     for (name, spec, _) in &attacks {
         let t = env.mint(spec.clone());
@@ -606,7 +631,7 @@ fn oidc_code_flow_tokens_attacks_and_local_second_factor() {
     //    70) signs in, but is no member: refused. Made a member, his
     //    claims still do not allow the researcher role: refused, saying so.
     env.next_login("810009999999", "eidas1");
-    let (code, body) = curl(&[&env.pds_login_callback()]);
+    let (code, body) = env.get(&env.pds_login_callback());
     assert_eq!(code, 200, "{body}");
     let paul = json(&body)["access_token"].as_str().unwrap().to_string();
     let o = env.psql(PAUL, &paul, count);

@@ -249,7 +249,17 @@ impl ProviderConfig {
                 "`state_ttl_secs` must be between 30 and 900".into(),
             ));
         }
+        if self.accepted_acr.is_empty() {
+            return Err(cfg_err(
+                "`accepted_acr` is empty: list the acr values that prove a multi-factor sign-in at this provider (PSC: eidas1); without them any sign-in level would be accepted".into(),
+            ));
+        }
         let prefix = self.principal_prefix.clone().unwrap_or_default();
+        if prefix.is_empty() {
+            return Err(cfg_err(
+                "`principal_prefix` is empty: give each provider its own prefix (\"psc-\", \"chu-lyon-\"), so that two providers can never name the same account".into(),
+            ));
+        }
         if !prefix
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c))
@@ -307,6 +317,9 @@ struct Discovery {
     #[serde(default)]
     end_session_endpoint: Option<String>,
 }
+
+/// How long a fetched key set is trusted without fetching it again.
+const JWKS_MAX_AGE: Duration = Duration::from_secs(3600);
 
 struct KeyCache {
     keys: Vec<Jwk>,
@@ -525,7 +538,11 @@ impl Provider {
                         d.issuer, self.cfg.issuer
                     )));
                 }
-                for u in [&d.authorization_endpoint, &d.token_endpoint, &d.jwks_uri] {
+                for u in [&d.authorization_endpoint, &d.token_endpoint, &d.jwks_uri]
+                    .into_iter()
+                    .chain(d.userinfo_endpoint.as_ref())
+                    .chain(d.end_session_endpoint.as_ref())
+                {
                     check_url(u).map_err(|m| self.unavailable(m))?;
                 }
                 Ok(Endpoints {
@@ -653,6 +670,11 @@ impl Provider {
     async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<Jwk, OidcError> {
         let min = Duration::from_secs(self.cfg.jwks_min_refresh_secs);
         let mut cache = self.keys.lock().await;
+        // Keys the provider has withdrawn stop working within the hour.
+        if cache.fetched.is_some_and(|t| t.elapsed() >= JWKS_MAX_AGE) {
+            cache.keys.clear();
+            cache.fetched = None;
+        }
         for attempt in 0..2 {
             if let Some(k) = pick(&cache.keys, kid, alg) {
                 return Ok(k);
@@ -757,7 +779,15 @@ impl Provider {
     /// PostgreSQL password, Flight SQL): audience among `audiences`, and
     /// the acr level.
     pub async fn validate(&self, token: &str) -> Result<Validated, OidcError> {
-        self.verify(token, Audience::Api, None, true).await
+        let v = self.verify(token, Audience::Api, None, true).await?;
+        // An ID token says who signed in to a client; it is not a
+        // credential for an API (RFC 9068 access tokens carry no nonce).
+        if v.claims.contains_key("nonce")
+            || v.claims.get("typ").and_then(Value::as_str) == Some("ID")
+        {
+            return Err(refused("an ID token is not an access token"));
+        }
+        Ok(v)
     }
 
     /// Maps validated claims to a PDS identity.
@@ -900,6 +930,7 @@ impl Federation {
     /// Builds the providers; names must be unique.
     pub fn new(configs: Vec<ProviderConfig>) -> Result<Federation, OidcError> {
         let mut seen = HashMap::new();
+        let mut prefixes = HashMap::new();
         let mut providers = Vec::new();
         for c in configs {
             let c = c.resolve()?;
@@ -907,6 +938,15 @@ impl Federation {
                 return Err(OidcError::Config {
                     provider: c.name.clone(),
                     message: "two identity providers have this name".into(),
+                });
+            }
+            let prefix = c.principal_prefix.clone().unwrap_or_default();
+            if let Some(other) = prefixes.insert(prefix.clone(), c.name.clone()) {
+                return Err(OidcError::Config {
+                    provider: c.name.clone(),
+                    message: format!(
+                        "`principal_prefix` {prefix:?} is also `{other}`'s: each provider needs its own"
+                    ),
                 });
             }
             providers.push(Arc::new(Provider::new(c)?));

@@ -30,6 +30,18 @@ pub(crate) struct AttemptLimiter {
 
 const LIMITER_ENTRIES: usize = 50_000;
 
+/// The unit counted: an IPv4 address, or an IPv6 /64 (one subscriber's
+/// prefix, which holds more addresses than the table).
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
+}
+
 impl AttemptLimiter {
     pub(crate) fn new(per_minute: u32) -> AttemptLimiter {
         AttemptLimiter {
@@ -45,7 +57,7 @@ impl AttemptLimiter {
             return None;
         }
         let w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let (start, n) = w.get(&ip)?;
+        let (start, n) = w.get(&bucket(ip))?;
         let elapsed = start.elapsed();
         (elapsed < Duration::from_secs(60) && *n >= self.per_minute)
             .then(|| (Duration::from_secs(60) - elapsed).as_secs().max(1))
@@ -58,11 +70,15 @@ impl AttemptLimiter {
         }
         let now = Instant::now();
         let minute = Duration::from_secs(60);
+        let ip = bucket(ip);
         let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if w.len() >= LIMITER_ENTRIES {
+        if w.len() >= LIMITER_ENTRIES && !w.contains_key(&ip) {
             w.retain(|_, (start, _)| now.duration_since(*start) < minute);
-            if w.len() >= LIMITER_ENTRIES {
-                w.clear();
+            // Still full: drop the oldest window, never the whole table.
+            if w.len() >= LIMITER_ENTRIES
+                && let Some(oldest) = w.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| *k)
+            {
+                w.remove(&oldest);
             }
         }
         let e = w.entry(ip).or_insert((now, 0));
@@ -107,20 +123,14 @@ impl Shared {
             .ok_or_else(|| "JWT from an issuer that is not configured".to_string())?;
         let v = provider.validate(token).await.map_err(|e| e.to_string())?;
         let id = provider.identity(&v.claims).map_err(|e| e.to_string())?;
-        let cat = self.gate.catalog();
-        for (kind, value) in [("sid", &id.sid), ("jti", &id.jti)] {
-            if let Some(value) = value
-                && cat
-                    .idp_revoked(provider.name(), kind, value)
-                    .await
-                    .map_err(|e| e.to_string())?
-            {
-                return Err(format!(
-                    "identity-provider {} revoked here (logout or revocation)",
-                    if kind == "sid" { "session" } else { "token" }
-                ));
-            }
-        }
+        let idp = IdpToken {
+            provider: provider.name().to_string(),
+            sid: id.sid,
+            jti: id.jti,
+            exp: id.exp,
+            sha256: pds_accounts::token_digest(token),
+        };
+        self.idp_revoked(&idp).await?;
         let account = self
             .accounts()
             .provision_federated(&id.principal, provider.name())
@@ -136,13 +146,30 @@ impl Shared {
             session: None,
             scope: None,
             eligible_roles: id.eligible_roles,
-            idp: Some(IdpToken {
-                provider: provider.name().to_string(),
-                sid: id.sid,
-                jti: id.jti,
-                exp: id.exp,
-            }),
+            idp: Some(idp),
+            token_sha256: None,
         })
+    }
+
+    /// Refuses an identity provider's token whose session or id was
+    /// revoked here.
+    async fn idp_revoked(&self, idp: &IdpToken) -> Result<(), String> {
+        let cat = self.gate.catalog();
+        let digest = Some(idp.sha256.clone());
+        for (kind, value) in [("sid", &idp.sid), ("jti", &idp.jti), ("sha256", &digest)] {
+            if let Some(value) = value
+                && cat
+                    .idp_revoked(&idp.provider, kind, value)
+                    .await
+                    .map_err(|e| e.to_string())?
+            {
+                return Err(format!(
+                    "identity-provider {} revoked here (logout or revocation)",
+                    if kind == "sid" { "session" } else { "token" }
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Audits a refused token.
@@ -162,14 +189,44 @@ impl Shared {
             .await;
     }
 
-    /// Whether `principal` may work in `project`: a member with a role that
-    /// may query, and, for scoped tokens and federated people, a role the
-    /// token or the identity provider's claims allow.
+    /// Whether `principal` may work in `project` now: what signed it in
+    /// still holds (account enabled, session or token not revoked), it is a
+    /// member with a role that may query, and, for scoped tokens and
+    /// federated people, a role the token or the claims allow. Called at
+    /// connection and before every statement.
     pub(crate) async fn authorize(
         &self,
         principal: &Principal,
         project: &str,
     ) -> Result<(), GateError> {
+        let mut valid = self.accounts().still_valid(principal).await;
+        if valid.is_ok()
+            && let Some(idp) = &principal.idp
+        {
+            // A connection opened with a provider's token lives as long as
+            // that token, and no longer than its session here.
+            valid = if idp.exp <= chrono::Utc::now().timestamp() {
+                Err("the identity provider's token has expired".into())
+            } else {
+                self.idp_revoked(idp).await
+            };
+        }
+        if let Err(why) = valid {
+            let _ = self
+                .gate
+                .audit()
+                .append(pds_audit::Record {
+                    principal: principal.name.clone(),
+                    project: Some(project.to_string()),
+                    action: "authorize".into(),
+                    decision: "refused".into(),
+                    reason: Some(why.clone()),
+                    details: Some(serde_json::json!({"via": principal.via})),
+                    ..Default::default()
+                })
+                .await;
+            return Err(GateError::Refused(format!("{why}: sign in again")));
+        }
         let today = chrono::Utc::now().date_naive();
         let (_, role) =
             pds_project::check_access(self.gate.catalog(), project, &principal.name, today)

@@ -5,9 +5,11 @@
 //! Nothing is shared between connections, so no client can change another's
 //! settings.
 //!
-//! Sign-in is PDS's own: SCRAM-SHA-256 against the account's verifier for
-//! local accounts, an access token sent as the password (TLS only) for
-//! federated ones. The database name is the project. Every statement,
+//! Sign-in is PDS's own: the server asks for a password over TLS and takes
+//! a token (a session's access token, a service token or an identity
+//! provider's JWT), never a password alone. The database name is the
+//! project; the project access, and what signed the caller in, are checked
+//! again before every statement. Every statement,
 //! catalogue queries included, goes through [`pds_gate::Gate`] with
 //! PostgreSQL parsing on, so `pg_catalog` lists the project's views only.
 //! `BEGIN`/`COMMIT`/`ROLLBACK` are acknowledged and do nothing: every
@@ -535,6 +537,13 @@ impl QueryParser for PgParser {
         let description = match &kind {
             Kind::Query => {
                 let (principal, target) = self.state.identity()?;
+                if let Target::Project(project) = &target {
+                    self.state
+                        .shared
+                        .authorize(&principal, project)
+                        .await
+                        .map_err(gate_error)?;
+                }
                 Some(
                     self.state
                         .shared

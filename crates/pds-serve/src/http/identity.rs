@@ -213,7 +213,8 @@ pub(super) async fn logout(
             .max(now)
             + chrono::Duration::days(1);
         let until = until.format("%Y-%m-%dT%H:%M:%SZ").to_string();
-        for (kind, v) in [("sid", &idp.sid), ("jti", &idp.jti)] {
+        let digest = Some(idp.sha256.clone());
+        for (kind, v) in [("sid", &idp.sid), ("jti", &idp.jti), ("sha256", &digest)] {
             if let Some(v) = v {
                 cat.revoke_idp(&idp.provider, kind, v, &at, &until)
                     .await
@@ -419,6 +420,11 @@ pub(super) async fn oidc_login(
         .authorization()
         .await
         .map_err(|e| oidc_failure(e).into_response())?;
+    // Ties the login to this browser: the callback must bring the cookie
+    // back, so a leaked callback address opens nothing elsewhere.
+    let browser = crate::random_token(32).map_err(|e| {
+        fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()).into_response()
+    })?;
     let now = chrono::Utc::now();
     let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
     s.gate
@@ -428,6 +434,7 @@ pub(super) async fn oidc_login(
             provider: name,
             nonce: a.nonce,
             pkce_verifier: a.pkce_verifier,
+            browser_sha256: state_digest(&browser),
             created_at: fmt(now),
             expires_at: fmt(now + chrono::Duration::seconds(p.config().state_ttl_secs as i64)),
         })
@@ -445,9 +452,31 @@ pub(super) async fn oidc_login(
         .into_response()
     })?;
     r.headers_mut().insert(header::LOCATION, loc);
+    let cookie = format!(
+        "{LOGIN_COOKIE}={browser}; Path=/api/v1/oidc/; Max-Age={}; HttpOnly; SameSite=Lax{}",
+        p.config().state_ttl_secs,
+        if s.tls { "; Secure" } else { "" }
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
+}
+
+/// The cookie tying a browser login to the browser that started it.
+const LOGIN_COOKIE: &str = "pds_oidc_login";
+
+fn login_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == LOGIN_COOKIE)
+        .map(|(_, v)| v.to_string())
 }
 
 /// What the identity provider sends back.
@@ -486,6 +515,7 @@ async fn refuse_login(s: &S, provider: &str, reason: &str) {
 pub(super) async fn oidc_callback(
     State(s): State<S>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     Query(cb): Query<Callback>,
 ) -> Result<Json<SessionTokens>, Failure> {
     let p = provider(&s, &name)?;
@@ -519,6 +549,15 @@ pub(super) async fn oidc_callback(
             "this login is unknown, already used or expired: start again from /api/v1/oidc/{provider}/login",
         ));
     };
+    let browser = login_cookie(&headers).map(|c| state_digest(&c));
+    if browser.as_deref() != Some(pending.browser_sha256.as_str()) {
+        refuse_login(&s, &name, "callback from another browser than the login").await;
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "this login was started in another browser (or its cookie is missing): start again from /api/v1/oidc/{provider}/login",
+        ));
+    }
     let tokens = match p.exchange(code, &pending.pkce_verifier).await {
         Ok(t) => t,
         Err(e) => {
