@@ -772,3 +772,98 @@ fn oidc_code_flow_tokens_attacks_and_local_second_factor() {
         .output()
         .unwrap());
 }
+
+/// `pds user enrol` with the person at the terminal: the QR code and the
+/// secret on stderr, a wrong code refused and asked again, recovery codes
+/// once enrolled; `pds user list` shows the second factor and
+/// `pds user reset-mfa` removes it.
+#[test]
+fn cli_enrol_list_and_reset_mfa() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let pds = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pds"));
+        c.arg("--home")
+            .arg(&home)
+            .args(["--as", "steward"])
+            .args(args);
+        c
+    };
+    ok(&pds(&[
+        "init",
+        "--master-key-file",
+        dir.path().join("k").to_str().unwrap(),
+    ])
+    .output()
+    .unwrap());
+    ok(&pds(&["user", "add", "dora"])
+        .env("PDS_NEW_PASSWORD", PASSWORD)
+        .output()
+        .unwrap());
+    let mut child = pds(&["user", "enrol", "dora"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut secret = None;
+    let mut qr_lines = 0;
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 {
+        if let Some(rest) = line.split("type the secret ").nth(1) {
+            secret = Some(rest.trim().trim_end_matches(").").to_string());
+            break;
+        }
+        qr_lines += 1;
+        line.clear();
+    }
+    let secret = secret.expect("no secret printed");
+    assert!(qr_lines > 10, "no QR code drawn");
+    let uri = format!(
+        "otpauth://totp/PDS:dora?secret={secret}&algorithm=SHA256&digits=6&period=30&issuer=PDS"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let good = pds_accounts::mfa::code_at(&uri, now).unwrap();
+    let wrong = format!(
+        "{:06}",
+        (good.parse::<u32>().unwrap() + 500_000) % 1_000_000
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{wrong}").unwrap();
+    writeln!(stdin, "{good}").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    use std::io::Read;
+    err.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{rest}");
+    assert!(rest.contains("does not match"), "{rest}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let codes: Vec<&str> = stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.len() == 19 && l.matches('-').count() == 3)
+        .collect();
+    assert_eq!(codes.len(), 10, "{stdout}");
+    // Columns: name, kind, [admin], mfa, status; dora is no admin.
+    let mfa_of = |list: &str| -> Vec<String> {
+        list.lines()
+            .find(|l| l.starts_with("dora"))
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .unwrap()
+    };
+    let list = ok(&pds(&["user", "list"]).output().unwrap());
+    assert_eq!(mfa_of(&list)[2], "yes", "{list}");
+    // Enrolled: a second enrolment is refused, naming the way out.
+    let o = pds(&["user", "enrol", "dora"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("reset-mfa"), "{}", stderr(&o));
+    ok(&pds(&["user", "reset-mfa", "dora"]).output().unwrap());
+    let list = ok(&pds(&["user", "list"]).output().unwrap());
+    assert_eq!(mfa_of(&list)[2], "active", "{list}");
+}
