@@ -14,14 +14,12 @@
 //! token that rotates at each use (a refresh token used twice revokes the
 //! session: it was stolen). Tokens are random 256-bit strings; the
 //! catalogue keeps only their SHA-256. Repeated failures lock the name with
-//! exponential backoff, known or not, so a lock says nothing about whether
-//! the account exists. Every change and every sign-in is audited first.
+//! exponential backoff, known or not (names that are not accounts are
+//! counted by digest in the catalogue too), so a lock says nothing about
+//! whether the account exists. Every change and every sign-in is audited first.
 #![forbid(unsafe_code)]
 
 pub mod mfa;
-
-use std::collections::HashMap;
-use std::sync::Mutex;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD as B64, URL_SAFE_NO_PAD as B64URL};
@@ -196,6 +194,12 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
     }
 }
 
+/// The key of a name that is not an account in the lock table: its
+/// SHA-256, lower-cased first (names are case-insensitive for locking).
+fn throttle_key(name: &str) -> String {
+    hex::encode(Sha256::digest(name.to_lowercase().as_bytes()))
+}
+
 /// Argon2id work at once: each computation holds 19 MiB and a core, so a
 /// burst of sign-ins queues here instead of stalling the async runtime.
 fn argon_permits() -> &'static tokio::sync::Semaphore {
@@ -348,47 +352,6 @@ impl Policy {
             .saturating_mul(factor)
             .min(self.lock_max.num_seconds());
         Some(chrono::Duration::seconds(secs))
-    }
-}
-
-/// Failure counters of names that are not accounts, so that locking looks
-/// the same whether the account exists or not. Bounded: the oldest entries
-/// go first.
-#[derive(Debug, Default)]
-pub struct Throttle {
-    unknown: Mutex<HashMap<String, (i64, chrono::DateTime<chrono::Utc>)>>,
-}
-
-const THROTTLE_ENTRIES: usize = 10_000;
-
-impl Throttle {
-    /// Counts an attempt for `name`: the failure count including it, or
-    /// `Err(seconds left)` while the name is locked.
-    fn begin(&self, name: &str, now: chrono::DateTime<chrono::Utc>) -> Result<i64, u64> {
-        let mut m = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
-        let key = name.to_lowercase();
-        if let Some((_, until)) = m.get(&key) {
-            let left = (*until - now).num_seconds();
-            if left > 0 {
-                return Err(left as u64);
-            }
-        }
-        if m.len() >= THROTTLE_ENTRIES
-            && !m.contains_key(&key)
-            && let Some(oldest) = m.iter().min_by_key(|(_, v)| v.1).map(|(k, _)| k.clone())
-        {
-            m.remove(&oldest);
-        }
-        let e = m.entry(key).or_insert((0, now));
-        e.0 += 1;
-        Ok(e.0)
-    }
-
-    fn lock(&self, name: &str, until: chrono::DateTime<chrono::Utc>) {
-        let mut m = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = m.get_mut(&name.to_lowercase()) {
-            e.1 = until;
-        }
     }
 }
 
@@ -774,31 +737,37 @@ impl<'a> Accounts<'a> {
     async fn begin_attempt(
         &self,
         policy: &Policy,
-        throttle: &Throttle,
         name: &str,
         known: bool,
         channel: &str,
     ) -> Result<i64, AccountError> {
         let t = chrono::Utc::now();
-        let counted = if known {
-            match self.cat.begin_login_attempt(name, &fmt_time(t)).await? {
-                Ok(n) => Ok(n),
-                Err(until) => Err(until
-                    .as_deref()
-                    .and_then(parse_time)
-                    .map(|u| (u - t).num_seconds().max(1) as u64)
-                    .unwrap_or(1)),
-            }
+        let stored = if known {
+            Some(self.cat.begin_login_attempt(name, &fmt_time(t)).await?)
         } else if pds_project::check_principal(name).is_ok() {
-            throttle.begin(name, t)
+            let stale = fmt_time(t - chrono::Duration::days(1));
+            Some(
+                self.cat
+                    .begin_throttled_attempt(&throttle_key(name), &fmt_time(t), &stale)
+                    .await?,
+            )
         } else {
             // Not a possible account name: nothing to remember.
-            Ok(1)
+            None
+        };
+        let counted = match stored {
+            None => Ok(1),
+            Some(Ok(n)) => Ok(n),
+            Some(Err(until)) => Err(until
+                .as_deref()
+                .and_then(parse_time)
+                .map(|u| (u - t).num_seconds().max(1) as u64)
+                .unwrap_or(1)),
         };
         let refused = match counted {
             Ok(n) if n > i64::from(policy.free_failures) => {
                 let lock = policy.lock_for(n).unwrap_or(policy.lock_base);
-                self.set_lock(throttle, name, known, t + lock).await?;
+                self.set_lock(name, known, t + lock).await?;
                 Some(lock.num_seconds().max(1) as u64)
             }
             Ok(_) => None,
@@ -824,15 +793,16 @@ impl<'a> Accounts<'a> {
 
     async fn set_lock(
         &self,
-        throttle: &Throttle,
         name: &str,
         known: bool,
         until: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), AccountError> {
         if known {
             self.cat.set_login_lock(name, &fmt_time(until)).await?;
-        } else {
-            throttle.lock(name, until);
+        } else if pds_project::check_principal(name).is_ok() {
+            self.cat
+                .set_throttle_lock(&throttle_key(name), &fmt_time(until))
+                .await?;
         }
         Ok(())
     }
@@ -843,7 +813,6 @@ impl<'a> Accounts<'a> {
     async fn fail(
         &self,
         policy: &Policy,
-        throttle: &Throttle,
         name: &str,
         known: bool,
         failures: i64,
@@ -852,7 +821,7 @@ impl<'a> Accounts<'a> {
     ) -> Result<(), AccountError> {
         let until = policy.lock_for(failures).map(|d| chrono::Utc::now() + d);
         if let Some(u) = until {
-            self.set_lock(throttle, name, known, u).await?;
+            self.set_lock(name, known, u).await?;
         }
         let principal = if pds_project::check_principal(name).is_ok() {
             name
@@ -878,7 +847,6 @@ impl<'a> Accounts<'a> {
         &self,
         keys: &KeyStore,
         policy: &Policy,
-        throttle: &Throttle,
         name: &str,
         password: &str,
         second: SecondFactor<'_>,
@@ -886,7 +854,7 @@ impl<'a> Accounts<'a> {
     ) -> Result<LoginOutcome, AccountError> {
         let row = self.cat.account(name).await?;
         let failures = self
-            .begin_attempt(policy, throttle, name, row.is_some(), channel)
+            .begin_attempt(policy, name, row.is_some(), channel)
             .await?;
         let hash = row
             .as_ref()
@@ -902,7 +870,6 @@ impl<'a> Accounts<'a> {
         let (true, Some(r)) = (ok, row.as_ref().filter(|r| r.password_hash.is_some())) else {
             self.fail(
                 policy,
-                throttle,
                 name,
                 row.is_some(),
                 failures,
@@ -951,7 +918,6 @@ impl<'a> Accounts<'a> {
                 } else {
                     self.fail(
                         policy,
-                        throttle,
                         name,
                         true,
                         failures,
@@ -972,7 +938,6 @@ impl<'a> Accounts<'a> {
                 } else {
                     self.fail(
                         policy,
-                        throttle,
                         name,
                         true,
                         failures,

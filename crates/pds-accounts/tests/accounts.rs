@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use pds_accounts::{
-    AccountError, Accounts, Kind, LoginOutcome, Policy, Scope, SecondFactor, Throttle, Tokens, mfa,
+    AccountError, Accounts, Kind, LoginOutcome, Policy, Scope, SecondFactor, Tokens, mfa,
 };
 use pds_audit::AuditLog;
 use pds_catalog::{AuditFilter, Catalog};
@@ -57,9 +57,8 @@ async fn enrolled(
     a.add("steward", name, Kind::Local, Some(PW), false)
         .await
         .unwrap();
-    let t = Throttle::default();
     let token = match a
-        .login(keys, policy, &t, name, PW, SecondFactor::None, "test")
+        .login(keys, policy, name, PW, SecondFactor::None, "test")
         .await
         .unwrap()
     {
@@ -95,7 +94,6 @@ async fn password_totp_recovery_sessions_and_refresh() {
     let (cat, log, keys) = setup(dir.path()).await;
     let a = Accounts::new(&cat, &log);
     let p = Policy::default();
-    let t = Throttle::default();
     let (uri, codes) = enrolled(&a, &keys, &p, "alice").await;
 
     // At rest: a seed wrapped for this account only, no password, no codes.
@@ -116,58 +114,34 @@ async fn password_totp_recovery_sessions_and_refresh() {
 
     // The password alone is not enough.
     assert!(matches!(
-        a.login(&keys, &p, &t, "alice", PW, SecondFactor::None, "test")
+        a.login(&keys, &p, "alice", PW, SecondFactor::None, "test")
             .await,
         Err(AccountError::SecondFactorRequired)
     ));
     // The code that confirmed the enrolment was spent: replay refused.
     let spent = mfa::code_at(&uri, now()).unwrap();
     assert!(matches!(
-        a.login(
-            &keys,
-            &p,
-            &t,
-            "alice",
-            PW,
-            SecondFactor::Totp(&spent),
-            "test"
-        )
-        .await,
+        a.login(&keys, &p, "alice", PW, SecondFactor::Totp(&spent), "test")
+            .await,
         Err(AccountError::BadCredentials)
     ));
     // The next time step's code is inside the window and unused.
     let next = mfa::code_at(&uri, now() + mfa::STEP_SECS).unwrap();
     let s1 = signed(
-        a.login(
-            &keys,
-            &p,
-            &t,
-            "alice",
-            PW,
-            SecondFactor::Totp(&next),
-            "test",
-        )
-        .await
-        .unwrap(),
+        a.login(&keys, &p, "alice", PW, SecondFactor::Totp(&next), "test")
+            .await
+            .unwrap(),
     );
     // ... once.
     assert!(
-        a.login(
-            &keys,
-            &p,
-            &t,
-            "alice",
-            PW,
-            SecondFactor::Totp(&next),
-            "test"
-        )
-        .await
-        .is_err()
+        a.login(&keys, &p, "alice", PW, SecondFactor::Totp(&next), "test")
+            .await
+            .is_err()
     );
     // A code two steps ahead is outside the window.
     let far = mfa::code_at(&uri, now() + 3 * mfa::STEP_SECS).unwrap();
     assert!(
-        a.login(&keys, &p, &t, "alice", PW, SecondFactor::Totp(&far), "test")
+        a.login(&keys, &p, "alice", PW, SecondFactor::Totp(&far), "test")
             .await
             .is_err()
     );
@@ -176,7 +150,6 @@ async fn password_totp_recovery_sessions_and_refresh() {
         a.login(
             &keys,
             &p,
-            &t,
             "alice",
             "not the password at all",
             SecondFactor::Recovery(&codes[1]),
@@ -190,7 +163,6 @@ async fn password_totp_recovery_sessions_and_refresh() {
         a.login(
             &keys,
             &p,
-            &t,
             "alice",
             PW,
             SecondFactor::Recovery(&codes[0].to_lowercase()),
@@ -203,7 +175,6 @@ async fn password_totp_recovery_sessions_and_refresh() {
         a.login(
             &keys,
             &p,
-            &t,
             "alice",
             PW,
             SecondFactor::Recovery(&codes[0]),
@@ -278,7 +249,6 @@ async fn lockout_backs_off_for_known_and_unknown_names() {
         free_failures: 3,
         ..Policy::default()
     };
-    let t = Throttle::default();
     let (uri, _) = enrolled(&a, &keys, &p, "carol").await;
     for name in ["carol", "nobody"] {
         for _ in 0..3 {
@@ -286,7 +256,6 @@ async fn lockout_backs_off_for_known_and_unknown_names() {
                 a.login(
                     &keys,
                     &p,
-                    &t,
                     name,
                     "wrong password!!",
                     SecondFactor::None,
@@ -298,7 +267,7 @@ async fn lockout_backs_off_for_known_and_unknown_names() {
         }
         // Locked now, even with the right password, for 30 s (base).
         match a
-            .login(&keys, &p, &t, name, PW, SecondFactor::None, "test")
+            .login(&keys, &p, name, PW, SecondFactor::None, "test")
             .await
         {
             Err(AccountError::Locked(s)) => assert!((25..=30).contains(&s), "{s}"),
@@ -315,7 +284,6 @@ async fn lockout_backs_off_for_known_and_unknown_names() {
         a.login(
             &keys,
             &p,
-            &t,
             "carol",
             "wrong password!!",
             SecondFactor::None,
@@ -325,7 +293,7 @@ async fn lockout_backs_off_for_known_and_unknown_names() {
         .is_err()
     );
     match a
-        .login(&keys, &p, &t, "carol", PW, SecondFactor::None, "test")
+        .login(&keys, &p, "carol", PW, SecondFactor::None, "test")
         .await
     {
         Err(AccountError::Locked(s)) => assert!((55..=60).contains(&s), "{s}"),
@@ -335,17 +303,9 @@ async fn lockout_backs_off_for_known_and_unknown_names() {
     a.unlock("steward", "carol").await.unwrap();
     let code = mfa::code_at(&uri, now() + mfa::STEP_SECS).unwrap();
     signed(
-        a.login(
-            &keys,
-            &p,
-            &t,
-            "carol",
-            PW,
-            SecondFactor::Totp(&code),
-            "test",
-        )
-        .await
-        .unwrap(),
+        a.login(&keys, &p, "carol", PW, SecondFactor::Totp(&code), "test")
+            .await
+            .unwrap(),
     );
     assert_eq!(
         cat.account("carol").await.unwrap().unwrap().failed_logins,
@@ -359,7 +319,6 @@ async fn kinds_service_tokens_reset_and_disable() {
     let (cat, log, keys) = setup(dir.path()).await;
     let a = Accounts::new(&cat, &log);
     let p = Policy::default();
-    let t = Throttle::default();
     let (uri, _) = enrolled(&a, &keys, &p, "dave").await;
 
     // Passwords only for people with local accounts.
@@ -377,7 +336,7 @@ async fn kinds_service_tokens_reset_and_disable() {
         .unwrap();
     // A service account cannot sign in with a password, nor get a session.
     assert!(
-        a.login(&keys, &p, &t, "etl", PW, SecondFactor::None, "test")
+        a.login(&keys, &p, "etl", PW, SecondFactor::None, "test")
             .await
             .is_err()
     );
@@ -411,14 +370,14 @@ async fn kinds_service_tokens_reset_and_disable() {
     // Resetting MFA ends sessions; the next sign-in enrols again.
     let code = mfa::code_at(&uri, now() + mfa::STEP_SECS).unwrap();
     let s = signed(
-        a.login(&keys, &p, &t, "dave", PW, SecondFactor::Totp(&code), "test")
+        a.login(&keys, &p, "dave", PW, SecondFactor::Totp(&code), "test")
             .await
             .unwrap(),
     );
     a.reset_mfa("steward", "dave").await.unwrap();
     assert!(a.authenticate(&s.access_token).await.is_err());
     assert!(matches!(
-        a.login(&keys, &p, &t, "dave", PW, SecondFactor::None, "test")
+        a.login(&keys, &p, "dave", PW, SecondFactor::None, "test")
             .await,
         Ok(LoginOutcome::EnrolmentRequired { .. })
     ));
@@ -427,7 +386,7 @@ async fn kinds_service_tokens_reset_and_disable() {
     // Disabling refuses sign-in with the right password (same answer).
     a.set_disabled("steward", "dave", true).await.unwrap();
     assert!(matches!(
-        a.login(&keys, &p, &t, "dave", PW, SecondFactor::None, "test")
+        a.login(&keys, &p, "dave", PW, SecondFactor::None, "test")
             .await,
         Err(AccountError::BadCredentials)
     ));
@@ -449,7 +408,7 @@ async fn kinds_service_tokens_reset_and_disable() {
     assert!(a.provision_federated("chu-42", "psc").await.is_err());
     assert!(a.provision_federated("etl", "psc").await.is_err());
     assert!(
-        a.login(&keys, &p, &t, "psc-810001", PW, SecondFactor::None, "test")
+        a.login(&keys, &p, "psc-810001", PW, SecondFactor::None, "test")
             .await
             .is_err()
     );

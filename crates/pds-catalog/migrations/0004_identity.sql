@@ -73,3 +73,13 @@ CREATE TABLE oidc_revoked (
     expires_at TEXT NOT NULL,
     PRIMARY KEY (provider, kind, value)
 );
+
+-- Failed sign-ins of names that are not accounts, locked like accounts so
+-- that a lock says nothing about whether an account exists. Keyed by the
+-- SHA-256 of the lower-cased name; rows idle for a day are dropped.
+CREATE TABLE login_throttle (
+    name_key     TEXT PRIMARY KEY,
+    failures     BIGINT NOT NULL,
+    locked_until TEXT,
+    updated_at   TEXT NOT NULL
+);

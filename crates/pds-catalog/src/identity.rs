@@ -217,6 +217,57 @@ impl Catalog {
         }
     }
 
+    /// [`Catalog::begin_login_attempt`] for a name that is not an account
+    /// (`key`: a digest of the name). Drops counters idle since `stale`.
+    pub async fn begin_throttled_attempt(
+        &self,
+        key: &str,
+        now: &str,
+        stale: &str,
+    ) -> Result<Result<i64, Option<String>>, CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM login_throttle WHERE updated_at < $1 AND (locked_until IS NULL OR locked_until < $2)",
+        )
+        .bind(stale)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let r = sqlx::query(
+            "INSERT INTO login_throttle (name_key, failures, locked_until, updated_at) VALUES ($1, 1, NULL, $2) \
+             ON CONFLICT (name_key) DO UPDATE SET failures = login_throttle.failures + 1, updated_at = $2 \
+             WHERE login_throttle.locked_until IS NULL OR login_throttle.locked_until <= $2",
+        )
+        .bind(key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let row =
+            sqlx::query("SELECT failures, locked_until FROM login_throttle WHERE name_key = $1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        let Some(row) = row else {
+            return Ok(Err(None));
+        };
+        if r.rows_affected() == 1 {
+            Ok(Ok(row.try_get("failures")?))
+        } else {
+            Ok(Err(row.try_get("locked_until")?))
+        }
+    }
+
+    /// Locks a name that is not an account until `until`.
+    pub async fn set_throttle_lock(&self, key: &str, until: &str) -> Result<(), CatalogError> {
+        sqlx::query("UPDATE login_throttle SET locked_until = $1 WHERE name_key = $2")
+            .bind(until)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Takes back the count of an attempt that turned out not to be a
     /// failure (right password, second factor still to come).
     pub async fn undo_login_attempt(&self, name: &str) -> Result<(), CatalogError> {

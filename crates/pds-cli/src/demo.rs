@@ -338,7 +338,6 @@ async fn serve(dir: &Path, home: &Path) -> Result<()> {
             .login(
                 gate.keys(),
                 &policy,
-                &pds_accounts::Throttle::default(),
                 RESEARCHER,
                 &password,
                 pds_accounts::SecondFactor::Recovery(&codes[0]),

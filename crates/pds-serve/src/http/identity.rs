@@ -126,7 +126,6 @@ pub(super) async fn login(
         .login(
             s.gate.keys(),
             &s.policy,
-            &s.throttle,
             &req.user,
             &req.password,
             second,
