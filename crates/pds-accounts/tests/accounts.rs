@@ -13,13 +13,18 @@ use pds_keys::{KeyStore, MasterSource};
 
 const PW: &str = "a long enough passphrase";
 
-async fn setup(dir: &std::path::Path) -> (Catalog, AuditLog, KeyStore) {
+/// A catalogue: SQLite in `dir`, or (`pg`) a fresh database on the
+/// PostgreSQL server of `PDS_TEST_PG_URL` (default the machine's).
+async fn setup_on(dir: &std::path::Path, pg: Option<&str>) -> (Catalog, AuditLog, KeyStore) {
     let keyfile = dir.join("master.key");
     MasterSource::create_key_file(&keyfile).unwrap();
     let kdir = dir.join("keys");
     std::fs::create_dir_all(&kdir).unwrap();
     let keys = KeyStore::create(&kdir, &MasterSource::KeyFile(keyfile)).unwrap();
-    let url = format!("sqlite://{}", dir.join("catalogue.db").display());
+    let url = match pg {
+        None => format!("sqlite://{}", dir.join("catalogue.db").display()),
+        Some(name) => pg_database(name).await,
+    };
     let cat = Catalog::connect(&url).await.unwrap();
     let log = AuditLog::open(
         cat.clone(),
@@ -30,6 +35,35 @@ async fn setup(dir: &std::path::Path) -> (Catalog, AuditLog, KeyStore) {
     .await
     .unwrap();
     (cat, log, keys)
+}
+
+async fn setup(dir: &std::path::Path) -> (Catalog, AuditLog, KeyStore) {
+    setup_on(dir, None).await
+}
+
+/// Creates (replacing) database `name` on the test PostgreSQL server; the
+/// next run replaces it again, so at most one copy stays behind.
+async fn pg_database(name: &str) -> String {
+    use sqlx::Connection;
+    let base = std::env::var("PDS_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let db = name;
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (set PDS_TEST_PG_URL)");
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db}"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    match base.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{db}"),
+        None => panic!("bad PDS_TEST_PG_URL"),
+    }
 }
 
 fn now() -> u64 {
@@ -90,8 +124,12 @@ async fn enrolled(
 
 #[tokio::test]
 async fn password_totp_recovery_sessions_and_refresh() {
+    totp_flow(None).await;
+}
+
+async fn totp_flow(pg: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
-    let (cat, log, keys) = setup(dir.path()).await;
+    let (cat, log, keys) = setup_on(dir.path(), pg).await;
     let a = Accounts::new(&cat, &log);
     let p = Policy::default();
     let (uri, codes) = enrolled(&a, &keys, &p, "alice").await;
@@ -242,8 +280,20 @@ async fn password_totp_recovery_sessions_and_refresh() {
 
 #[tokio::test]
 async fn lockout_backs_off_for_known_and_unknown_names() {
+    lockout(None).await;
+}
+
+/// The same on PostgreSQL: the conditional counters and the upsert of
+/// unknown names are the statements that differ most between the two.
+#[tokio::test]
+async fn lockout_and_totp_on_postgres() {
+    lockout(Some("pds_accounts_lock")).await;
+    totp_flow(Some("pds_accounts_totp")).await;
+}
+
+async fn lockout(pg: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
-    let (cat, log, keys) = setup(dir.path()).await;
+    let (cat, log, keys) = setup_on(dir.path(), pg).await;
     let a = Accounts::new(&cat, &log);
     let p = Policy {
         free_failures: 3,
