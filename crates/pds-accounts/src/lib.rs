@@ -732,8 +732,9 @@ impl<'a> Accounts<'a> {
 
     /// Counts this attempt before anything is checked, atomically, so
     /// that parallel attempts cannot outrun the lock: returns the failure
-    /// count including it. Past the threshold the name is locked at once
-    /// and the attempt refused without looking at the password.
+    /// count including it, or refuses while the name is locked. When a
+    /// lock has run out, one attempt is checked (the others wait for its
+    /// outcome): a failure locks for twice as long, a success clears all.
     async fn begin_attempt(
         &self,
         policy: &Policy,
@@ -742,13 +743,21 @@ impl<'a> Accounts<'a> {
         channel: &str,
     ) -> Result<i64, AccountError> {
         let t = chrono::Utc::now();
+        // Past the threshold, the counting statement holds the name while
+        // this attempt is checked; `fail` then sets the real lock.
+        let free = i64::from(policy.free_failures);
+        let hold = fmt_time(t + policy.lock_base);
         let stored = if known {
-            Some(self.cat.begin_login_attempt(name, &fmt_time(t)).await?)
+            Some(
+                self.cat
+                    .begin_login_attempt(name, &fmt_time(t), free, &hold)
+                    .await?,
+            )
         } else if pds_project::check_principal(name).is_ok() {
             let stale = fmt_time(t - chrono::Duration::days(1));
             Some(
                 self.cat
-                    .begin_throttled_attempt(&throttle_key(name), &fmt_time(t), &stale)
+                    .begin_throttled_attempt(&throttle_key(name), &fmt_time(t), &stale, free, &hold)
                     .await?,
             )
         } else {
@@ -764,15 +773,7 @@ impl<'a> Accounts<'a> {
                 .map(|u| (u - t).num_seconds().max(1) as u64)
                 .unwrap_or(1)),
         };
-        let refused = match counted {
-            Ok(n) if n > i64::from(policy.free_failures) => {
-                let lock = policy.lock_for(n).unwrap_or(policy.lock_base);
-                self.set_lock(name, known, t + lock).await?;
-                Some(lock.num_seconds().max(1) as u64)
-            }
-            Ok(_) => None,
-            Err(left) => Some(left),
-        };
+        let refused = counted.err();
         if let Some(left) = refused {
             self.record_decision(
                 if pds_project::check_principal(name).is_ok() {
@@ -1370,7 +1371,19 @@ impl<'a> Accounts<'a> {
             serde_json::json!({"account": name, "token_sha256_prefix": prefix}),
         )
         .await?;
-        Ok(self.cat.revoke_token_prefix(name, prefix, &now()).await?)
+        let at = now();
+        let n = self.cat.revoke_token_prefix(name, prefix, &at).await?;
+        // A session's token: the whole session goes (its refresh token
+        // would otherwise mint a new one, and its connections would stay).
+        let prefix = prefix.to_ascii_lowercase();
+        for t in self.cat.tokens_of(name).await? {
+            if t.token_sha256.starts_with(&prefix)
+                && let Some(sid) = t.session_id
+            {
+                self.cat.revoke_session(&sid, &at).await?;
+            }
+        }
+        Ok(n)
     }
 
     /// Checks an access or service token: live, its session live, its
@@ -1522,7 +1535,11 @@ impl<'a> Accounts<'a> {
                     serde_json::json!({"account": name, "idp": provider}),
                 )
                 .await?;
-                self.cat.set_account_idp(name, provider).await?;
+                if !self.cat.set_account_idp(name, provider).await? {
+                    return Err(AccountError::Invalid(format!(
+                        "`{name}` was just bound to another identity provider"
+                    )));
+                }
                 Ok(account(&r))
             }
             Some(r) => Err(AccountError::Invalid(format!(
@@ -1540,7 +1557,11 @@ impl<'a> Accounts<'a> {
                         false,
                     )
                     .await?;
-                self.cat.set_account_idp(name, provider).await?;
+                if !self.cat.set_account_idp(name, provider).await? {
+                    return Err(AccountError::Invalid(format!(
+                        "`{name}` was just bound to another identity provider"
+                    )));
+                }
                 Ok(a)
             }
         }

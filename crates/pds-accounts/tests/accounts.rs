@@ -299,7 +299,7 @@ async fn lockout(pg: Option<&str>) {
         free_failures: 3,
         ..Policy::default()
     };
-    let (uri, _) = enrolled(&a, &keys, &p, "carol").await;
+    let (uri, codes) = enrolled(&a, &keys, &p, "carol").await;
     for name in ["carol", "nobody"] {
         for _ in 0..3 {
             assert!(matches!(
@@ -348,6 +348,50 @@ async fn lockout(pg: Option<&str>) {
     {
         Err(AccountError::Locked(s)) => assert!((55..=60).contains(&s), "{s}"),
         other => panic!("expected a 60 s lock, got {other:?}"),
+    }
+    // When a lock runs out, the right credentials get in (and the counter
+    // is cleared); the lock only ever delays.
+    cat.set_login_failures("carol", 7, Some("2000-01-01T00:00:00Z"))
+        .await
+        .unwrap();
+    signed(
+        a.login(
+            &keys,
+            &p,
+            "carol",
+            PW,
+            SecondFactor::Recovery(&codes[0]),
+            "test",
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        cat.account("carol").await.unwrap().unwrap().failed_logins,
+        0
+    );
+    // After an expired lock, one more failure locks again, for longer.
+    cat.set_login_failures("carol", 7, Some("2000-01-01T00:00:00Z"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        a.login(
+            &keys,
+            &p,
+            "carol",
+            "wrong password!!",
+            SecondFactor::None,
+            "test"
+        )
+        .await,
+        Err(AccountError::BadCredentials)
+    ));
+    match a
+        .login(&keys, &p, "carol", PW, SecondFactor::None, "test")
+        .await
+    {
+        Err(AccountError::Locked(s)) => assert!(s > 60, "{s}"),
+        other => panic!("expected a longer lock, got {other:?}"),
     }
     // An administrator lifts it; success resets the counter.
     a.unlock("steward", "carol").await.unwrap();

@@ -189,17 +189,26 @@ impl Catalog {
     /// statement that only succeeds while the account is not locked, so
     /// parallel attempts are all counted. `Ok(count)` including this one,
     /// or `Err(locked_until)` while locked.
+    /// Past `free` failures the same statement also locks the account until
+    /// `hold`, so that when a lock runs out exactly one attempt gets its
+    /// password checked (and then locks for longer, or succeeds).
     pub async fn begin_login_attempt(
         &self,
         name: &str,
         now: &str,
+        free: i64,
+        hold: &str,
     ) -> Result<Result<i64, Option<String>>, CatalogError> {
         let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
-            "UPDATE accounts SET failed_logins = failed_logins + 1 WHERE name = $1 AND (locked_until IS NULL OR locked_until <= $2)",
+            "UPDATE accounts SET failed_logins = failed_logins + 1, \
+             locked_until = CASE WHEN failed_logins + 1 > $3 THEN $4 ELSE locked_until END \
+             WHERE name = $1 AND (locked_until IS NULL OR locked_until <= $2)",
         )
         .bind(name)
         .bind(now)
+        .bind(free)
+        .bind(hold)
         .execute(&mut *tx)
         .await?;
         let row = sqlx::query("SELECT failed_logins, locked_until FROM accounts WHERE name = $1")
@@ -224,6 +233,8 @@ impl Catalog {
         key: &str,
         now: &str,
         stale: &str,
+        free: i64,
+        hold: &str,
     ) -> Result<Result<i64, Option<String>>, CatalogError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -235,11 +246,14 @@ impl Catalog {
         .await?;
         let r = sqlx::query(
             "INSERT INTO login_throttle (name_key, failures, locked_until, updated_at) VALUES ($1, 1, NULL, $2) \
-             ON CONFLICT (name_key) DO UPDATE SET failures = login_throttle.failures + 1, updated_at = $2 \
+             ON CONFLICT (name_key) DO UPDATE SET failures = login_throttle.failures + 1, updated_at = $2, \
+             locked_until = CASE WHEN login_throttle.failures + 1 > $3 THEN $4 ELSE login_throttle.locked_until END \
              WHERE login_throttle.locked_until IS NULL OR login_throttle.locked_until <= $2",
         )
         .bind(key)
         .bind(now)
+        .bind(free)
+        .bind(hold)
         .execute(&mut *tx)
         .await?;
         let row =
@@ -306,14 +320,15 @@ impl Catalog {
         Ok(())
     }
 
-    /// Binds a federated account to its identity provider.
-    pub async fn set_account_idp(&self, name: &str, idp: &str) -> Result<(), CatalogError> {
-        sqlx::query("UPDATE accounts SET idp = $1 WHERE name = $2")
+    /// Binds a federated account to its identity provider, once: returns
+    /// false if another provider got there first.
+    pub async fn set_account_idp(&self, name: &str, idp: &str) -> Result<bool, CatalogError> {
+        let r = sqlx::query("UPDATE accounts SET idp = $1 WHERE name = $2 AND idp IS NULL")
             .bind(idp)
             .bind(name)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(r.rows_affected() == 1)
     }
 
     /// Starts a session.

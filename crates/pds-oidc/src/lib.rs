@@ -930,7 +930,7 @@ impl Federation {
     /// Builds the providers; names must be unique.
     pub fn new(configs: Vec<ProviderConfig>) -> Result<Federation, OidcError> {
         let mut seen = HashMap::new();
-        let mut prefixes = HashMap::new();
+        let mut prefixes: HashMap<String, String> = HashMap::new();
         let mut providers = Vec::new();
         for c in configs {
             let c = c.resolve()?;
@@ -941,14 +941,22 @@ impl Federation {
                 });
             }
             let prefix = c.principal_prefix.clone().unwrap_or_default();
-            if let Some(other) = prefixes.insert(prefix.clone(), c.name.clone()) {
+            // Neither equal nor one the start of another: with "chu-" and
+            // "chu-lyon-", a "chu-" person called "lyon-bob" would be
+            // "chu-lyon-bob".
+            if let Some(other) = prefixes
+                .iter()
+                .find(|(p, _)| p.starts_with(prefix.as_str()) || prefix.starts_with(p.as_str()))
+                .map(|(_, n)| n.clone())
+            {
                 return Err(OidcError::Config {
                     provider: c.name.clone(),
                     message: format!(
-                        "`principal_prefix` {prefix:?} is also `{other}`'s: each provider needs its own"
+                        "`principal_prefix` {prefix:?} overlaps `{other}`'s: each provider needs a prefix that neither equals nor starts another"
                     ),
                 });
             }
+            prefixes.insert(prefix.clone(), c.name.clone());
             providers.push(Arc::new(Provider::new(c)?));
         }
         Ok(Federation { providers })
@@ -1052,6 +1060,21 @@ mod tests {
                 .to_string()
                 .contains("unknown profile")
         );
+    }
+
+    #[test]
+    fn providers_need_their_own_prefix() {
+        let mut other = psc();
+        other.name = "chu".into();
+        other.principal_prefix = Some("psc-lyon-".into());
+        let e = Federation::new(vec![psc(), other.clone()]).unwrap_err();
+        assert!(e.to_string().contains("overlaps"), "{e}");
+        other.principal_prefix = Some("chu-".into());
+        assert!(Federation::new(vec![psc(), other.clone()]).is_ok());
+        other.accepted_acr = vec![];
+        other.profile = None;
+        let e = Federation::new(vec![other]).unwrap_err();
+        assert!(e.to_string().contains("accepted_acr"), "{e}");
     }
 
     #[tokio::test]

@@ -205,7 +205,11 @@ impl Shared {
         {
             // A connection opened with a provider's token lives as long as
             // that token, and no longer than its session here.
-            valid = if idp.exp <= chrono::Utc::now().timestamp() {
+            let skew = self
+                .federation
+                .get(&idp.provider)
+                .map_or(0, |p| p.config().clock_skew_secs as i64);
+            valid = if idp.exp + skew <= chrono::Utc::now().timestamp() {
                 Err("the identity provider's token has expired".into())
             } else {
                 self.idp_revoked(idp).await
