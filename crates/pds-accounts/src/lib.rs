@@ -197,7 +197,17 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
 /// The key of a name that is not an account in the lock table: its
 /// SHA-256, lower-cased first (names are case-insensitive for locking).
 fn throttle_key(name: &str) -> String {
-    hex::encode(Sha256::digest(name.to_lowercase().as_bytes()))
+    token_digest(&name.to_lowercase())
+}
+
+/// A sign-in name as the audit log may show it: names that could not be an
+/// account (control characters, megabytes of text) become `?`.
+fn audit_name(name: &str) -> &str {
+    if pds_project::check_principal(name).is_ok() {
+        name
+    } else {
+        "?"
+    }
 }
 
 /// Argon2id work at once: each computation holds 19 MiB and a core, so a
@@ -455,6 +465,20 @@ pub struct IdpToken {
     pub sha256: String,
 }
 
+impl IdpToken {
+    /// The entries of the revocation list that refuse this token: its
+    /// session, its id, and the token itself.
+    pub fn revocation_keys(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("sid", self.sid.as_deref()),
+            ("jti", self.jti.as_deref()),
+            ("sha256", Some(self.sha256.as_str())),
+        ]
+        .into_iter()
+        .filter_map(|(kind, v)| v.map(|v| (kind, v)))
+    }
+}
+
 impl Principal {
     /// Whether this caller may act in `project` where its membership gives
     /// `role`. The error says why not.
@@ -616,7 +640,6 @@ impl<'a> Accounts<'a> {
             kind: kind.as_str().into(),
             roles: if admin { "admin".into() } else { String::new() },
             password_hash: hash,
-            scram_verifier: None,
             created_at: at.clone(),
             created_by: actor.to_string(),
             password_changed_at: password.map(|_| at),
@@ -776,11 +799,7 @@ impl<'a> Accounts<'a> {
         let refused = counted.err();
         if let Some(left) = refused {
             self.record_decision(
-                if pds_project::check_principal(name).is_ok() {
-                    name
-                } else {
-                    "?"
-                },
+                audit_name(name),
                 "login",
                 "refused",
                 Some("locked after repeated failures".into()),
@@ -824,13 +843,8 @@ impl<'a> Accounts<'a> {
         if let Some(u) = until {
             self.set_lock(name, known, u).await?;
         }
-        let principal = if pds_project::check_principal(name).is_ok() {
-            name
-        } else {
-            "?"
-        };
         self.record_decision(
-            principal,
+            audit_name(name),
             "login",
             "refused",
             Some(reason.to_string()),

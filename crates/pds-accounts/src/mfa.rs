@@ -9,7 +9,6 @@
 //! enough to store them.
 
 use base64::Engine;
-use sha2::{Digest, Sha256};
 use totp_rs::{Algorithm, Builder, Totp};
 
 use crate::AccountError;
@@ -161,7 +160,7 @@ pub fn recovery_digest(code: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric())
         .map(|c| c.to_ascii_uppercase())
         .collect();
-    hex::encode(Sha256::digest(norm.as_bytes()))
+    crate::token_digest(&norm)
 }
 
 /// Base64 of an SVG, for `data:` URLs.

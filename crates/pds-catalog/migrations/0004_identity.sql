@@ -1,6 +1,10 @@
 -- PDS catalogue, version 4: multi-factor sign-in, sessions, scoped service
 -- tokens and OIDC federation. Portable SQL (SQLite and PostgreSQL).
 
+-- Sign-in needs a second factor now, so the PostgreSQL protocol no longer
+-- takes a password: the SCRAM verifiers go.
+ALTER TABLE accounts DROP COLUMN scram_verifier;
+
 -- TOTP: the seed is stored wrapped by the master key (AES-256-GCM, bound to
 -- the account name), never in clear. `totp_last_step` makes every code
 -- usable once. Failed sign-ins lock the account with exponential backoff.

@@ -17,8 +17,6 @@ pub struct AccountRow {
     pub roles: String,
     /// Argon2id PHC string (local accounts).
     pub password_hash: Option<String>,
-    /// Unused since sign-in needs a second factor (was a SCRAM verifier).
-    pub scram_verifier: Option<String>,
     /// Creation time.
     pub created_at: String,
     /// Who created it.
@@ -72,7 +70,6 @@ fn account_from(r: &sqlx::any::AnyRow) -> Result<AccountRow, sqlx::Error> {
         kind: r.try_get("kind")?,
         roles: r.try_get("roles")?,
         password_hash: r.try_get("password_hash")?,
-        scram_verifier: r.try_get("scram_verifier")?,
         created_at: r.try_get("created_at")?,
         created_by: r.try_get("created_by")?,
         password_changed_at: r.try_get("password_changed_at")?,
@@ -110,7 +107,7 @@ pub(crate) use token_select;
 
 macro_rules! account_select {
     () => {
-        "SELECT name, kind, roles, password_hash, scram_verifier, created_at, created_by, password_changed_at, disabled_at, totp_seed, totp_enrolled_at, totp_last_step, failed_logins, locked_until, idp FROM accounts"
+        "SELECT name, kind, roles, password_hash, created_at, created_by, password_changed_at, disabled_at, totp_seed, totp_enrolled_at, totp_last_step, failed_logins, locked_until, idp FROM accounts"
     };
 }
 
@@ -129,14 +126,13 @@ impl Catalog {
             )));
         }
         sqlx::query(
-            "INSERT INTO accounts (name, kind, roles, password_hash, scram_verifier, created_at, created_by, password_changed_at, disabled_at, idp) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9)",
+            "INSERT INTO accounts (name, kind, roles, password_hash, created_at, created_by, password_changed_at, disabled_at, idp) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8)",
         )
         .bind(&a.name)
         .bind(&a.kind)
         .bind(&a.roles)
         .bind(&a.password_hash)
-        .bind(&a.scram_verifier)
         .bind(&a.created_at)
         .bind(&a.created_by)
         .bind(&a.password_changed_at)
@@ -172,7 +168,7 @@ impl Catalog {
         at: &str,
     ) -> Result<bool, CatalogError> {
         let r = sqlx::query(
-            "UPDATE accounts SET password_hash = $1, scram_verifier = NULL, password_changed_at = $2 WHERE name = $3",
+            "UPDATE accounts SET password_hash = $1, password_changed_at = $2 WHERE name = $3",
         )
         .bind(password_hash)
         .bind(at)

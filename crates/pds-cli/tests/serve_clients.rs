@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{curl, ok, post_json, stderr};
+
 const PASSWORD: &str = "correct horse battery staple";
 
 const PERIMETER: &str = r#"
@@ -17,16 +20,6 @@ years = [2022, 2022]
 IR_BEN_R = ["BEN_NIR_PSA", "BEN_SEX_COD", "BEN_NAI_ANN"]
 ER_PRS_F = ["BEN_NIR_PSA", "EXE_SOI_DTD", "PRS_NAT_REF", "PRS_ACT_QTE"]
 "#;
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// A home with a loaded snapshot, projects, accounts and a running server.
 struct Env {
@@ -280,26 +273,6 @@ fn setup(beneficiaries: &str) -> Env {
     env
 }
 
-/// POSTs JSON with an optional bearer token; returns status and body.
-fn post_json(url: &str, bearer: Option<&str>, body: &serde_json::Value) -> (u16, String) {
-    let auth = bearer.map(|t| format!("authorization: Bearer {t}"));
-    let mut args = vec![
-        "-X",
-        "POST",
-        url,
-        "-H",
-        "content-type: application/json",
-        "-d",
-    ];
-    let b = body.to_string();
-    args.push(&b);
-    if let Some(a) = &auth {
-        args.push("-H");
-        args.push(a);
-    }
-    curl(&args)
-}
-
 /// Every listener on a free loopback port.
 const ANY_PORTS: [&str; 6] = [
     "--pg-listen",
@@ -344,10 +317,6 @@ fn start(env: &mut Env) {
     env.pg = (h.to_string(), p.parse().unwrap());
     env.flight = j["flight"].as_str().unwrap().to_string();
     env.http = j["http"].as_str().unwrap().to_string();
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Statements every front-end must refuse exactly as the gate does, each
@@ -798,17 +767,6 @@ fn adbc_flight_sql() {
         "{}",
         j["wrong_password"]
     );
-}
-
-fn curl(args: &[&str]) -> (u16, String) {
-    let o = Command::new("curl")
-        .args(["-sk", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl");
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let (body, code) = out.rsplit_once('\n').unwrap();
-    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 #[test]

@@ -346,9 +346,6 @@ pub struct TokenResponse {
     pub id_token: Option<String>,
     /// The access token.
     pub access_token: String,
-    /// Seconds.
-    #[serde(default)]
-    pub expires_in: Option<u64>,
 }
 
 /// What a token says, once validated.
@@ -358,25 +355,11 @@ pub struct Validated {
     pub claims: Map<String, Value>,
 }
 
-impl Validated {
-    /// A string claim.
-    pub fn str(&self, name: &str) -> Option<&str> {
-        self.claims.get(name).and_then(Value::as_str)
-    }
-
-    /// `exp`, seconds since the epoch.
-    pub fn exp(&self) -> i64 {
-        self.claims.get("exp").and_then(Value::as_i64).unwrap_or(0)
-    }
-}
-
 /// A person as PDS sees them after federation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// PDS account name (`psc-810001234567`).
     pub principal: String,
-    /// The provider's `sub`.
-    pub subject: String,
     /// Assurance level.
     pub acr: Option<String>,
     /// The provider's session id, if it gives one.
@@ -792,10 +775,9 @@ impl Provider {
 
     /// Maps validated claims to a PDS identity.
     pub fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, OidcError> {
-        let sub = claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .ok_or_else(|| refused("claim `sub` missing"))?;
+        if !claims.get("sub").is_some_and(Value::is_string) {
+            return Err(refused("claim `sub` missing"));
+        }
         let claim = self.cfg.principal_claim.as_deref().unwrap_or("sub");
         let id = claim_values(claims, claim)
             .into_iter()
@@ -832,7 +814,6 @@ impl Provider {
         };
         Ok(Identity {
             principal,
-            subject: sub.to_string(),
             acr: claims
                 .get("acr")
                 .and_then(Value::as_str)
@@ -962,11 +943,6 @@ impl Federation {
         Ok(Federation { providers })
     }
 
-    /// Whether any provider is configured.
-    pub fn is_empty(&self) -> bool {
-        self.providers.is_empty()
-    }
-
     /// A provider by name.
     pub fn get(&self, name: &str) -> Option<&Arc<Provider>> {
         self.providers.iter().find(|p| p.cfg.name == name)
@@ -980,9 +956,9 @@ impl Federation {
     /// The provider whose issuer this (unverified) token names; the token
     /// is then verified by that provider only.
     pub fn for_token(&self, token: &str) -> Option<&Arc<Provider>> {
-        let claims: Map<String, Value> = jsonwebtoken::dangerous::insecure_decode(token)
-            .ok()
-            .map(|d: jsonwebtoken::TokenData<Map<String, Value>>| d.claims)?;
+        // Claims only: the header (and its `alg`) is judged by the provider.
+        let claims: Map<String, Value> =
+            jsonwebtoken::dangerous::insecure_decode_claims(token).ok()?;
         let iss = claims.get("iss")?.as_str()?;
         self.providers.iter().find(|p| p.cfg.issuer == iss)
     }

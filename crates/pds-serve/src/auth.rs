@@ -155,13 +155,11 @@ impl Shared {
     /// revoked here.
     async fn idp_revoked(&self, idp: &IdpToken) -> Result<(), String> {
         let cat = self.gate.catalog();
-        let digest = Some(idp.sha256.clone());
-        for (kind, value) in [("sid", &idp.sid), ("jti", &idp.jti), ("sha256", &digest)] {
-            if let Some(value) = value
-                && cat
-                    .idp_revoked(&idp.provider, kind, value)
-                    .await
-                    .map_err(|e| e.to_string())?
+        for (kind, value) in idp.revocation_keys() {
+            if cat
+                .idp_revoked(&idp.provider, kind, value)
+                .await
+                .map_err(|e| e.to_string())?
             {
                 return Err(format!(
                     "identity-provider {} revoked here (logout or revocation)",
@@ -184,6 +182,22 @@ impl Shared {
                 decision: "refused".into(),
                 reason: Some(reason.to_string()),
                 details: Some(serde_json::json!({"channel": channel})),
+                ..Default::default()
+            })
+            .await;
+    }
+
+    async fn audit_refused_use(&self, principal: &Principal, project: &str, why: &str) {
+        let _ = self
+            .gate
+            .audit()
+            .append(pds_audit::Record {
+                principal: principal.name.clone(),
+                project: Some(project.to_string()),
+                action: "authorize".into(),
+                decision: "refused".into(),
+                reason: Some(why.to_string()),
+                details: Some(serde_json::json!({"via": principal.via})),
                 ..Default::default()
             })
             .await;
@@ -216,19 +230,7 @@ impl Shared {
             };
         }
         if let Err(why) = valid {
-            let _ = self
-                .gate
-                .audit()
-                .append(pds_audit::Record {
-                    principal: principal.name.clone(),
-                    project: Some(project.to_string()),
-                    action: "authorize".into(),
-                    decision: "refused".into(),
-                    reason: Some(why.clone()),
-                    details: Some(serde_json::json!({"via": principal.via})),
-                    ..Default::default()
-                })
-                .await;
+            self.audit_refused_use(principal, project, &why).await;
             return Err(GateError::Refused(format!("{why}: sign in again")));
         }
         let today = chrono::Utc::now().date_naive();
@@ -240,19 +242,7 @@ impl Shared {
                     e => GateError::Setup(e.to_string()),
                 })?;
         if let Err(why) = principal.may_use(project, role.as_str()) {
-            let _ = self
-                .gate
-                .audit()
-                .append(pds_audit::Record {
-                    principal: principal.name.clone(),
-                    project: Some(project.to_string()),
-                    action: "authorize".into(),
-                    decision: "refused".into(),
-                    reason: Some(why.clone()),
-                    details: Some(serde_json::json!({"via": principal.via})),
-                    ..Default::default()
-                })
-                .await;
+            self.audit_refused_use(principal, project, &why).await;
             return Err(GateError::Refused(why));
         }
         Ok(())

@@ -17,7 +17,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pds_accounts::{LoginOutcome, Scope, SecondFactor, Tokens};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::{ApiError, ApiJson, Caller, Failure, S, account_failure, bearer, fail};
@@ -212,13 +211,10 @@ pub(super) async fn logout(
             .max(now)
             + chrono::Duration::days(1);
         let until = until.format("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let digest = Some(idp.sha256.clone());
-        for (kind, v) in [("sid", &idp.sid), ("jti", &idp.jti), ("sha256", &digest)] {
-            if let Some(v) = v {
-                cat.revoke_idp(&idp.provider, kind, v, &at, &until)
-                    .await
-                    .map_err(internal)?;
-            }
+        for (kind, v) in idp.revocation_keys() {
+            cat.revoke_idp(&idp.provider, kind, v, &at, &until)
+                .await
+                .map_err(internal)?;
         }
         let _ = s
             .gate
@@ -387,10 +383,6 @@ fn provider(s: &S, name: &str) -> Result<std::sync::Arc<pds_oidc::Provider>, Fai
     })
 }
 
-fn state_digest(state: &str) -> String {
-    hex::encode(Sha256::digest(state.as_bytes()))
-}
-
 fn oidc_failure(e: pds_oidc::OidcError) -> Failure {
     match e {
         pds_oidc::OidcError::Refused(_) => fail(
@@ -429,11 +421,11 @@ pub(super) async fn oidc_login(
     s.gate
         .catalog()
         .insert_pending_login(&pds_catalog::PendingLogin {
-            state_sha256: state_digest(&a.state),
+            state_sha256: pds_accounts::token_digest(&a.state),
             provider: name,
             nonce: a.nonce,
             pkce_verifier: a.pkce_verifier,
-            browser_sha256: state_digest(&browser),
+            browser_sha256: pds_accounts::token_digest(&browser),
             created_at: fmt(now),
             expires_at: fmt(now + chrono::Duration::seconds(p.config().state_ttl_secs as i64)),
         })
@@ -502,6 +494,21 @@ async fn refuse_login(s: &S, provider: &str, reason: &str) {
         .await;
 }
 
+/// Audits a refused browser login and answers the provider's error.
+async fn refused<T>(
+    s: &S,
+    provider: &str,
+    r: Result<T, pds_oidc::OidcError>,
+) -> Result<T, Failure> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            refuse_login(s, provider, &e.to_string()).await;
+            Err(oidc_failure(e))
+        }
+    }
+}
+
 /// The identity provider's callback: checks `state`, exchanges the code
 /// (PKCE), validates the ID token (signature, issuer, audience, expiry,
 /// nonce, acr), and opens a PDS session.
@@ -536,7 +543,7 @@ pub(super) async fn oidc_callback(
     let pending = s
         .gate
         .catalog()
-        .take_pending_login(&state_digest(state))
+        .take_pending_login(&pds_accounts::token_digest(state))
         .await
         .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
@@ -548,7 +555,7 @@ pub(super) async fn oidc_callback(
             "this login is unknown, already used or expired: start again from /api/v1/oidc/{provider}/login",
         ));
     };
-    let browser = login_cookie(&headers).map(|c| state_digest(&c));
+    let browser = login_cookie(&headers).map(|c| pds_accounts::token_digest(&c));
     if browser.as_deref() != Some(pending.browser_sha256.as_str()) {
         refuse_login(&s, &name, "callback from another browser than the login").await;
         return Err(fail(
@@ -557,13 +564,7 @@ pub(super) async fn oidc_callback(
             "this login was started in another browser (or its cookie is missing): start again from /api/v1/oidc/{provider}/login",
         ));
     }
-    let tokens = match p.exchange(code, &pending.pkce_verifier).await {
-        Ok(t) => t,
-        Err(e) => {
-            refuse_login(&s, &name, &e.to_string()).await;
-            return Err(oidc_failure(e));
-        }
-    };
+    let tokens = refused(&s, &name, p.exchange(code, &pending.pkce_verifier).await).await?;
     let Some(id_token) = &tokens.id_token else {
         refuse_login(&s, &name, "no ID token").await;
         return Err(fail(
@@ -572,37 +573,23 @@ pub(super) async fn oidc_callback(
             "the identity provider sent no ID token",
         ));
     };
-    let validated = match p.validate_id_token(id_token, &pending.nonce).await {
-        Ok(v) => v,
-        Err(e) => {
-            refuse_login(&s, &name, &e.to_string()).await;
-            return Err(oidc_failure(e));
-        }
-    };
+    let validated = refused(
+        &s,
+        &name,
+        p.validate_id_token(id_token, &pending.nonce).await,
+    )
+    .await?;
     let mut claims = validated.claims;
     let sub = claims
         .get("sub")
         .and_then(serde_json::Value::as_str)
         .unwrap_or_default()
         .to_string();
-    match p.userinfo(&tokens.access_token, &sub).await {
-        Ok(extra) => {
-            for (k, v) in extra {
-                claims.entry(k).or_insert(v);
-            }
-        }
-        Err(e) => {
-            refuse_login(&s, &name, &e.to_string()).await;
-            return Err(oidc_failure(e));
-        }
+    let extra = refused(&s, &name, p.userinfo(&tokens.access_token, &sub).await).await?;
+    for (k, v) in extra {
+        claims.entry(k).or_insert(v);
     }
-    let id = match p.identity(&claims) {
-        Ok(id) => id,
-        Err(e) => {
-            refuse_login(&s, &name, &e.to_string()).await;
-            return Err(oidc_failure(e));
-        }
-    };
+    let id = refused(&s, &name, p.identity(&claims)).await?;
     let accounts = s.accounts();
     let account = accounts
         .provision_federated(&id.principal, &name)
