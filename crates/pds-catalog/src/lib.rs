@@ -14,11 +14,13 @@
 mod accounts;
 mod audit;
 mod identity;
+mod outputs;
 mod projects;
 
 pub use accounts::{AccountRow, TokenRow};
 pub use audit::{AuditFilter, AuditKeyRow, AuditRow, CheckpointRow};
 pub use identity::{PendingLogin, SessionRow};
+pub use outputs::{ExportRow, PopulationRow, ReviewRow};
 pub use projects::{MemberRow, ProjectKeyRow, ProjectRow};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
@@ -184,6 +186,8 @@ pub enum StoredKey {
     Audit(String),
     /// An account's TOTP seed.
     Totp(String),
+    /// The key of an export request's file.
+    Export(String),
 }
 
 /// A connection pool to the catalogue.
@@ -567,6 +571,13 @@ impl Catalog {
                         .execute(&mut *tx)
                         .await?
                 }
+                StoredKey::Export(id) => {
+                    sqlx::query("UPDATE export_requests SET wrapped_key = $1 WHERE id = $2")
+                        .bind(wrapped.as_str())
+                        .bind(id.as_str())
+                        .execute(&mut *tx)
+                        .await?
+                }
             };
             if r.rows_affected() == 0 {
                 return Err(CatalogError::Invalid(format!(
@@ -579,7 +590,8 @@ impl Catalog {
     }
 
     /// Every key the catalogue holds wrapped by the master key (snapshot
-    /// keys, live project keys, the audit log key, TOTP seeds), for master
+    /// keys, live project keys, the audit log key, TOTP seeds, export files'
+    /// keys), for master
     /// rotation.
     pub async fn wrapped_keys(&self) -> Result<Vec<(StoredKey, String)>, CatalogError> {
         let mut out = Vec::new();
@@ -619,6 +631,15 @@ impl Catalog {
         .await?
         {
             out.push((StoredKey::Totp(r.try_get("name")?), r.try_get("totp_seed")?));
+        }
+        for r in sqlx::query("SELECT id, wrapped_key FROM export_requests ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            out.push((
+                StoredKey::Export(r.try_get("id")?),
+                r.try_get("wrapped_key")?,
+            ));
         }
         Ok(out)
     }

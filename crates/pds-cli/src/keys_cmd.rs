@@ -99,7 +99,7 @@ async fn rotate(home: &Path, new_file: Option<PathBuf>) -> Result<()> {
     new.commit_rotation()?;
     h.set_master(&new_master)?;
     println!(
-        "Master key rotated: platform key and {} stored key(s) (snapshots, projects, audit log) re-wrapped; no data file rewritten.",
+        "Master key rotated: platform key and {} stored key(s) (snapshots, projects, audit log, TOTP seeds, exports) re-wrapped; no data file rewritten.",
         rewrapped.len()
     );
     if let InitMaster::KeyFile(f) = &new_master {

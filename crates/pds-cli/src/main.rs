@@ -8,6 +8,8 @@
 mod audit_cmd;
 #[cfg(feature = "sql")]
 mod demo;
+#[cfg(feature = "sql")]
+mod export_cmd;
 mod keys_cmd;
 mod load_cmd;
 #[cfg(feature = "sql")]
@@ -58,6 +60,10 @@ enum Command {
     #[cfg(feature = "sql")]
     #[command(subcommand)]
     Project(project_cmd::ProjectCommand),
+    /// The export airlock: request, review (two checkers), download.
+    #[cfg(feature = "sql")]
+    #[command(subcommand)]
+    Export(export_cmd::ExportCommand),
     /// The audit log: verify, show, export, checkpoint.
     #[cfg(feature = "sql")]
     #[command(subcommand)]
@@ -166,6 +172,9 @@ fn main() {
         #[cfg(feature = "sql")]
         Command::Project(c) => runtime()
             .and_then(|rt| rt.block_on(project_cmd::run(&cli.home, cli.acting_as.as_deref(), c))),
+        #[cfg(feature = "sql")]
+        Command::Export(c) => runtime()
+            .and_then(|rt| rt.block_on(export_cmd::run(&cli.home, cli.acting_as.as_deref(), c))),
         #[cfg(feature = "sql")]
         Command::Audit(c) => runtime().and_then(|rt| rt.block_on(audit_cmd::run(&cli.home, c))),
         #[cfg(feature = "sql")]

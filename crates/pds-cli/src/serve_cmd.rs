@@ -90,6 +90,7 @@ pub(crate) async fn start(
         attempts_per_minute: h.config.identity.login_attempts_per_minute,
         max_connections: c.max_connections as usize,
         grace: Duration::from_secs(a.grace_secs),
+        airlock: Some((h.storage()?, h.config.airlock.clone())),
     };
     let gate = Arc::new(pds_gate::Gate::open(h).await.context("opening the gate")?);
     let server = pds_serve::Server::start(gate, opts)

@@ -24,11 +24,13 @@
 //! perimeter, storage paths or other projects' objects.
 #![forbid(unsafe_code)]
 
+pub mod contributors;
+pub mod disclosure;
 pub mod limits;
 pub mod pgcompat;
 pub mod views;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -102,6 +104,8 @@ pub struct Gate {
     views: Mutex<HashMap<String, Arc<ProjectViews>>>,
     /// PostgreSQL compatibility, built on first use.
     pg: OnceLock<Result<Arc<pgcompat::PgCompat>, String>>,
+    /// Serialises the query-set tracker's compare-then-record.
+    tracker_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How a front-end wants one statement run. The defaults are those of
@@ -142,9 +146,14 @@ struct ProjectViews {
     /// (psql's `\d` looks a table up, then its columns, by id).
     pg_catalog: OnceLock<Arc<dyn datafusion::catalog::SchemaProvider>>,
     plans: Vec<(String, LogicalPlan)>,
+    /// Per table holding patients, the view with the stored patient
+    /// identifier (disclosure control only).
+    patient_plans: HashMap<String, LogicalPlan>,
     /// Per table, the columns shown as stored (the only ones a pushed-down
     /// predicate may name).
     plain: HashMap<String, Vec<String>>,
+    /// Columns showing a potential identifier at full precision.
+    full_precision: HashSet<String>,
 }
 
 fn plain_columns(v: &ProjectViews, table: &str) -> Vec<String> {
@@ -231,7 +240,9 @@ pub fn sanitize(msg: &str) -> String {
 
 fn engine_error(e: &DataFusionError, limits: &Limits) -> GateError {
     let msg = e.to_string();
-    if msg.contains(limits::CANCELLED) {
+    if let Some(i) = msg.find(disclosure::REFUSED) {
+        GateError::Refused(msg[i + disclosure::REFUSED.len()..].to_string())
+    } else if msg.contains(limits::CANCELLED) {
         GateError::Limit("canceling statement due to user request".into())
     } else if msg.contains(limits::DEADLINE_PASSED) {
         GateError::Limit(format!(
@@ -250,7 +261,12 @@ fn engine_error(e: &DataFusionError, limits: &Limits) -> GateError {
 }
 
 /// Why a plan is refused, if it is.
-fn refusal(plan: &LogicalPlan, project: bool, mode: Option<AccessMode>) -> Option<String> {
+fn refusal(
+    plan: &LogicalPlan,
+    project: bool,
+    mode: Option<AccessMode>,
+    full_precision: &HashSet<String>,
+) -> Option<String> {
     if let Err(e) = pds_query::read_only().verify_plan(plan) {
         return Some(format!(
             "only reads are allowed (SELECT, WITH, SHOW, DESCRIBE); {}",
@@ -265,7 +281,7 @@ fn refusal(plan: &LogicalPlan, project: bool, mode: Option<AccessMode>) -> Optio
     // Catalogue queries (information_schema, pg_catalog) read no data: they
     // list the views, which the project may see in any mode.
     if mode == Some(AccessMode::AggregateOnly) && reads_views(plan) {
-        return aggregate_only(plan).err();
+        return aggregate_only(plan, full_precision).err();
     }
     None
 }
@@ -323,16 +339,18 @@ fn scalar_subqueries(e: &Expr) -> Vec<LogicalPlan> {
 }
 
 /// Aggregate-only projects get aggregates: every row of the result comes
-/// from an aggregation that is not keyed by a patient identifier and does
-/// not return identifiers or lists of values, and no subquery returns
-/// values of the data either.
-fn aggregate_only(plan: &LogicalPlan) -> Result<(), String> {
-    aggregate_top(plan)?;
+/// from an aggregation that is not keyed by a patient identifier or a
+/// potential identifier at full precision and does not return identifiers
+/// or lists of values, and no subquery returns values of the data either.
+/// Inner aggregates may be per patient: disclosure control counts the
+/// patients behind each published row.
+fn aggregate_only(plan: &LogicalPlan, full: &HashSet<String>) -> Result<(), String> {
+    aggregate_top(plan, full)?;
     // Everywhere in the plan, subqueries included.
     let mut problem = None;
     let _ = plan.apply_with_subqueries(|node| {
         let found = match node {
-            LogicalPlan::Aggregate(a) => aggregate_node(a).err(),
+            LogicalPlan::Aggregate(a) => aggregate_node(a, None).err(),
             LogicalPlan::Projection(p) => p.expr.iter().find_map(|e| match e {
                 // Renaming an identifier would hide it from the checks.
                 Expr::Alias(a) if !identifier_refs(&a.expr).is_empty() => Some(format!(
@@ -355,13 +373,13 @@ fn aggregate_only(plan: &LogicalPlan) -> Result<(), String> {
     }
 }
 
-fn aggregate_top(plan: &LogicalPlan) -> Result<(), String> {
+fn aggregate_top(plan: &LogicalPlan, full: &HashSet<String>) -> Result<(), String> {
     let rows = "this project is aggregate-only: results must be aggregates (GROUP BY with COUNT, SUM, AVG...), not rows of the data";
     // Values computed by a scalar subquery reach the result too.
     let subqueries = |exprs: &[Expr]| -> Result<(), String> {
         for e in exprs {
             for q in scalar_subqueries(e) {
-                aggregate_top(&q)?;
+                aggregate_top(&q, full)?;
             }
         }
         Ok(())
@@ -369,18 +387,18 @@ fn aggregate_top(plan: &LogicalPlan) -> Result<(), String> {
     match plan {
         LogicalPlan::Projection(p) => {
             subqueries(&p.expr)?;
-            aggregate_top(&p.input)
+            aggregate_top(&p.input, full)
         }
-        LogicalPlan::Sort(s) => aggregate_top(&s.input),
-        LogicalPlan::Limit(l) => aggregate_top(&l.input),
-        LogicalPlan::Filter(f) => aggregate_top(&f.input),
-        LogicalPlan::SubqueryAlias(a) => aggregate_top(&a.input),
+        LogicalPlan::Sort(s) => aggregate_top(&s.input, full),
+        LogicalPlan::Limit(l) => aggregate_top(&l.input, full),
+        LogicalPlan::Filter(f) => aggregate_top(&f.input, full),
+        LogicalPlan::SubqueryAlias(a) => aggregate_top(&a.input, full),
         LogicalPlan::Window(w) => {
             subqueries(&w.window_expr)?;
-            aggregate_top(&w.input)
+            aggregate_top(&w.input, full)
         }
-        LogicalPlan::Distinct(d) => aggregate_top(d.input()),
-        LogicalPlan::Union(u) => u.inputs.iter().try_for_each(|i| aggregate_top(i)),
+        LogicalPlan::Distinct(d) => aggregate_top(d.input(), full),
+        LogicalPlan::Union(u) => u.inputs.iter().try_for_each(|i| aggregate_top(i, full)),
         LogicalPlan::Values(v) => {
             for row in &v.values {
                 subqueries(row)?;
@@ -391,20 +409,86 @@ fn aggregate_top(plan: &LogicalPlan) -> Result<(), String> {
         LogicalPlan::Aggregate(a) => {
             subqueries(&a.aggr_expr)?;
             subqueries(&a.group_expr)?;
-            Ok(())
+            aggregate_node(a, Some(full))
         }
         _ => Err(rows.into()),
     }
 }
 
-fn aggregate_node(a: &datafusion::logical_expr::Aggregate) -> Result<(), String> {
-    for g in &a.group_expr {
-        let ids = identifier_refs(g);
-        if !ids.is_empty() {
-            return Err(format!(
-                "this project is aggregate-only: grouping by the patient identifier {} gives one row per person",
-                ids.join(", ")
-            ));
+/// Whether a group key coarsens what it reads: a date to its month,
+/// quarter or year, a place to its département.
+fn coarsens(e: &Expr) -> bool {
+    let Expr::ScalarFunction(f) = e else {
+        return false;
+    };
+    let unit = |x: Option<&Expr>| match x {
+        Some(Expr::Literal(datafusion::common::ScalarValue::Utf8(Some(u)), _)) => {
+            matches!(
+                u.to_ascii_lowercase().as_str(),
+                "year" | "quarter" | "month"
+            )
+        }
+        _ => false,
+    };
+    let small = |x: Option<&Expr>, max: i64| match x {
+        Some(Expr::Literal(v, _)) => v
+            .to_string()
+            .parse::<i64>()
+            .is_ok_and(|n| (0..=max).contains(&n)),
+        _ => false,
+    };
+    match f.name() {
+        "date_trunc" | "date_part" | "datepart" => unit(f.args.first()),
+        "left" => small(f.args.get(1), 2),
+        "substr" | "substring" => small(f.args.get(1), 1) && small(f.args.get(2), 2),
+        _ => false,
+    }
+}
+
+/// Checks one aggregate; `top` holds the columns shown at full precision
+/// when the aggregate's rows are published.
+fn aggregate_node(
+    a: &datafusion::logical_expr::Aggregate,
+    top: Option<&HashSet<String>>,
+) -> Result<(), String> {
+    if let Some(full) = top {
+        for g in &a.group_expr {
+            let ids = identifier_refs(g);
+            if !ids.is_empty() {
+                return Err(format!(
+                    "this project is aggregate-only: grouping by the patient identifier {} gives one row per person",
+                    ids.join(", ")
+                ));
+            }
+        }
+        let keys = datafusion::logical_expr::utils::grouping_set_to_exprlist(&a.group_expr)
+            .map_err(|e| e.to_string())?;
+        for g in keys {
+            let exact: Vec<String> = g
+                .column_refs()
+                .into_iter()
+                .filter(|c| full.iter().any(|f| c.name.contains(f.as_str())))
+                .map(|c| c.name.clone())
+                .collect();
+            if !exact.is_empty() && !coarsens(&g.clone().unalias_nested().data) {
+                return Err(format!(
+                    "this project is aggregate-only: {} is a potential identifier shown at full precision, and results may not be keyed by it; coarsen it (date_trunc('month', ...), EXTRACT(YEAR FROM ...), left(..., 2))",
+                    exact.join(", ")
+                ));
+            }
+        }
+        for e in &a.aggr_expr {
+            let text = e.schema_name().to_string().to_lowercase();
+            if (text.starts_with("min(") || text.starts_with("max("))
+                && e.column_refs()
+                    .iter()
+                    .any(|c| full.iter().any(|f| c.name.contains(f.as_str())))
+            {
+                return Err(format!(
+                    "this project is aggregate-only: {} would publish one person's exact value of a potential identifier",
+                    e.schema_name()
+                ));
+            }
         }
     }
     for e in &a.aggr_expr {
@@ -468,6 +552,7 @@ impl Gate {
             snapshots: Mutex::new(HashMap::new()),
             views: Mutex::new(HashMap::new()),
             pg: OnceLock::new(),
+            tracker_lock: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -537,8 +622,13 @@ impl Gate {
             self.limits.query_memory,
             self.global.clone(),
         ));
-        pds_query::context(self.storage.store(), open.keys.clone(), Some(pool))
-            .map_err(|e| GateError::Setup(e.to_string()))
+        let ctx = pds_query::context(self.storage.store(), open.keys.clone(), Some(pool))
+            .map_err(|e| GateError::Setup(e.to_string()))?;
+        // The disclosure-control node needs its own physical planner.
+        let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
+            .with_query_planner(Arc::new(GatePlanner))
+            .build();
+        Ok(SessionContext::new_with_state(state))
     }
 
     /// The session of a project: its views only.
@@ -600,7 +690,9 @@ impl Gate {
                     cohort: &cohort,
                 };
                 let mut plans = Vec::new();
+                let mut patient_plans = HashMap::new();
                 let mut plain = HashMap::new();
+                let mut full_precision = HashSet::new();
                 for t in &resolved.tables {
                     if !open.tables.iter().any(|(n, _)| n == &t.name) {
                         // A table without any file (no rows delivered) has no
@@ -624,12 +716,32 @@ impl Gate {
                         ))
                     })?;
                     plans.push((t.name.clone(), plan));
+                    if project.mode == AccessMode::AggregateOnly {
+                        let with = builder.view_with_patient(t).map_err(|e| {
+                            setup(format!(
+                                "building the view of {}: {}",
+                                t.name,
+                                sanitize(&e.to_string())
+                            ))
+                        })?;
+                        if let Some(with) = with {
+                            patient_plans.insert(t.name.clone(), with);
+                        }
+                    }
+                    full_precision.extend(
+                        t.columns
+                            .iter()
+                            .filter(|c| c.potential.is_some())
+                            .map(|c| c.name.clone()),
+                    );
                 }
                 let v = Arc::new(ProjectViews {
                     fingerprint,
                     pg_catalog: OnceLock::new(),
                     plans,
+                    patient_plans,
                     plain,
+                    full_precision,
                 });
                 if let Ok(mut m) = self.views.lock() {
                     m.insert(id.to_string(), v.clone());
@@ -677,7 +789,17 @@ impl Gate {
             .map_or(self.limits.timeout, |t| t.min(self.limits.timeout));
         let deadline = tokio::time::Instant::now() + timeout;
         let base = self.statement_record(principal, target, sql, opts, "statement");
-        match self.prepare(principal, target, sql, deadline, opts).await {
+        match self
+            .prepare(
+                principal,
+                target,
+                sql,
+                deadline,
+                opts,
+                base.request_id.as_deref(),
+            )
+            .await
+        {
             Ok(prepared) => {
                 let limits = Limits {
                     timeout,
@@ -763,7 +885,10 @@ impl Gate {
             params: None,
             ..opts.clone()
         };
-        let plan = match self.plan(principal, target, sql, deadline, &opts).await {
+        let plan = match self
+            .plan(principal, target, sql, deadline, &opts, None)
+            .await
+        {
             Ok((_, plan)) => plan,
             Err((decision, e)) => {
                 // A refusal is a security event even when nothing ran.
@@ -815,9 +940,11 @@ impl Gate {
         sql: &str,
         deadline: tokio::time::Instant,
         opts: &StatementOptions,
+        request: Option<&str>,
     ) -> Result<Prepared, (&'static str, GateError)> {
-        let ((ctx, snapshot, permit), plan) =
-            self.plan(principal, target, sql, deadline, opts).await?;
+        let ((ctx, snapshot, permit, report), plan) = self
+            .plan(principal, target, sql, deadline, opts, request)
+            .await?;
         let state = ctx.state();
         let optimized = state
             .optimize(&plan)
@@ -829,6 +956,7 @@ impl Gate {
             fingerprint,
             snapshot,
             permit,
+            report,
         })
     }
 
@@ -841,8 +969,19 @@ impl Gate {
         sql: &str,
         deadline: tokio::time::Instant,
         opts: &StatementOptions,
-    ) -> Result<((SessionContext, i64, OwnedSemaphorePermit), LogicalPlan), (&'static str, GateError)>
-    {
+        request: Option<&str>,
+    ) -> Result<
+        (
+            (
+                SessionContext,
+                i64,
+                OwnedSemaphorePermit,
+                Option<Arc<disclosure::Report>>,
+            ),
+            LogicalPlan,
+        ),
+        (&'static str, GateError),
+    > {
         let refused = |m: String| ("refused", GateError::Refused(m));
         let failed = |e: GateError| ("failed", e);
         pds_project::check_principal(principal).map_err(|e| refused(e.to_string()))?;
@@ -865,6 +1004,7 @@ impl Gate {
                 )
             })?
             .map_err(|_| failed(GateError::Setup("the gate is closing".into())))?;
+        let mut project_rules = None;
         let (ctx, snapshot, mode, views) = match target {
             Target::Project(id) => {
                 let today = chrono::Utc::now().date_naive();
@@ -875,6 +1015,12 @@ impl Gate {
                         e => failed(GateError::Setup(e.to_string())),
                     })?;
                 let (ctx, views) = self.project_session(id, &project).await.map_err(failed)?;
+                let policy = project
+                    .perimeter
+                    .disclosure
+                    .policy()
+                    .map_err(|e| failed(GateError::Setup(e.to_string())))?;
+                project_rules = Some((id.clone(), policy));
                 (ctx, project.snapshot, Some(project.mode), Some(views))
             }
             Target::Operator { snapshot } => {
@@ -964,10 +1110,46 @@ impl Gate {
                 .map_err(|e| failed(GateError::Failed(sanitize(&e.to_string()))))?,
             None => plan,
         };
-        if let Some(why) = refusal(&plan, is_project(target), mode) {
+        let no_columns = HashSet::new();
+        let full = views.as_ref().map_or(&no_columns, |v| &v.full_precision);
+        if let Some(why) = refusal(&plan, is_project(target), mode, full) {
             return Err(refused(why));
         }
-        Ok(((ctx, snapshot, permit), plan))
+        // Aggregate-only: every published value gets disclosure control.
+        let mut report = None;
+        let plan = match (&views, project_rules) {
+            (Some(v), Some((project, policy)))
+                if mode == Some(AccessMode::AggregateOnly) && reads_views(&plan) =>
+            {
+                let r = Arc::new(disclosure::Report::new(&policy));
+                let rewriter = disclosure::Rewriter {
+                    patient_views: &v.patient_plans,
+                    plain: &v.plain,
+                    key: contributors::PatientKey::derive(self.keys.platform_key().expose()),
+                    policy,
+                    report: r.clone(),
+                    tracker: Arc::new(disclosure::Tracker {
+                        cat: self.cat.clone(),
+                        project,
+                        principal: principal.to_string(),
+                        request_id: request.map(str::to_string),
+                        policy,
+                        lock: self.tracker_lock.clone(),
+                    }),
+                    reads_views: &reads_views,
+                };
+                report = Some(r);
+                rewriter.rewrite(plan).map_err(|e| {
+                    let msg = e.to_string();
+                    match msg.find(disclosure::REFUSED) {
+                        Some(i) => refused(msg[i + disclosure::REFUSED.len()..].to_string()),
+                        None => failed(GateError::Failed(sanitize(&msg))),
+                    }
+                })?
+            }
+            _ => plan,
+        };
+        Ok(((ctx, snapshot, permit, report), plan))
     }
 
     fn explain(&self, e: DataFusionError, ctx: &SessionContext) -> GateError {
@@ -1071,6 +1253,7 @@ impl Gate {
             record: base,
             start,
             finished: false,
+            report: p.report,
             _permit: p.permit,
         })
     }
@@ -1084,6 +1267,27 @@ impl Gate {
         result: Option<(u64, u64, String)>,
     ) -> Result<(), GateError> {
         close_entry(&self.audit, base, decision, reason, start, result).await
+    }
+}
+
+/// The physical planner of gate sessions: DataFusion's, plus the
+/// disclosure-control node.
+#[derive(Debug)]
+struct GatePlanner;
+
+#[async_trait::async_trait]
+impl datafusion::execution::context::QueryPlanner for GatePlanner {
+    async fn create_physical_plan(
+        &self,
+        plan: &LogicalPlan,
+        state: &dyn datafusion::catalog::Session,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        use datafusion::physical_planner::PhysicalPlanner;
+        datafusion::physical_planner::DefaultPhysicalPlanner::with_extension_planners(vec![
+            Arc::new(disclosure::DisclosurePlanner),
+        ])
+        .create_physical_plan(plan, state)
+        .await
     }
 }
 
@@ -1132,6 +1336,7 @@ struct Prepared {
     fingerprint: String,
     snapshot: i64,
     permit: OwnedSemaphorePermit,
+    report: Option<Arc<disclosure::Report>>,
 }
 
 /// Counts and hashes what is written.
@@ -1167,6 +1372,7 @@ pub struct ResultStream {
     record: Record,
     start: Instant,
     finished: bool,
+    report: Option<Arc<disclosure::Report>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -1181,15 +1387,21 @@ impl ResultStream {
         self.rows
     }
 
+    /// What disclosure control withheld (aggregate-only projects), complete
+    /// once the stream has ended.
+    pub fn disclosure(&self) -> Option<disclosure::Summary> {
+        self.report.as_ref().map(|r| r.summary())
+    }
+
     async fn fail(&mut self, err: GateError) -> GateError {
         // Drop the engine's stream first: that cancels its work.
         self.stream = None;
         self.ipc = None;
         self.finished = true;
-        let decision = if matches!(err, GateError::Limit(_)) {
-            "stopped"
-        } else {
-            "failed"
+        let decision = match err {
+            GateError::Limit(_) => "stopped",
+            GateError::Refused(_) => "refused",
+            _ => "failed",
         };
         match close_entry(
             &self.audit,
@@ -1231,9 +1443,18 @@ impl ResultStream {
                     Some(Ok(h)) => (h.bytes, hex::encode(h.sha.finalize())),
                     _ => (0, String::new()),
                 };
+                let mut record = self.record.clone();
+                if let Some(summary) = self.disclosure() {
+                    let mut d = record
+                        .details
+                        .take()
+                        .unwrap_or_else(|| serde_json::json!({}));
+                    d["disclosure"] = serde_json::to_value(&summary).unwrap_or_default();
+                    record.details = Some(d);
+                }
                 let r = close_entry(
                     &self.audit,
-                    &self.record,
+                    &record,
                     "completed",
                     None,
                     self.start,

@@ -38,6 +38,7 @@ use datafusion::physical_plan::{
 use datafusion::prelude::SessionContext;
 use pds_project::Pseudonymiser;
 use pds_project::perimeter::{ColumnView, DatePrecision, ResolvedPerimeter, RowFilter, ViewTable};
+use pds_snds::identifiers::PATIENT_ID_COLUMNS;
 
 /// The pseudonym mapping as a scalar function. It is never registered in
 /// a session's function registry, so SQL cannot call it by name; it only
@@ -367,6 +368,28 @@ impl ViewBuilder<'_> {
 
     /// The view of `t`: restricted rows, visible columns mapped.
     pub fn view(&self, t: &ViewTable) -> Result<LogicalPlan> {
+        self.build(t, None)
+    }
+
+    /// The view of `t` with one more column, [`PATIENT_COLUMN`]: the stored
+    /// patient identifier, for disclosure control to count patients with.
+    /// `None` when the table holds no patient. Only the gate's rewrite of
+    /// an already checked statement scans it: no statement can name it.
+    pub fn view_with_patient(&self, t: &ViewTable) -> Result<Option<LogicalPlan>> {
+        let Some((_, base)) = self.base.iter().find(|(n, _)| n == &t.name) else {
+            return Ok(None);
+        };
+        let schema = base.schema();
+        let Some(id) = PATIENT_ID_COLUMNS
+            .iter()
+            .find(|c| schema.field_with_name(c).is_ok())
+        else {
+            return Ok(None);
+        };
+        self.build(t, Some(id)).map(Some)
+    }
+
+    fn build(&self, t: &ViewTable, patient: Option<&str>) -> Result<LogicalPlan> {
         let restricted = self.restricted(t)?;
         let schema = restricted.schema().clone();
         let mut exprs = Vec::new();
@@ -386,12 +409,18 @@ impl ViewBuilder<'_> {
             };
             exprs.push(e.alias(&c.name));
         }
+        if let Some(id) = patient {
+            exprs.push(cast(column(id), DataType::Utf8).alias(PATIENT_COLUMN));
+        }
         LogicalPlanBuilder::from(restricted)
             .project(exprs)?
             .alias(TableReference::bare(t.name.as_str()))?
             .build()
     }
 }
+
+/// The hidden column of [`ViewBuilder::view_with_patient`].
+pub const PATIENT_COLUMN: &str = "__pds_patient";
 
 /// A project table: the view plan, planned behind a [`Barrier`].
 #[derive(Debug)]

@@ -299,6 +299,35 @@ pub struct Config {
     /// Sign-in: second factor, lockout, sessions, identity providers.
     #[serde(default)]
     pub identity: IdentityConfig,
+    /// Export requests.
+    #[serde(default)]
+    pub airlock: AirlockConfig,
+}
+
+/// `[airlock]` section: what an export request may hold and how a
+/// released file may be fetched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AirlockConfig {
+    /// Largest file, MiB.
+    pub max_file_mib: u64,
+    /// Most rows of a table (CSV, Parquet).
+    pub max_rows: u64,
+    /// Downloads of a released file.
+    pub max_downloads: u64,
+    /// Lifetime of a download link, minutes.
+    pub link_minutes: u64,
+}
+
+impl Default for AirlockConfig {
+    fn default() -> Self {
+        AirlockConfig {
+            max_file_mib: 16,
+            max_rows: 5_000,
+            max_downloads: 3,
+            link_minutes: 15,
+        }
+    }
 }
 
 /// `[identity]` section: how people and programs sign in.
@@ -642,6 +671,7 @@ impl Home {
             audit: AuditConfig::default(),
             serve: ServeConfig::default(),
             identity: IdentityConfig::default(),
+            airlock: AirlockConfig::default(),
         };
         let home = Home {
             root: root.to_path_buf(),

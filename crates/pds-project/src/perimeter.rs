@@ -114,12 +114,121 @@ pub struct Perimeter {
     /// Coarsening of potential identifiers.
     #[serde(default)]
     pub coarsening: Coarsening,
+    /// Disclosure control of aggregate-only results.
+    #[serde(default)]
+    pub disclosure: DisclosureRules,
+}
+
+/// A named set of disclosure-control defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DisclosureProfile {
+    /// The SNDS rule: no result computed on fewer than 10 patients.
+    #[default]
+    Snds,
+    /// OpenSAFELY's: counts of 7 or fewer redacted, every count rounded to
+    /// the nearest 5.
+    Opensafely,
+}
+
+/// Disclosure control of aggregate-only results, as declared (`[disclosure]`
+/// in a perimeter file). Unset values come from the profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DisclosureRules {
+    /// The defaults.
+    pub profile: DisclosureProfile,
+    /// Smallest number of distinct patients behind a published value.
+    pub threshold: Option<u32>,
+    /// Published counts are rounded to the nearest multiple of this.
+    pub rounding: Option<u32>,
+    /// Dominance: a sum is withheld when its `dominance_n` largest
+    /// contributors (patients) make more than `dominance_percent` of it.
+    pub dominance_n: u32,
+    /// See `dominance_n`.
+    pub dominance_percent: u32,
+    /// Refuse a result whose population differs from an earlier one of the
+    /// project by fewer than `threshold` patients.
+    pub track_populations: bool,
+}
+
+impl Default for DisclosureRules {
+    fn default() -> Self {
+        DisclosureRules {
+            profile: DisclosureProfile::Snds,
+            threshold: None,
+            rounding: None,
+            dominance_n: 2,
+            dominance_percent: 90,
+            track_populations: true,
+        }
+    }
+}
+
+/// The disclosure control a project's aggregate results get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DisclosurePolicy {
+    /// A value computed on 1 to `threshold - 1` patients is withheld.
+    pub threshold: u64,
+    /// Counts are rounded to the nearest multiple (1: exact).
+    pub rounding: u64,
+    /// Dominance: number of largest contributors.
+    pub dominance_n: usize,
+    /// Dominance: their share, in percent, above which a sum is withheld.
+    pub dominance_percent: u32,
+    /// The query-set tracker is on.
+    pub track_populations: bool,
+}
+
+impl DisclosureRules {
+    /// Checks the values and applies the profile's defaults.
+    pub fn policy(&self) -> Result<DisclosurePolicy, ProjectError> {
+        let (t, r) = match self.profile {
+            DisclosureProfile::Snds => (10, 1),
+            DisclosureProfile::Opensafely => (8, 5),
+        };
+        let threshold = self.threshold.unwrap_or(t);
+        let rounding = self.rounding.unwrap_or(r);
+        let bad = |m: String| Err(ProjectError::Perimeter(format!("[disclosure] {m}")));
+        if !(2..=1000).contains(&threshold) {
+            return bad(format!(
+                "threshold = {threshold}: use a number of patients from 2 to 1000 (the SNDS rule is 10)"
+            ));
+        }
+        if !(1..=1000).contains(&rounding) {
+            return bad(format!(
+                "rounding = {rounding}: use 1 (exact counts) to 1000, for instance 5"
+            ));
+        }
+        if !(1..=10).contains(&self.dominance_n) {
+            return bad(format!(
+                "dominance_n = {}: use 1 to 10 largest contributors (usually 2)",
+                self.dominance_n
+            ));
+        }
+        if !(50..=100).contains(&self.dominance_percent) {
+            return bad(format!(
+                "dominance_percent = {}: use 50 to 100 (100 turns the rule off; usually 90)",
+                self.dominance_percent
+            ));
+        }
+        Ok(DisclosurePolicy {
+            threshold: threshold.into(),
+            rounding: rounding.into(),
+            dominance_n: self.dominance_n as usize,
+            dominance_percent: self.dominance_percent,
+            track_populations: self.track_populations,
+        })
+    }
 }
 
 impl Perimeter {
     /// Parses a perimeter file.
     pub fn from_toml(text: &str) -> Result<Perimeter, ProjectError> {
-        toml::from_str(text).map_err(|e| ProjectError::Perimeter(format!("{e}")))
+        let p: Perimeter =
+            toml::from_str(text).map_err(|e| ProjectError::Perimeter(format!("{e}")))?;
+        p.disclosure.policy()?;
+        Ok(p)
     }
 
     /// Every column of `tables`, nothing else restricted.
@@ -132,6 +241,7 @@ impl Perimeter {
             years: None,
             population: None,
             coarsening: Coarsening::default(),
+            disclosure: DisclosureRules::default(),
         }
     }
 }
@@ -156,6 +266,9 @@ pub struct ViewColumn {
     pub name: String,
     /// Presentation.
     pub view: ColumnView,
+    /// The potential identifier it shows at full precision, if any
+    /// (aggregate-only results may not be keyed by it).
+    pub potential: Option<PotentialIdentifier>,
 }
 
 /// Which rows of a table a project sees.
@@ -418,6 +531,7 @@ pub fn resolve(
             match column_view(c, ty, &p.coarsening) {
                 None => withheld.push(c.to_string()),
                 Some(v) => {
+                    let mut potential = None;
                     if v == ColumnView::Plain
                         && let Some(class) = ty.and_then(|t| potential_identifier(c, t))
                     {
@@ -425,10 +539,12 @@ pub fn resolve(
                             .entry(class)
                             .or_default()
                             .insert(format!("{name}.{c}"));
+                        potential = Some(class);
                     }
                     columns.push(ViewColumn {
                         name: c.to_string(),
                         view: v,
+                        potential,
                     });
                 }
             }

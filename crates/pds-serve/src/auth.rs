@@ -213,6 +213,41 @@ impl Shared {
         principal: &Principal,
         project: &str,
     ) -> Result<(), GateError> {
+        self.still_signed_in(principal, project).await?;
+        let today = chrono::Utc::now().date_naive();
+        let (_, role) =
+            pds_project::check_access(self.gate.catalog(), project, &principal.name, today)
+                .await
+                .map_err(|e| match e {
+                    pds_project::ProjectError::Denied(m) => GateError::Refused(m),
+                    e => GateError::Setup(e.to_string()),
+                })?;
+        if let Err(why) = principal.may_use(project, role.as_str()) {
+            self.audit_refused_use(principal, project, &why).await;
+            return Err(GateError::Refused(why));
+        }
+        Ok(())
+    }
+
+    /// Whether `principal` may act in `project` with `role` (a checker
+    /// reviewing exports, say): what signed it in still holds, and its
+    /// token or claims allow that role there. Membership itself is checked
+    /// by the action.
+    pub(crate) async fn authorize_role(
+        &self,
+        principal: &Principal,
+        project: &str,
+        role: &str,
+    ) -> Result<(), GateError> {
+        self.still_signed_in(principal, project).await?;
+        if let Err(why) = principal.may_use(project, role) {
+            self.audit_refused_use(principal, project, &why).await;
+            return Err(GateError::Refused(why));
+        }
+        Ok(())
+    }
+
+    async fn still_signed_in(&self, principal: &Principal, project: &str) -> Result<(), GateError> {
         let mut valid = self.accounts().still_valid(principal).await;
         if valid.is_ok()
             && let Some(idp) = &principal.idp
@@ -232,18 +267,6 @@ impl Shared {
         if let Err(why) = valid {
             self.audit_refused_use(principal, project, &why).await;
             return Err(GateError::Refused(format!("{why}: sign in again")));
-        }
-        let today = chrono::Utc::now().date_naive();
-        let (_, role) =
-            pds_project::check_access(self.gate.catalog(), project, &principal.name, today)
-                .await
-                .map_err(|e| match e {
-                    pds_project::ProjectError::Denied(m) => GateError::Refused(m),
-                    e => GateError::Setup(e.to_string()),
-                })?;
-        if let Err(why) = principal.may_use(project, role.as_str()) {
-            self.audit_refused_use(principal, project, &why).await;
-            return Err(GateError::Refused(why));
         }
         Ok(())
     }

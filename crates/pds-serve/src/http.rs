@@ -27,6 +27,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::Shared;
 
+mod exports;
 mod identity;
 
 type S = Arc<Shared>;
@@ -422,6 +423,11 @@ pub struct QueryResult {
     pub row_count: usize,
     /// Whether more rows existed than `max_rows`.
     pub truncated: bool,
+    /// Aggregate-only projects: what disclosure control withheld (rows
+    /// and values; rows with a withheld value have `pds_suppressed` true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub disclosure: Option<serde_json::Value>,
 }
 
 const DEFAULT_ROWS: usize = 10_000;
@@ -483,6 +489,7 @@ async fn query(
         rows += b.num_rows();
         batches.push(b);
     }
+    let disclosure = rs.disclosure().and_then(|d| serde_json::to_value(d).ok());
     // Stopping early closes the statement; its audit entry says so.
     drop(rs);
     s.metrics.rows_sent("http", rows as u64);
@@ -508,6 +515,13 @@ async fn query(
                 (
                     header::HeaderName::from_static("x-pds-truncated"),
                     truncated.to_string(),
+                ),
+                (
+                    header::HeaderName::from_static("x-pds-disclosure"),
+                    disclosure
+                        .as_ref()
+                        .map(|d| d.to_string())
+                        .unwrap_or_default(),
                 ),
             ],
             buf,
@@ -538,6 +552,7 @@ async fn query(
         row_count: rows_json.len(),
         rows: rows_json,
         truncated,
+        disclosure,
     })
     .into_response())
 }
@@ -865,14 +880,16 @@ impl Modify for BearerAuth {
 /// The OpenAPI description of the API.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "PDS API", description = "Pseudonymised, audited access to SNDS data: sign-in, projects, catalogue, queries, administration."),
+    info(title = "PDS API", description = "Pseudonymised, audited access to SNDS data: sign-in, projects, catalogue, queries, export airlock, administration."),
     paths(identity::login, identity::logout, identity::refresh, identity::mfa_enrol, identity::mfa_confirm,
         identity::oidc_providers, identity::oidc_login, identity::oidc_callback,
         identity::admin_reset_mfa, identity::admin_unlock, identity::admin_service_token,
-        me, projects, tables, query, admin_users, admin_add_user, admin_disable_user, admin_projects, admin_create_project, admin_grant, admin_revoke, healthz, readyz, metrics),
+        me, projects, tables, query, exports::create, exports::list, exports::show, exports::review, exports::withdraw,
+        exports::link, exports::download, admin_users, admin_add_user, admin_disable_user, admin_projects, admin_create_project, admin_grant, admin_revoke, healthz, readyz, metrics),
     components(schemas(AccountKind, ResultFormat, MemberRole, ModeDoc, ApiError, identity::LoginRequest, identity::LoginResponse, identity::SessionTokens,
         identity::RefreshRequest, identity::Enrolment, identity::ConfirmRequest, identity::ConfirmResponse, identity::LogoutResponse,
-        identity::Providers, identity::ServiceTokenRequest, identity::ServiceToken, Me, ProjectSummary, TableDoc, ColumnDoc, QueryRequest, QueryResult, ResultColumn, AccountDoc, NewAccount, NewProjectRequest, MemberRequest, Readiness)),
+        identity::Providers, identity::ServiceTokenRequest, identity::ServiceToken, Me, ProjectSummary, TableDoc, ColumnDoc, QueryRequest, QueryResult, ResultColumn, AccountDoc, NewAccount, NewProjectRequest, MemberRequest, Readiness,
+        exports::ExportRequestBody, exports::ReviewBody, exports::ReviewDoc, exports::ExportDoc, exports::LinkDoc)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -932,6 +949,16 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/api/v1/admin/projects/{project}/members/{principal}",
             put(admin_grant).delete(admin_revoke),
         )
+        .route(
+            "/api/v1/projects/{project}/exports",
+            post(exports::create).layer(axum::extract::DefaultBodyLimit::max(32 << 20)),
+        )
+        .route("/api/v1/exports", get(exports::list))
+        .route("/api/v1/exports/{id}", get(exports::show))
+        .route("/api/v1/exports/{id}/reviews", post(exports::review))
+        .route("/api/v1/exports/{id}/withdraw", post(exports::withdraw))
+        .route("/api/v1/exports/{id}/link", post(exports::link))
+        .route("/api/v1/exports/{id}/download", get(exports::download))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

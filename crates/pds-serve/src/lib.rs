@@ -24,8 +24,8 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -94,6 +94,9 @@ pub struct Options {
     /// On shutdown, how long running statements may take to finish before
     /// they are cancelled.
     pub grace: Duration,
+    /// The export airlock: where files are kept and its limits (`None`:
+    /// the export endpoints answer 503).
+    pub airlock: Option<(pds_storage::Storage, pds_home::AirlockConfig)>,
 }
 
 /// State shared by the listeners.
@@ -111,6 +114,7 @@ pub struct Shared {
     metrics: metrics::Metrics,
     active: AtomicUsize,
     idle: Notify,
+    airlock: Option<(pds_storage::Storage, pds_home::AirlockConfig)>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -182,6 +186,8 @@ impl Shared {
         let gate = self.gate.clone();
         let principal = principal.name.clone();
         let sql = sql.to_string();
+        let summary: Arc<Mutex<Option<pds_gate::disclosure::Summary>>> = Arc::new(Mutex::new(None));
+        let summary_out = summary.clone();
         // The statement counts as running until this task ends, that is
         // until its closing audit entry is written.
         self.exec.spawn(async move {
@@ -191,20 +197,29 @@ impl Shared {
                     let _ = first_tx.send(Err(e));
                 }
                 Ok(mut rs) => {
-                    if first_tx.send(Ok(rs.schema())).is_err() {
+                    let controlled = rs.disclosure().is_some();
+                    if first_tx.send(Ok((rs.schema(), controlled))).is_err() {
                         let _ = rs.close().await;
                         return;
                     }
                     while let Some(b) = rs.next_batch().await {
+                        // The summary is complete before the last batch is
+                        // handed over: readers see it once the rows end.
+                        if let Ok(mut s) = summary_out.lock() {
+                            *s = rs.disclosure();
+                        }
                         if tx.send(b).await.is_err() {
                             let _ = rs.close().await;
-                            break;
+                            return;
                         }
+                    }
+                    if let Ok(mut s) = summary_out.lock() {
+                        *s = rs.disclosure();
                     }
                 }
             }
         });
-        let schema = match first_rx.await {
+        let (schema, controlled) = match first_rx.await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 self.metrics.statement_failed(channel);
@@ -212,7 +227,13 @@ impl Shared {
             }
             Err(_) => return Err(GateError::Setup("the statement task stopped".into())),
         };
-        Ok(Rows { schema, rx, cancel })
+        Ok(Rows {
+            schema,
+            rx,
+            cancel,
+            controlled,
+            summary,
+        })
     }
 }
 
@@ -221,6 +242,9 @@ pub(crate) struct Rows {
     schema: SchemaRef,
     rx: mpsc::Receiver<Result<RecordBatch, GateError>>,
     cancel: CancelFlag,
+    /// Disclosure control applies (aggregate-only project).
+    controlled: bool,
+    summary: Arc<Mutex<Option<pds_gate::disclosure::Summary>>>,
 }
 
 impl Rows {
@@ -230,6 +254,16 @@ impl Rows {
 
     pub(crate) async fn next_batch(&mut self) -> Option<Result<RecordBatch, GateError>> {
         self.rx.recv().await
+    }
+
+    /// Whether disclosure control applies to these rows.
+    pub(crate) fn controlled(&self) -> bool {
+        self.controlled
+    }
+
+    /// What disclosure control withheld; complete once the rows have ended.
+    pub(crate) fn disclosure(&self) -> Option<pds_gate::disclosure::Summary> {
+        self.summary.lock().ok().and_then(|s| s.clone())
     }
 
     /// Asks the statement to stop; its next batch is the cancellation error.
@@ -365,6 +399,7 @@ impl Server {
             metrics: metrics::Metrics::new(),
             active: AtomicUsize::new(0),
             idle: Notify::new(),
+            airlock: opts.airlock.clone(),
         });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();

@@ -656,20 +656,50 @@ impl ConnState {
         }
     }
 
-    async fn run_query(
+    /// Runs a statement. Results under disclosure control (small: they are
+    /// aggregates) are read whole first, so that what was withheld can be
+    /// told in a notice before the rows.
+    async fn run_query<C>(
         &self,
+        client: &mut C,
         sql: &str,
         params: Option<datafusion::common::ParamValues>,
         format: &Format,
-    ) -> PgWireResult<Response> {
+    ) -> PgWireResult<Response>
+    where
+        C: Sink<PgWireBackendMessage> + Unpin + Send,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
         let (principal, target) = self.identity()?;
         let cancel = self.cancel_signal();
-        let rows = self
+        let mut rows = self
             .shared
             .run("pgwire", &principal, target, sql, self.options(params))
             .await
             .map_err(gate_error)?;
         let fields = Arc::new(arrow_schema_to_pg_fields(&rows.schema(), format, None)?);
+        if rows.controlled() {
+            let mut batches = Vec::new();
+            while let Some(b) = rows.next_batch().await {
+                batches.push(b.map_err(gate_error)?);
+            }
+            if let Some(summary) = rows.disclosure().filter(|s| s.withheld() || s.rounding > 1) {
+                let notice = ErrorInfo::new("NOTICE".into(), "01000".into(), summary.notice());
+                client
+                    .send(PgWireBackendMessage::NoticeResponse(notice.into()))
+                    .await?;
+            }
+            let n: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+            self.shared.metrics.rows_sent("pgwire", n);
+            let encoded: Vec<PgWireResult<pgwire::messages::data::DataRow>> = batches
+                .into_iter()
+                .flat_map(|b| encode_recordbatch(fields.clone(), b).collect::<Vec<_>>())
+                .collect();
+            return Ok(Response::Query(QueryResponse::new(
+                fields,
+                stream::iter(encoded),
+            )));
+        }
         Ok(Response::Query(QueryResponse::new(
             fields.clone(),
             encode_rows(rows, fields, cancel, self.shared.clone()),
@@ -1006,7 +1036,7 @@ pub struct PgQuery {
 
 #[async_trait]
 impl SimpleQueryHandler for PgQuery {
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
@@ -1020,7 +1050,11 @@ impl SimpleQueryHandler for PgQuery {
         let mut out = Vec::with_capacity(parsed.len());
         for (sql, kind) in parsed {
             let r = match kind {
-                Kind::Query => self.state.run_query(&sql, None, &Format::UnifiedText).await,
+                Kind::Query => {
+                    self.state
+                        .run_query(client, &sql, None, &Format::UnifiedText)
+                        .await
+                }
                 Kind::Session(s) => self.state.session_statement(&s).await,
             };
             match r {
@@ -1114,7 +1148,7 @@ impl ExtendedQueryHandler for PgQuery {
 
     async fn do_query<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<PgStatement>,
         _max_rows: usize,
     ) -> PgWireResult<Response>
@@ -1139,7 +1173,7 @@ impl ExtendedQueryHandler for PgQuery {
                     _ => None,
                 };
                 self.state
-                    .run_query(&stmt.sql, params, &portal.result_column_format)
+                    .run_query(client, &stmt.sql, params, &portal.result_column_format)
                     .await
             }
         }
