@@ -239,7 +239,13 @@ fn setup(beneficiaries: &str) -> Env {
         );
     }
     env.run("steward", &["project", "expire", "p-old"]);
-    for (name, extra) in [("alice", None), ("bob", None), ("root", Some("--admin"))] {
+    for (name, extra) in [
+        ("alice", None),
+        ("bob", None),
+        ("carol", None),
+        ("dave", None),
+        ("root", Some("--admin")),
+    ] {
         let mut c = env.pds("steward");
         c.args(["user", "add", name])
             .env("PDS_NEW_PASSWORD", PASSWORD);
@@ -247,6 +253,12 @@ fn setup(beneficiaries: &str) -> Env {
             c.arg(x);
         }
         ok(&c.output().unwrap());
+    }
+    for checker in ["carol", "dave"] {
+        env.run(
+            "steward",
+            &["project", "grant", "p-row", checker, "--role", "checker"],
+        );
     }
     env.run("steward", &["user", "add", "etl", "--service"]);
     env.run(
@@ -267,7 +279,7 @@ fn setup(beneficiaries: &str) -> Env {
     )
     .unwrap();
     start(&mut env);
-    for user in ["alice", "bob", "root"] {
+    for user in ["alice", "bob", "carol", "dave", "root"] {
         env.sign_in(user);
     }
     env
@@ -455,13 +467,28 @@ fn psql_and_r_dbi() {
     let dt = ok(&env.psql("p-agg", "alice", &env.token("alice"), "require", "\\dt"));
     assert!(dt.contains("ER_PRS_F"), "{dt}");
     let agg = "SELECT \"BEN_SEX_COD\", COUNT(*) FROM \"IR_BEN_R\" GROUP BY 1 ORDER BY 1";
+    // The last column is pds_suppressed (psql writes booleans as t/f).
     assert_eq!(
         ok(&env.psql("p-agg", "alice", &env.token("alice"), "require", agg))
             .lines()
             .map(str::to_string)
             .collect::<Vec<_>>(),
         env.expected("p-agg", agg)
+            .iter()
+            .map(|l| l.replace(",false", ",f"))
+            .collect::<Vec<_>>()
     );
+    // What disclosure control withheld comes as a NOTICE before the rows.
+    let small = "SELECT \"BEN_NAI_ANN\", COUNT(*) FROM \"IR_BEN_R\" GROUP BY 1";
+    let o = env.psql("p-agg", "alice", &env.token("alice"), "require", small);
+    let shown = ok(&o);
+    assert!(
+        stderr(&o).contains("NOTICE:  disclosure control:")
+            && stderr(&o).contains("row(s) withheld"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(shown.lines().all(|l| l.ends_with(",f")), "{shown}");
 
     // Sign-in refusals, with PostgreSQL's codes (psql prints the message).
     let o = env.psql("p-row", "alice", "wrong password!", "require", "SELECT 1");
@@ -887,6 +914,27 @@ fn http_api_openapi_and_shutdown() {
     }
     let (code, body) = q("p-agg", AGGREGATE_ONLY[0].0, "json");
     assert_eq!(code, 403, "{body}");
+    // Aggregate-only results say what was withheld.
+    let (code, body) = q(
+        "p-agg",
+        "SELECT \"BEN_NAI_ANN\", COUNT(*) AS n FROM \"IR_BEN_R\" GROUP BY 1",
+        "json",
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["disclosure"]["rows_suppressed"].as_u64().unwrap() > 0,
+        "{body}"
+    );
+    assert_eq!(v["disclosure"]["threshold"], 10);
+    assert!(
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["n"].as_i64().unwrap() >= 10),
+        "{body}"
+    );
     // Non-members and unknown projects look alike.
     let (c1, b1) = q("p-none", count, "json");
     assert_eq!(c1, 403, "{b1}");
@@ -935,6 +983,8 @@ fn http_api_openapi_and_shutdown() {
         "/api/v1/token/refresh",
         "/api/v1/oidc/{provider}/callback",
         "/api/v1/projects/{project}/query",
+        "/api/v1/projects/{project}/exports",
+        "/api/v1/exports/{id}/reviews",
         "/api/v1/admin/projects/{project}/members/{principal}",
         "/metrics",
     ] {
@@ -943,6 +993,73 @@ fn http_api_openapi_and_shutdown() {
             "{p} missing from the OpenAPI document"
         );
     }
+    // The export airlock over HTTP: request, two checkers, signed download.
+    let bearer = |who: &str| format!("authorization: Bearer {}", env.token(who));
+    let sql = "SELECT \"BEN_SEX_COD\", COUNT(*) AS n FROM \"IR_BEN_R\" GROUP BY 1 ORDER BY 1";
+    let (code, body) = post_json(
+        &format!("{base}/api/v1/projects/p-row/exports"),
+        Some(&env.token("alice")),
+        &serde_json::json!({"name": "table-1", "sql": sql, "format": "csv",
+            "context": "Table 1: beneficiaries by sex in 2022",
+            "controls": "groups of 10 or more, no identifiers"}),
+    );
+    assert_eq!(code, 201, "{body}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = e["id"].as_str().unwrap().to_string();
+    assert_eq!(e["state"], "pending");
+    let review = |who: &str, decision: &str| {
+        post_json(
+            &format!("{base}/api/v1/exports/{id}/reviews"),
+            Some(&env.token(who)),
+            &serde_json::json!({"decision": decision}),
+        )
+    };
+    assert_eq!(review("alice", "approve").0, 403);
+    let (code, body) = review("carol", "approve");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"state\":\"pending\""), "{body}");
+    assert_eq!(review("carol", "approve").0, 409);
+    let (code, body) = review("dave", "approve");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"state\":\"released\""), "{body}");
+    let (code, body) = curl(&["-H", &bearer("carol"), &format!("{base}/api/v1/exports")]);
+    assert_eq!(code, 200);
+    assert!(body.contains(&id), "{body}");
+    let (code, body) = curl(&[
+        "-H",
+        &bearer("root"),
+        &format!("{base}/api/v1/exports/{id}"),
+    ]);
+    assert_eq!(code, 404, "not a member: {body}");
+    let (code, body) = post_json(
+        &format!("{base}/api/v1/exports/{id}/link"),
+        Some(&env.token("alice")),
+        &serde_json::json!({}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let url = serde_json::from_str::<serde_json::Value>(&body).unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        curl(&["-H", &bearer("carol"), &format!("{base}{url}")]).0,
+        403
+    );
+    let (code, file) = curl(&["-H", &bearer("alice"), &format!("{base}{url}")]);
+    assert_eq!(code, 200, "{file}");
+    use sha2::Digest;
+    assert_eq!(
+        sha2::Sha256::digest(file.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        e["sha256"].as_str().unwrap()
+    );
+    assert_eq!(
+        file.lines().skip(1).map(str::to_string).collect::<Vec<_>>(),
+        env.expected("p-row", sql)
+    );
+
     // Logout ends the session.
     assert_eq!(
         curl(&["-X", "POST", "-H", &auth, &format!("{base}/api/v1/logout")]).0,

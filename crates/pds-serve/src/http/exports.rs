@@ -2,6 +2,8 @@
 //! views use. Every endpoint needs a signed-in caller; the airlock itself
 //! checks who may do what (requester, checkers of the project).
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderName, StatusCode, header};
@@ -183,8 +185,7 @@ async fn doc(s: &S, e: ExportRow) -> Result<ExportDoc, Failure> {
 /// first; a blocking finding answers 422 with the report and keeps nothing.
 #[utoipa::path(post, path = "/api/v1/projects/{project}/exports", security(("bearer" = [])),
     request_body = ExportRequestBody,
-    responses((status = 201, body = ExportDoc), (status = 400, body = ApiError), (status = 403, body = ApiError),
-        (status = 422, body = ApiError)))]
+    responses((status = 201, body = ExportDoc), (status = 422, body = ApiError), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)))]
 pub(crate) async fn create(
     State(s): State<S>,
     caller: Caller,
@@ -226,27 +227,21 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(doc(&s, e).await?)).into_response())
 }
 
-/// Filter of [`list`].
-#[derive(Debug, Deserialize)]
-pub(crate) struct ListQuery {
-    project: Option<String>,
-}
-
 /// Export requests the caller may see: their own, and those of the
 /// projects they are a member of (checkers review them).
 #[utoipa::path(get, path = "/api/v1/exports", security(("bearer" = [])),
     params(("project" = Option<String>, Query, description = "only this project")),
-    responses((status = 200, body = Vec<ExportDoc>)))]
+    responses((status = 200, body = Vec<ExportDoc>), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)))]
 pub(crate) async fn list(
     State(s): State<S>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Vec<ExportDoc>>, Failure> {
     let a = airlock(&s)?;
     let rows = s
         .gate
         .catalog()
-        .exports(q.project.as_deref())
+        .exports(q.get("project").map(String::as_str))
         .await
         .map_err(|x| fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", x.to_string()))?;
     let mut out = Vec::new();
@@ -277,7 +272,7 @@ async fn visible(s: &S, caller: &Caller, id: &str) -> Result<ExportRow, Failure>
 
 /// One export request with its checks and reviews.
 #[utoipa::path(get, path = "/api/v1/exports/{id}", security(("bearer" = [])),
-    responses((status = 200, body = ExportDoc), (status = 404, body = ApiError)))]
+    responses((status = 200, body = ExportDoc), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)))]
 pub(crate) async fn show(
     State(s): State<S>,
     caller: Caller,
@@ -291,7 +286,7 @@ pub(crate) async fn show(
 /// two approvals release.
 #[utoipa::path(post, path = "/api/v1/exports/{id}/reviews", security(("bearer" = [])),
     request_body = ReviewBody,
-    responses((status = 200, body = ExportDoc), (status = 403, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 200, body = ExportDoc), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)))]
 pub(crate) async fn review(
     State(s): State<S>,
     caller: Caller,
@@ -312,7 +307,7 @@ pub(crate) async fn review(
 
 /// The requester withdraws their request.
 #[utoipa::path(post, path = "/api/v1/exports/{id}/withdraw", security(("bearer" = [])),
-    responses((status = 200, body = ExportDoc), (status = 409, body = ApiError)))]
+    responses((status = 200, body = ExportDoc), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)))]
 pub(crate) async fn withdraw(
     State(s): State<S>,
     caller: Caller,
@@ -337,7 +332,7 @@ pub struct LinkDoc {
 
 /// A signed, expiring link to a released file (its requester only).
 #[utoipa::path(post, path = "/api/v1/exports/{id}/link", security(("bearer" = [])),
-    responses((status = 200, body = LinkDoc), (status = 403, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 200, body = LinkDoc), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)))]
 pub(crate) async fn link(
     State(s): State<S>,
     caller: Caller,
@@ -360,30 +355,32 @@ pub(crate) async fn link(
     }))
 }
 
-/// Parameters of a download link.
-#[derive(Debug, Deserialize)]
-pub(crate) struct DownloadQuery {
-    expires: i64,
-    signature: String,
-}
-
 /// Downloads a released file through its signed link; counted, audited
 /// with the file's SHA-256 (also sent as `x-pds-sha256`).
 #[utoipa::path(get, path = "/api/v1/exports/{id}/download", security(("bearer" = [])),
     params(("expires" = i64, Query, description = "from the link"), ("signature" = String, Query, description = "from the link")),
-    responses((status = 200, description = "the file"), (status = 403, body = ApiError)))]
+    responses((status = 200, description = "the file"), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)))]
 pub(crate) async fn download(
     State(s): State<S>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(q): Query<DownloadQuery>,
+    // A map of text, so that any malformed query gets this API's error.
+    Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Failure> {
+    let expires = q.get("expires").and_then(|e| e.parse::<i64>().ok());
+    let (Some(expires), Some(signature)) = (expires, q.get("signature").cloned()) else {
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "a download needs the expires and signature of a link (POST /api/v1/exports/{id}/link)",
+        ));
+    };
     let e = visible(&s, &caller, &id).await?;
     s.authorize(&caller.principal, &e.project_id)
         .await
         .map_err(gate_failure)?;
     let (e, bytes) = airlock(&s)?
-        .download(&id, &caller.principal.name, q.expires, &q.signature)
+        .download(&id, &caller.principal.name, expires, &signature)
         .await
         .map_err(airlock_failure)?;
     let media = match e.file_type.as_str() {
