@@ -108,6 +108,26 @@ impl Report {
             .join("\n")
     }
 
+    /// The report of a query result cut short at `max_rows` + 1 rows.
+    pub fn too_many_rows(name: &str, max_rows: u64, policy: &DisclosurePolicy) -> Report {
+        let mut r = Report {
+            file_type: None,
+            bytes: 0,
+            rows: None,
+            threshold: policy.threshold,
+            rounding: policy.rounding,
+            findings: Vec::new(),
+        };
+        r.add(
+            "rows",
+            Severity::Blocking,
+            format!(
+                "the result of {name} has more than {max_rows} rows ([airlock] max_rows): results leave as aggregates, not as data"
+            ),
+        );
+        r
+    }
+
     fn add(&mut self, check: &str, severity: Severity, message: String) {
         self.findings.push(Finding {
             check: check.into(),

@@ -261,11 +261,30 @@ impl Airlock<'_> {
             .map_err(|e| AirlockError::Invalid(e.to_string()))?;
         let (kind, statement, snapshot, file_name, bytes) = match &n.source {
             Source::Query { sql, format } => {
-                let rs = self
+                let mut rs = self
                     .gate
                     .execute(&n.requester, &Target::Project(n.project.clone()), sql)
                     .await?;
-                let (schema, batches) = rs.collect().await?;
+                let schema = rs.schema();
+                let mut batches = Vec::new();
+                let mut rows = 0u64;
+                while let Some(b) = rs.next_batch().await {
+                    let b = b?;
+                    rows += b.num_rows() as u64;
+                    batches.push(b);
+                    // Stop reading a result that cannot leave anyway.
+                    if rows > self.config.max_rows {
+                        rs.close().await?;
+                        let report =
+                            checks::Report::too_many_rows(&n.name, self.config.max_rows, &policy);
+                        let mut r =
+                            self.record(&n.requester, &n.project, "export.request", "refused");
+                        r.reason = Some(report.blocking_text());
+                        r.statement = Some(sql.clone());
+                        self.audit(r).await?;
+                        return Err(AirlockError::Checks(Box::new(report)));
+                    }
+                }
                 let bytes = encode(&schema, &batches, *format)?;
                 (
                     "query",

@@ -58,8 +58,10 @@ impl PatientKey {
     }
 }
 
-/// Where the patients of one aggregate go, for the query-set tracker.
-pub type PopulationSink = Arc<Mutex<HashSet<u64>>>;
+/// Where the patients of one aggregate go, for the query-set tracker: one
+/// set per condition (0: every patient of the aggregate; then those behind
+/// each filtered value).
+pub type PopulationSink = Arc<Mutex<Vec<HashSet<u64>>>>;
 
 /// `pds_contributors(patient, cond_1..cond_m, value_1..value_d)`: a list of
 /// `1 + m + d` numbers per group: distinct patients of the group, distinct
@@ -287,7 +289,16 @@ impl Accumulator for ContributorsAcc {
         if let Some(sink) = &self.sink
             && let Ok(mut s) = sink.lock()
         {
-            s.extend(self.patients.keys().copied());
+            if s.len() < 1 + self.conditions {
+                s.resize_with(1 + self.conditions, HashSet::new);
+            }
+            for (id, (mask, _)) in &self.patients {
+                for (b, set) in s.iter_mut().enumerate() {
+                    if mask & (1 << b) != 0 {
+                        set.insert(*id);
+                    }
+                }
+            }
         }
         Ok(ScalarValue::List(ScalarValue::new_list_nullable(
             &out.into_iter()

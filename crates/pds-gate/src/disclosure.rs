@@ -185,7 +185,19 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    async fn check_and_record(&self, patients: &HashSet<u64>, report: &Report) -> Result<()> {
+    async fn check_and_record(&self, populations: &[HashSet<u64>], report: &Report) -> Result<()> {
+        let mut seen = HashSet::new();
+        for p in populations {
+            // The same set twice (a value without its own condition) is
+            // checked once.
+            if seen.insert((p.len(), p.iter().fold(0u64, |a, x| a ^ x))) {
+                self.check_one(p, report).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn check_one(&self, patients: &HashSet<u64>, report: &Report) -> Result<()> {
         let t = self.policy.threshold;
         // A population under the threshold publishes nothing: every value
         // of it is withheld.
@@ -209,9 +221,11 @@ impl Tracker {
                 && d > 0
                 && (d as u64) < t
             {
+                // Neither the number of patients apart nor who ran the
+                // earlier statement: either would tell something.
                 return refuse(format!(
-                    "the population of this result differs from that of an earlier result of project {} (run by {} at {}) by {d} patient(s), fewer than the threshold of {t}: subtracting one from the other would describe them. Change the population by at least {t} patients (or run the earlier statement again unchanged)",
-                    self.project, e.principal, e.created_at
+                    "the population of a value of this result differs from that of an earlier result of project {} by fewer than the threshold of {t} patients: subtracting one from the other would describe them. Change the population by at least {t} patients (or run the earlier statement again unchanged)",
+                    self.project
                 ));
             }
         }
@@ -244,6 +258,9 @@ struct CellSpec {
     dominance: Option<usize>,
     /// A count: rounded under a rounding profile.
     count: bool,
+    /// Conditions inside the value (each side of every boolean in its
+    /// arguments): each must hold for no patient or for enough of them.
+    branches: Vec<usize>,
 }
 
 /// Everything the disclosure node needs about its aggregate.
@@ -467,13 +484,13 @@ impl ExecutionPlan for DisclosureExec {
             let batches: Vec<RecordBatch> = input.try_collect().await?;
             let batch = concat_batches(&input_schema, &batches)?;
             let out = spec.apply(&batch, &out_schema)?;
-            let patients = spec
+            let populations = spec
                 .sink
                 .lock()
                 .map(|s| s.clone())
                 .map_err(|_| DataFusionError::Internal("population poisoned".into()))?;
             spec.tracker
-                .check_and_record(&patients, &spec.report)
+                .check_and_record(&populations, &spec.report)
                 .await?;
             Ok(out)
         };
@@ -540,11 +557,10 @@ impl Spec {
                 for (k, slot) in v.iter_mut().enumerate().skip(1 + self.conditions) {
                     *slot = lists
                         .iter()
-                        .map(|l| {
-                            l.value(row)
-                                .as_primitive::<arrow::datatypes::Float64Type>()
-                                .value(k)
-                        })
+                        .filter(|l| l.is_valid(row))
+                        .map(|l| l.value(row))
+                        .filter(|v| v.len() == len)
+                        .map(|v| v.as_primitive::<arrow::datatypes::Float64Type>().value(k))
                         .fold(0.0, f64::max);
                 }
             }
@@ -574,7 +590,13 @@ impl Spec {
                 if !keep[row] {
                     continue;
                 }
-                if numbers[row][c.bit] < t {
+                // A side of a condition inside the value (CASE, a
+                // comparison) held by a few patients shapes the value too.
+                let small_branch = c.branches.iter().any(|b| {
+                    let p = numbers[row][*b];
+                    p > 0.0 && p < t
+                });
+                if numbers[row][c.bit] < t || small_branch {
                     mask[row] = true;
                     cells_small += 1;
                 }
@@ -664,7 +686,10 @@ impl Spec {
             sets.push(grouped);
             let mut v = Vec::with_capacity(dims);
             for c in 0..dims {
-                v.push(ScalarValue::try_from_array(batch.column(c), row)?.to_string());
+                v.push(format!(
+                    "{:?}",
+                    ScalarValue::try_from_array(batch.column(c), row)?
+                ));
             }
             values.push(v);
         }
@@ -693,21 +718,24 @@ impl Margins {
         for (r, s) in sets.iter().enumerate() {
             rows.insert(key(*s, &values[r]), r);
         }
-        let mut children: HashMap<(u64, Vec<String>), Vec<usize>> = HashMap::new();
-        for (r, s) in sets.iter().enumerate() {
-            for d in 0..dims {
-                if s & (1 << d) != 0 {
-                    let parent = key(s & !(1 << d), &values[r]);
-                    // Children along each dimension form their own group.
-                    let mut k = parent;
-                    k.1.push(format!("\u{0}dim{d}"));
-                    children.entry(k).or_default().push(r);
+        // A set S is the margin of a set T ⊃ S when no set in between is
+        // in the result (GROUPING SETS may skip levels: ((a, b), ())).
+        let present: std::collections::BTreeSet<u64> = sets.iter().copied().collect();
+        let mut children: HashMap<(u64, u64, Vec<String>), Vec<usize>> = HashMap::new();
+        for (r, t) in sets.iter().enumerate() {
+            for s in &present {
+                let proper = s & t == *s && s != t;
+                let between = present
+                    .iter()
+                    .any(|m| m != s && m != t && s & m == *s && m & t == *m);
+                if proper && !between {
+                    let (set, vals) = key(*s, &values[r]);
+                    children.entry((*t, set, vals)).or_default().push(r);
                 }
             }
         }
         let mut groups = Vec::new();
-        for ((set, mut vals), kids) in children {
-            vals.pop();
+        for ((_, set, vals), kids) in children {
             if let Some(p) = rows.get(&(set, vals)) {
                 groups.push((*p, kids));
             }
@@ -767,6 +795,9 @@ pub struct Rewriter<'a> {
     /// Per table, the view with the stored patient identifier as
     /// [`PATIENT_COLUMN`] (tables without patients are absent).
     pub patient_views: &'a HashMap<String, LogicalPlan>,
+    /// Tables about people whose rows carry no patient column, with the
+    /// parent and keys that attribute them.
+    pub unattributed: &'a HashMap<String, Link>,
     /// Per table, the columns shown as stored.
     pub plain: &'a HashMap<String, Vec<String>>,
     /// The patient hash key.
@@ -777,8 +808,34 @@ pub struct Rewriter<'a> {
     pub report: Arc<Report>,
     /// The query-set tracker.
     pub tracker: Arc<Tracker>,
-    /// Whether a view holds patients (the rewrite refuses to lose them).
+    /// Whether a plan reads a project view.
     pub reads_views: &'a dyn Fn(&LogicalPlan) -> bool,
+    /// Leave empty: what the rewrite tracks while it walks the plan.
+    pub state: RewriteState,
+}
+
+/// The parent table and join keys that attribute a table's rows to
+/// patients (`None`: nothing does).
+pub type Link = Option<(String, Vec<String>)>;
+
+/// What [`Rewriter`] tracks while it walks a plan.
+#[derive(Debug, Default)]
+pub struct RewriteState {
+    /// Scans of tables whose rows carry no patient and are not yet joined
+    /// to the parent that attributes them: (table, parent and keys).
+    pending: std::cell::RefCell<Vec<(String, Link)>>,
+    /// The table each hidden patient column comes from.
+    sources: std::cell::RefCell<HashMap<String, String>>,
+}
+
+fn is_patient_col(e: &Expr) -> bool {
+    match e {
+        Expr::Column(c) => is_patient_id(&c.name),
+        Expr::OuterReferenceColumn(_, c) => is_patient_id(&c.name),
+        Expr::Cast(c) => is_patient_col(&c.expr),
+        Expr::TryCast(c) => is_patient_col(&c.expr),
+        _ => false,
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -834,6 +891,60 @@ impl Rewriter<'_> {
         self.top(plan, true)
     }
 
+    /// Subqueries that decide which rows count: a filter that reads people
+    /// must work per patient (`BEN_NIR_PSA IN (SELECT ...)`, an `EXISTS`
+    /// correlated on the patient), or whether a row appears at all would
+    /// answer a question about a few people. Values computed by a
+    /// subquery below an aggregate would escape its control.
+    fn check_subqueries(&self, exprs: &[Expr], scalar_ok: bool) -> Result<()> {
+        let mut problem = None;
+        for e in exprs {
+            let _ = e.apply(|x| {
+                let bad = match x {
+                    Expr::ScalarSubquery(q) if !scalar_ok => (self.reads_views)(&q.subquery),
+                    Expr::Exists(ex) => {
+                        (self.reads_views)(&ex.subquery.subquery)
+                            && !ex.subquery.outer_ref_columns.iter().any(is_patient_col)
+                    }
+                    Expr::InSubquery(i) => {
+                        (self.reads_views)(&i.subquery.subquery) && !is_patient_col(&i.expr)
+                    }
+                    _ => false,
+                };
+                if bad {
+                    problem = Some(x.to_string());
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+            if problem.is_some() {
+                break;
+            }
+        }
+        match problem {
+            Some(_) => refuse(
+                "this project is aggregate-only: a subquery that reads people may only select patients (BEN_NIR_PSA IN (SELECT BEN_NIR_PSA ...), or EXISTS correlated on the patient identifier); otherwise whether a row appears, or a value computed beside the aggregate, would tell something about a few people",
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses if scans below the current point left rows that no patient
+    /// column attributes (a refinement table not joined to its parent).
+    fn attributed_since(&self, mark: usize) -> Result<()> {
+        let pending = self.state.pending.borrow();
+        match pending.get(mark..).and_then(|p| p.first()) {
+            None => Ok(()),
+            Some((table, Some((parent, keys)))) => refuse(format!(
+                "this project is aggregate-only, and the rows of {table} carry no patient identifier: join {table} to {parent} on {} so PDS can count the patients behind them",
+                keys.join(", ")
+            )),
+            Some((table, None)) => refuse(format!(
+                "this project is aggregate-only, and PDS cannot tell which patients the rows of {table} belong to"
+            )),
+        }
+    }
+
     fn subqueries(&self, e: Expr) -> Result<Expr> {
         e.transform(|x| match x {
             Expr::ScalarSubquery(mut s) => {
@@ -881,6 +992,8 @@ impl Rewriter<'_> {
                 Ok(LogicalPlan::Union(Union::try_new_with_loose_types(inputs)?))
             }
             LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => {
+                // DataFusion cannot run a subquery in VALUES anyway.
+                self.check_subqueries(&plan.expressions(), false)?;
                 if flag {
                     with_false_flag(plan)
                 } else {
@@ -893,6 +1006,7 @@ impl Rewriter<'_> {
             | LogicalPlan::Filter(_)
             | LogicalPlan::Window(_)
             | LogicalPlan::Distinct(Distinct::All(_))) => {
+                self.check_subqueries(&p.expressions(), true)?;
                 let exprs = p
                     .expressions()
                     .into_iter()
@@ -916,7 +1030,11 @@ impl Rewriter<'_> {
     /// node above it.
     fn aggregate(&self, a: Aggregate, flag: bool) -> Result<LogicalPlan> {
         let original_fields = a.schema.fields().len();
+        self.check_subqueries(&a.group_expr, false)?;
+        self.check_subqueries(&a.aggr_expr, false)?;
+        let mark = self.state.pending.borrow().len();
         let (input, hidden) = self.carry(unwrap(a.input))?;
+        self.attributed_since(mark)?;
         if hidden.is_empty() {
             // Nothing below reads patients (a referential): nothing to count.
             let agg = LogicalPlan::Aggregate(Aggregate::try_new(
@@ -958,7 +1076,9 @@ impl Rewriter<'_> {
                     .get_type(&schema)
                     .map(|t| t.is_numeric())
                     .unwrap_or(false);
-            if name == "sum" && numeric {
+            let order_or_count =
+                matches!(name.as_str(), "count" | "approx_distinct" | "min" | "max");
+            if !order_or_count && numeric {
                 let nz = cast_expr(args[0].clone(), DataType::Float64)
                     .not_eq(lit(ScalarValue::Float64(Some(0.0))));
                 cond = Some(match cond {
@@ -966,19 +1086,58 @@ impl Rewriter<'_> {
                     None => nz,
                 });
             }
-            let bit = match cond {
-                None => 0,
-                Some(c) => {
-                    let k = c.to_string();
-                    match conditions.iter().position(|(x, _)| *x == k) {
-                        Some(p) => p + 1,
-                        None => {
-                            conditions.push((k, c));
-                            conditions.len()
-                        }
+            let mut register = |c: Expr| {
+                let k = c.to_string();
+                match conditions.iter().position(|(x, _)| *x == k) {
+                    Some(p) => p + 1,
+                    None => {
+                        conditions.push((k, c));
+                        conditions.len()
                     }
                 }
             };
+            let bit = match cond {
+                None => 0,
+                Some(c) => register(c),
+            };
+            // Each side of every boolean inside the value (CASE WHEN,
+            // comparisons) is a subgroup the value depends on.
+            let mut booleans: Vec<Expr> = Vec::new();
+            for arg in &args {
+                let _ = arg.apply(|x| {
+                    if !matches!(x, Expr::Literal(..))
+                        && x.get_type(&schema).is_ok_and(|t| t == DataType::Boolean)
+                        && !booleans.contains(x)
+                    {
+                        booleans.push(x.clone());
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                });
+                // CASE x WHEN v THEN ...: the comparisons are implicit.
+                let _ = arg.apply(|x| {
+                    if let Expr::Case(c) = x
+                        && let Some(base) = &c.expr
+                    {
+                        for (w, _) in &c.when_then_expr {
+                            let cmp = (**base).clone().eq((**w).clone());
+                            if !booleans.contains(&cmp) {
+                                booleans.push(cmp);
+                            }
+                        }
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                });
+            }
+            let mut branches = Vec::new();
+            for b in booleans {
+                for side in [b.clone().is_true(), b.is_not_true()] {
+                    let side = match params.filter.as_deref() {
+                        Some(f) => f.clone().and(side),
+                        None => side,
+                    };
+                    branches.push(register(side));
+                }
+            }
             let dominance = if matches!(name.as_str(), "sum" | "avg" | "mean") && numeric {
                 let v = cast_expr(args[0].clone(), DataType::Float64);
                 let v = match params.filter.as_deref() {
@@ -995,6 +1154,7 @@ impl Rewriter<'_> {
                 bit,
                 dominance,
                 count: matches!(name.as_str(), "count" | "approx_distinct"),
+                branches,
             });
         }
         if conditions.len() > 62 {
@@ -1002,7 +1162,7 @@ impl Rewriter<'_> {
                 "this project is aggregate-only: a result may hold at most 62 differently filtered values; split the statement",
             );
         }
-        let sink: PopulationSink = Arc::new(Mutex::new(HashSet::new()));
+        let sink: PopulationSink = Arc::new(Mutex::new(Vec::new()));
         let mut aggr = a.aggr_expr.clone();
         for (j, h) in hidden.iter().enumerate() {
             let id = next_id();
@@ -1020,6 +1180,11 @@ impl Rewriter<'_> {
             aggr.push(udaf.call(args).alias(format!("__pds_contributors_{id}")));
         }
         let groups = grouping_set_to_exprlist(&a.group_expr)?.len();
+        if groups > 60 {
+            return refuse(
+                "this project is aggregate-only: a published aggregate may group by at most 60 columns",
+            );
+        }
         let is_set = matches!(a.group_expr.as_slice(), [Expr::GroupingSet(_)]);
         let agg = Aggregate::try_new(Arc::new(input), a.group_expr, aggr)?;
         let spec = Spec {
@@ -1069,9 +1234,21 @@ impl Rewriter<'_> {
                 let table = s.table_name.table().to_string();
                 let view = match self.patient_views.get(&table) {
                     Some(v) if is_view => v.clone(),
-                    _ => return Ok((LogicalPlan::TableScan(s), vec![])),
+                    _ => {
+                        if is_view && let Some(link) = self.unattributed.get(&table) {
+                            self.state
+                                .pending
+                                .borrow_mut()
+                                .push((table.clone(), link.clone()));
+                        }
+                        return Ok((LogicalPlan::TableScan(s), vec![]));
+                    }
                 };
                 let name = format!("{HIDDEN}{}", next_id());
+                self.state
+                    .sources
+                    .borrow_mut()
+                    .insert(name.clone(), table.clone());
                 let provider = Arc::new(PerimeterTable::new(
                     view,
                     self.plain.get(&table).cloned().unwrap_or_default(),
@@ -1096,6 +1273,7 @@ impl Rewriter<'_> {
                 Ok((plan, vec![name]))
             }
             LogicalPlan::Projection(p) => {
+                self.check_subqueries(&p.expr, false)?;
                 let (input, hidden) = self.carry(unwrap(p.input))?;
                 let mut exprs = p.expr;
                 for h in &hidden {
@@ -1117,8 +1295,55 @@ impl Rewriter<'_> {
                 use datafusion::logical_expr::JoinType::*;
                 let keep_left = !matches!(j.join_type, RightSemi | RightAnti | RightMark);
                 let keep_right = !matches!(j.join_type, LeftSemi | LeftAnti | LeftMark);
+                self.check_subqueries(&plan.expressions(), false)?;
+                let m0 = self.state.pending.borrow().len();
                 let (l, hl) = self.carry(unwrap(j.left.clone()))?;
+                let m1 = self.state.pending.borrow().len();
                 let (r, hr) = self.carry(unwrap(j.right.clone()))?;
+                {
+                    // A refinement table joined to its parent on all the
+                    // keys: its rows now have the parent's patient.
+                    let sources = self.state.sources.borrow();
+                    // Equalities of the join: `on` pairs, and those still in
+                    // its filter (SQL puts ON there until the optimiser runs).
+                    let mut pairs: Vec<(Expr, Expr)> = j.on.clone();
+                    if let Some(f) = &j.filter {
+                        for c in datafusion::logical_expr::utils::split_conjunction(f) {
+                            if let Expr::BinaryExpr(b) = c
+                                && b.op == datafusion::logical_expr::Operator::Eq
+                            {
+                                pairs.push((*b.left.clone(), *b.right.clone()));
+                            }
+                        }
+                    }
+                    let on_keys = |keys: &[String]| {
+                        keys.iter().all(|k| {
+                            pairs.iter().any(|(a, b)| {
+                                matches!((a, b), (Expr::Column(x), Expr::Column(y)) if &x.name == k && &y.name == k)
+                            })
+                        })
+                    };
+                    let has_parent = |hidden: &[String], parent: &str| {
+                        hidden
+                            .iter()
+                            .any(|h| sources.get(h).is_some_and(|t| t == parent))
+                    };
+                    let mut pending = self.state.pending.borrow_mut();
+                    let mut i = m0;
+                    while i < pending.len() {
+                        let other = if i < m1 { &hr } else { &hl };
+                        let side_dropped = (i < m1 && !keep_left) || (i >= m1 && !keep_right);
+                        let resolved = match &pending[i].1 {
+                            Some((parent, keys)) => has_parent(other, parent) && on_keys(keys),
+                            None => false,
+                        };
+                        if resolved || side_dropped {
+                            pending.remove(i);
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
                 let mut hidden = Vec::new();
                 if keep_left {
                     hidden.extend(hl);
@@ -1134,6 +1359,20 @@ impl Rewriter<'_> {
             | LogicalPlan::Limit(_)
             | LogicalPlan::Repartition(_)
             | LogicalPlan::Window(_)) => {
+                self.check_subqueries(&p.expressions(), false)?;
+                if let LogicalPlan::Window(w) = &p {
+                    // A window over several patients would hand each row a
+                    // value computed on others, beyond the aggregate's reach.
+                    let per_patient = w.window_expr.iter().all(|e| match e.clone().unalias() {
+                        Expr::WindowFunction(f) => f.params.partition_by.iter().any(is_patient_col),
+                        _ => false,
+                    });
+                    if !per_patient {
+                        return refuse(
+                            "this project is aggregate-only: a window function below the published aggregate must be PARTITION BY the patient identifier (BEN_NIR_PSA); otherwise each row would carry a value computed on other people",
+                        );
+                    }
+                }
                 let input = p
                     .inputs()
                     .first()
@@ -1144,7 +1383,11 @@ impl Rewriter<'_> {
                 Ok((p.with_new_exprs(exprs, vec![input])?, hidden))
             }
             LogicalPlan::Aggregate(a) => {
+                self.check_subqueries(&a.group_expr, false)?;
+                self.check_subqueries(&a.aggr_expr, false)?;
+                let mark = self.state.pending.borrow().len();
                 let (input, hidden) = self.carry(unwrap(a.input))?;
+                self.attributed_since(mark)?;
                 if hidden.is_empty() {
                     return Ok((
                         LogicalPlan::Aggregate(Aggregate::try_new(
@@ -1181,7 +1424,9 @@ impl Rewriter<'_> {
                 ))
             }
             LogicalPlan::Distinct(Distinct::All(input)) => {
+                let mark = self.state.pending.borrow().len();
                 let (input, hidden) = self.carry(unwrap(input))?;
+                self.attributed_since(mark)?;
                 if hidden.is_empty() {
                     return Ok((
                         LogicalPlan::Distinct(Distinct::All(Arc::new(input))),

@@ -154,6 +154,9 @@ struct ProjectViews {
     plain: HashMap<String, Vec<String>>,
     /// Columns showing a potential identifier at full precision.
     full_precision: HashSet<String>,
+    /// Tables about people whose rows carry no patient column: the parent
+    /// and keys that attribute them (`None`: they cannot be attributed).
+    unattributed: HashMap<String, Option<(String, Vec<String>)>>,
 }
 
 fn plain_columns(v: &ProjectViews, table: &str) -> Vec<String> {
@@ -312,6 +315,13 @@ fn reads_views(plan: &LogicalPlan) -> bool {
 /// expression). Counts of identifiers are aggregates, not identifiers.
 fn identifierish(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
+    // A window's output is named after its function, then its PARTITION BY
+    // and ORDER BY: only the function's own arguments say what it returns.
+    let name = [" PARTITION BY [", " ORDER BY ["]
+        .iter()
+        .filter_map(|m| name.find(m))
+        .min()
+        .map_or(name, |i| &name[..i]);
     !(lower.starts_with("count(") || lower.starts_with("approx_distinct("))
         && pds_snds::identifiers::PATIENT_ID_COLUMNS
             .iter()
@@ -319,10 +329,20 @@ fn identifierish(name: &str) -> bool {
 }
 
 fn identifier_refs(e: &Expr) -> Vec<String> {
-    e.column_refs()
-        .into_iter()
+    // A window partitioned or ordered by a patient returns a value of the
+    // patient's rows (a rank, a first date), not the identifier.
+    let refs = match e.clone().unalias() {
+        Expr::WindowFunction(w) => w
+            .params
+            .args
+            .iter()
+            .flat_map(|a| a.column_refs().into_iter().cloned().collect::<Vec<_>>())
+            .collect::<Vec<_>>(),
+        other => other.column_refs().into_iter().cloned().collect(),
+    };
+    refs.into_iter()
         .filter(|c| identifierish(&c.name))
-        .map(|c| c.name.clone())
+        .map(|c| c.name)
         .collect()
 }
 
@@ -357,6 +377,17 @@ fn aggregate_only(plan: &LogicalPlan, full: &HashSet<String>) -> Result<(), Stri
                     "this project is aggregate-only: the patient identifier {} cannot be renamed or transformed",
                     identifier_refs(&a.expr).join(", ")
                 )),
+                // Nor may something else take an identifier's name: inner
+                // aggregates grouped by it count as per patient.
+                Expr::Alias(a)
+                    if identifierish(&a.name)
+                        && !matches!(a.expr.as_ref(), Expr::Column(c) if c.name == a.name) =>
+                {
+                    Some(format!(
+                        "this project is aggregate-only: {} is the name of a patient identifier and cannot be given to another value",
+                        a.name
+                    ))
+                }
                 _ => None,
             }),
             _ => None,
@@ -654,6 +685,7 @@ impl Gate {
         let fingerprint = hex::encode(Sha256::digest(
             serde_json::json!({
                 "perimeter": project.perimeter, "snapshot": project.snapshot,
+                "mode": project.mode.as_str(),
                 "keys": key_rows.iter().map(|k| (k.version, k.created_at.clone(), k.retired_at.clone())).collect::<Vec<_>>(),
                 "cohort": hex::encode(Sha256::digest(cohort.join("\n"))),
             })
@@ -693,6 +725,7 @@ impl Gate {
                 let mut patient_plans = HashMap::new();
                 let mut plain = HashMap::new();
                 let mut full_precision = HashSet::new();
+                let mut unattributed = HashMap::new();
                 for t in &resolved.tables {
                     if !open.tables.iter().any(|(n, _)| n == &t.name) {
                         // A table without any file (no rows delivered) has no
@@ -724,8 +757,20 @@ impl Gate {
                                 sanitize(&e.to_string())
                             ))
                         })?;
-                        if let Some(with) = with {
-                            patient_plans.insert(t.name.clone(), with);
+                        match with {
+                            Some(with) => {
+                                patient_plans.insert(t.name.clone(), with);
+                            }
+                            None if pds_project::perimeter::family(&t.name).is_some() => {
+                                let link = match &t.rows {
+                                    pds_project::perimeter::RowFilter::Via { parent, keys } => {
+                                        Some((parent.clone(), keys.clone()))
+                                    }
+                                    _ => None,
+                                };
+                                unattributed.insert(t.name.clone(), link);
+                            }
+                            None => {}
                         }
                     }
                     full_precision.extend(
@@ -742,6 +787,7 @@ impl Gate {
                     patient_plans,
                     plain,
                     full_precision,
+                    unattributed,
                 });
                 if let Ok(mut m) = self.views.lock() {
                     m.insert(id.to_string(), v.clone());
@@ -1124,6 +1170,7 @@ impl Gate {
                 let r = Arc::new(disclosure::Report::new(&policy));
                 let rewriter = disclosure::Rewriter {
                     patient_views: &v.patient_plans,
+                    unattributed: &v.unattributed,
                     plain: &v.plain,
                     key: contributors::PatientKey::derive(self.keys.platform_key().expose()),
                     policy,
@@ -1137,6 +1184,7 @@ impl Gate {
                         lock: self.tracker_lock.clone(),
                     }),
                     reads_views: &reads_views,
+                    state: Default::default(),
                 };
                 report = Some(r);
                 rewriter.rewrite(plan).map_err(|e| {

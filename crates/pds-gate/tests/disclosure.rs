@@ -249,6 +249,34 @@ async fn small_cells_never_leave_whatever_is_counted() {
         .collect();
     assert!(!expected.is_empty());
     assert_eq!(map(&got, 1), expected);
+    // Patients are followed through UNION ALL (a procedure in two settings):
+    // each source counts its own patients, a small one is withheld.
+    let union = format!(
+        "SELECT src, count(DISTINCT BEN_NIR_PSA) AS n FROM ( \
+           SELECT 'claims' AS src, BEN_NIR_PSA FROM ER_PRS_F \
+           UNION ALL SELECT 'people', BEN_NIR_PSA FROM IR_BEN_R \
+           UNION ALL SELECT 'old', BEN_NIR_PSA FROM IR_BEN_R WHERE BEN_NAI_ANN = {y}) t GROUP BY 1 ORDER BY 1"
+    );
+    let (got, s) = agg(&g, &a, &union).await.unwrap();
+    let claims = one(&run(
+        &g,
+        "steward",
+        &op(),
+        "SELECT count(DISTINCT BEN_NIR_PSA) FROM ER_PRS_F",
+    )
+    .await
+    .unwrap());
+    let people = one(&run(
+        &g,
+        "steward",
+        &op(),
+        "SELECT count(DISTINCT BEN_NIR_PSA) FROM IR_BEN_R",
+    )
+    .await
+    .unwrap());
+    assert_eq!(strings(&got, 0), ["claims", "people"]);
+    assert_eq!(strings(&got, 1), [claims.to_string(), people.to_string()]);
+    assert_eq!(s.rows_suppressed, 1);
     // ... but an inner aggregate that is not per patient cannot be followed.
     let m = refused(
         &g,
@@ -294,6 +322,94 @@ async fn identifiers_and_exact_dates_are_refused_under_any_disguise() {
         let m = refused(&g, "alice", &a, sql).await;
         assert!(m.contains("aggregate-only"), "{sql}: {m}");
     }
+    // Rows of a table without a patient column must be joined to the
+    // parent that attributes them.
+    let m = refused(
+        &g,
+        "alice",
+        &a,
+        "SELECT PHA_PRS_C13, count(*) FROM ER_PHA_F GROUP BY 1",
+    )
+    .await;
+    assert!(m.contains("join ER_PHA_F to ER_PRS_F"), "{m}");
+    let y = want_small_year(&g).await;
+    for (sql, why) in [
+        // Whether a row appears would answer a question about a few people.
+        (format!("SELECT count(*) FROM IR_BEN_R WHERE EXISTS (SELECT 1 FROM IR_BEN_R b WHERE b.BEN_NAI_ANN = {y})"), "subquery"),
+        (format!("SELECT 1 AS x WHERE EXISTS (SELECT 1 FROM IR_BEN_R WHERE BEN_NAI_ANN = {y})"), "subquery"),
+        (format!("SELECT count(*) FROM IR_BEN_R WHERE BEN_SEX_COD IN (SELECT BEN_SEX_COD FROM IR_BEN_R WHERE BEN_NAI_ANN = {y})"), "subquery"),
+        // A window over several people hands each row a value of others.
+        (format!("SELECT max(c) FROM (SELECT sum(CASE WHEN BEN_NAI_ANN = {y} THEN 1 ELSE 0 END) OVER () AS c FROM IR_BEN_R) t"), "window"),
+        // Another value under an identifier's name.
+        ("SELECT BEN_NIR_PSA, count(*) FROM (SELECT BEN_SEX_COD AS BEN_NIR_PSA FROM IR_BEN_R) t GROUP BY 1".into(), "aggregate-only"),
+    ] {
+        let m = refused(&g, "alice", &a, &sql).await;
+        assert!(m.contains(why), "{sql}: {m}");
+    }
+    // Per-patient filters and windows are fine, and exact.
+    let women = one(&run(&g, "steward", &op(), "SELECT count(*) FROM ER_PRS_F WHERE BEN_NIR_PSA IN (SELECT BEN_NIR_PSA FROM IR_BEN_R WHERE BEN_SEX_COD = 2)").await.unwrap());
+    let (got, _) = agg(&g, &a, "SELECT count(*) FROM ER_PRS_F WHERE BEN_NIR_PSA IN (SELECT BEN_NIR_PSA FROM IR_BEN_R WHERE BEN_SEX_COD = 2)").await.unwrap();
+    assert_eq!(strings(&got, 0), [women.to_string()]);
+    let patients = one(&run(
+        &g,
+        "steward",
+        &op(),
+        "SELECT count(DISTINCT BEN_NIR_PSA) FROM ER_PRS_F",
+    )
+    .await
+    .unwrap());
+    let (got, _) = agg(
+        &g,
+        &a,
+        "SELECT count(*) FROM (SELECT BEN_NIR_PSA, row_number() OVER (PARTITION BY BEN_NIR_PSA ORDER BY EXE_SOI_DTD) AS rn FROM ER_PRS_F) t WHERE rn = 1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(strings(&got, 0), [patients.to_string()]);
+    // DCIR refinement rows joined on the nine keys count their claims' patients.
+    let keys = pds_snds::schema::DCIR_JOIN_KEYS
+        .iter()
+        .map(|k| format!("p.{k} = f.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let join = format!(
+        "SELECT count(DISTINCT p.BEN_NIR_PSA), sum(f.PHA_ACT_QSN) FROM ER_PRS_F p JOIN ER_PHA_F f ON {keys}"
+    );
+    let want = run(&g, "steward", &op(), &join).await.unwrap();
+    let (got, _) = agg(&g, &a, &join).await.unwrap();
+    assert_eq!(strings(&got, 0), strings(&want, 0));
+    assert_eq!(strings(&got, 1), strings(&want, 1));
+    // A value shaped by a small subgroup (an affine CASE) is withheld.
+    let by_sex = truth(
+        &g,
+        &format!("SELECT BEN_SEX_COD, 0 AS z, count(DISTINCT BEN_NIR_PSA) FILTER (WHERE BEN_NAI_ANN = {y}) FROM IR_BEN_R GROUP BY 1"),
+    )
+    .await;
+    let (got, _) = agg(
+        &g,
+        &a,
+        &format!("SELECT BEN_SEX_COD, avg(CASE WHEN BEN_NAI_ANN = {y} THEN 2 ELSE 1 END) AS v FROM IR_BEN_R GROUP BY 1"),
+    )
+    .await
+    .unwrap();
+    for (row, key) in strings(&got, 0).iter().enumerate() {
+        let few = by_sex.get(key).map_or(0, |(_, n)| *n);
+        assert_eq!(
+            strings(&got, 1)[row] == "NULL",
+            few > 0,
+            "{key}: {few} patients in the branch"
+        );
+    }
+    // A subquery in VALUES is refused (it would escape the aggregate's control).
+    let m = refused(
+        &g,
+        "alice",
+        &a,
+        &format!("VALUES ((SELECT count(*) FROM IR_BEN_R WHERE BEN_NAI_ANN = {y}))"),
+    )
+    .await;
+    assert!(m.contains("subquery"), "{m}");
+
     // A count of identifiers is an aggregate.
     let (got, _) = agg(&g, &a, "SELECT count(DISTINCT BEN_NIR_PSA) FROM ER_PRS_F")
         .await
@@ -404,7 +520,13 @@ async fn differencing_attacks_are_stopped() {
     assert_eq!(rows(&first), 1);
     let m = refused(&g, "alice", &a, &format!("{base} OR BEN_NAI_ANN = {y}")).await;
     assert!(
-        m.contains(&format!("by {few} patient(s)")) && m.contains("threshold of 10"),
+        m.contains("differs from that of an earlier result") && m.contains("threshold of 10"),
+        "{m}"
+    );
+    // The refusal tells neither how many patients apart nor who ran the
+    // earlier statement.
+    assert!(
+        !m.contains(&format!(" {few} ")) && !m.contains("alice"),
         "{m}"
     );
     // The same population again is fine (nothing new is learnt).
@@ -442,7 +564,19 @@ async fn differencing_attacks_are_stopped() {
         ),
     )
     .await;
-    assert!(m.contains("by 1 patient(s)"), "{m}");
+    assert!(m.contains("differs from that of an earlier result"), "{m}");
+    // ... nor through a filtered value of a larger result.
+    let m = refused(
+        &g,
+        "alice",
+        &a,
+        &format!(
+            "SELECT count(*) AS everyone, count(*) FILTER (WHERE BEN_NAI_ANN >= 1950 AND NOT (BEN_NAI_ANN = {} AND BEN_SEX_COD = {} AND BEN_RES_DPT = '{}')) AS nearly FROM IR_BEN_R",
+            parts[0], parts[1], parts[2]
+        ),
+    )
+    .await;
+    assert!(m.contains("differs from that of an earlier result"), "{m}");
 
     // --- the same attack inside one statement ---
     let m = refused(
@@ -505,21 +639,32 @@ async fn rounding_and_dominance() {
         s.notice()
     );
 
-    // --- dominance: one person's amounts make almost all of a sum ---
+    // --- dominance: a few patients make almost all of a sum ---
+    let (got, s) = agg(
+        &g,
+        &p("agg-free"),
+        "SELECT count(*) AS patients, sum(power(CAST(n AS DOUBLE), 20)) AS weight \
+         FROM (SELECT BEN_NIR_PSA, count(*) AS n FROM ER_PRS_F GROUP BY BEN_NIR_PSA) t",
+    )
+    .await
+    .unwrap();
+    assert_ne!(strings(&got, 0), ["NULL"]);
+    assert_eq!(strings(&got, 1), ["NULL"]);
+    assert_eq!(strings(&got, 2), ["true"]);
+    assert_eq!(s.cells_dominance, 1, "{s:?}");
+    // A value shaped by a rare subgroup is withheld as a small cell.
     let y = want_small_year(&g).await;
     let (got, s) = agg(
         &g,
         &p("agg-free"),
         &format!(
-            "SELECT BEN_SEX_COD, count(*) AS n, sum(CASE WHEN BEN_NAI_ANN = {y} THEN 1000000 ELSE 1 END) AS weight \
-             FROM IR_BEN_R GROUP BY 1"
+            "SELECT count(*) AS n, sum(CASE WHEN BEN_NAI_ANN = {y} THEN 1000000 ELSE 1 END) AS weight FROM IR_BEN_R"
         ),
     )
     .await
     .unwrap();
-    let weights = strings(&got, 2);
-    assert!(weights.iter().any(|w| w == "NULL"), "{weights:?}");
-    assert!(s.cells_dominance > 0, "{s:?}");
+    assert_eq!(strings(&got, 1), ["NULL"]);
+    assert_eq!(s.cells_suppressed, 1, "{s:?}");
     // Without the outlier, no sum is dominated.
     let (got, s) = agg(
         &g,

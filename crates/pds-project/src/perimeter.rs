@@ -388,7 +388,8 @@ fn year_of_table(name: &str) -> Option<u16> {
     generic_name(name).and_then(|(_, y)| y)
 }
 
-fn family(name: &str) -> Option<Family> {
+/// The SNDS family of a table (`None`: a referential, which holds no person).
+pub fn family(name: &str) -> Option<Family> {
     generic_name(name).map(|(s, _)| s.family)
 }
 
@@ -671,4 +672,40 @@ fn check_population(pred: &str, snapshot: &[TableInfo]) -> Result<(), ProjectErr
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disclosure_rules_come_from_the_profile_and_are_checked() {
+        let base = "[tables]\nIR_BEN_R = \"*\"\n";
+        let p = Perimeter::from_toml(base).unwrap();
+        let d = p.disclosure.policy().unwrap();
+        assert_eq!((d.threshold, d.rounding, d.dominance_n), (10, 1, 2));
+        assert!(d.track_populations);
+        let p = Perimeter::from_toml(&format!("{base}[disclosure]\nprofile = \"opensafely\"\n"))
+            .unwrap();
+        let d = p.disclosure.policy().unwrap();
+        assert_eq!((d.threshold, d.rounding), (8, 5));
+        let p = Perimeter::from_toml(&format!(
+            "{base}[disclosure]\nprofile = \"opensafely\"\nrounding = 10\n"
+        ))
+        .unwrap();
+        assert_eq!(p.disclosure.policy().unwrap().rounding, 10);
+        match Perimeter::from_toml(&format!("{base}[disclosure]\nthreshold = 1\n")) {
+            Err(ProjectError::Perimeter(m)) => {
+                assert!(
+                    m.contains("threshold = 1") && m.contains("2 to 1000"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Perimeter::from_toml(&format!("{base}[disclosure]\nthreshhold = 5\n")).is_err());
+        assert!(
+            Perimeter::from_toml(&format!("{base}[disclosure]\ndominance_percent = 20\n")).is_err()
+        );
+    }
 }
