@@ -617,12 +617,12 @@ impl Airlock<'_> {
         if e.requester != principal {
             return refuse(format!("export {id} is released to {} only", e.requester)).await;
         }
-        if !self.gate.catalog().count_download(id).await? {
-            return refuse(format!(
-                "export {id} is {} with {} of {} downloads used: nothing more can be fetched",
-                e.state, e.downloads, e.max_downloads
-            ))
-            .await;
+        let exhausted = format!(
+            "export {id} is {} with {} of {} downloads used: nothing more can be fetched",
+            e.state, e.downloads, e.max_downloads
+        );
+        if e.state != "released" || e.downloads >= e.max_downloads {
+            return refuse(exhausted).await;
         }
         let stored = self
             .storage
@@ -657,6 +657,11 @@ impl Airlock<'_> {
             return Err(AirlockError::Storage(format!(
                 "the file of export {id} no longer has its recorded SHA-256"
             )));
+        }
+        // Counted once the file is known good; the conditional update
+        // settles a race between two downloads of the last one.
+        if !self.gate.catalog().count_download(id).await? {
+            return refuse(exhausted).await;
         }
         let e = self.get(id).await?;
         let mut r = self.record(principal, &e.project_id, "export.download", "allowed");

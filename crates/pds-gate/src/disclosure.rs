@@ -961,6 +961,8 @@ impl Rewriter<'_> {
     fn top(&self, plan: LogicalPlan, flag: bool) -> Result<LogicalPlan> {
         match plan {
             LogicalPlan::Projection(p) => {
+                // `SELECT EXISTS (...)` would publish a yes or no about a few.
+                self.check_subqueries(&p.expr, true)?;
                 let input = self.top(unwrap(p.input), flag)?;
                 let mut exprs = p
                     .expr

@@ -338,6 +338,7 @@ async fn identifiers_and_exact_dates_are_refused_under_any_disguise() {
         (format!("SELECT count(*) FROM IR_BEN_R WHERE EXISTS (SELECT 1 FROM IR_BEN_R b WHERE b.BEN_NAI_ANN = {y})"), "subquery"),
         (format!("SELECT 1 AS x WHERE EXISTS (SELECT 1 FROM IR_BEN_R WHERE BEN_NAI_ANN = {y})"), "subquery"),
         (format!("SELECT count(*) FROM IR_BEN_R WHERE BEN_SEX_COD IN (SELECT BEN_SEX_COD FROM IR_BEN_R WHERE BEN_NAI_ANN = {y})"), "subquery"),
+        (format!("SELECT EXISTS (SELECT 1 FROM IR_BEN_R WHERE BEN_NAI_ANN = {y}) AS anyone"), "subquery"),
         // A window over several people hands each row a value of others.
         (format!("SELECT max(c) FROM (SELECT sum(CASE WHEN BEN_NAI_ANN = {y} THEN 1 ELSE 0 END) OVER () AS c FROM IR_BEN_R) t"), "window"),
         // Another value under an identifier's name.
