@@ -58,6 +58,37 @@ impl PatientKey {
     }
 }
 
+/// Patients are already keyed hashes, uniformly spread: the maps use them
+/// as they are instead of hashing them again.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyedBuild;
+
+/// The hasher of [`KeyedBuild`].
+#[derive(Debug, Default)]
+pub struct KeyedHasher(u64);
+
+impl Hasher for KeyedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+impl std::hash::BuildHasher for KeyedBuild {
+    type Hasher = KeyedHasher;
+    fn build_hasher(&self) -> KeyedHasher {
+        KeyedHasher(0)
+    }
+}
+
 /// Where the patients of one aggregate go, for the query-set tracker: one
 /// set per condition (0: every patient of the aggregate; then those behind
 /// each filtered value).
@@ -141,7 +172,7 @@ impl AggregateUDFImpl for Contributors {
             values: self.values,
             top_n: self.top_n,
             sink: self.sink.clone(),
-            patients: HashMap::new(),
+            patients: HashMap::default(),
             sums: Vec::new(),
         }))
     }
@@ -163,7 +194,7 @@ struct ContributorsAcc {
     values: usize,
     top_n: usize,
     sink: Option<PopulationSink>,
-    patients: HashMap<u64, (u64, usize)>,
+    patients: HashMap<u64, (u64, usize), KeyedBuild>,
     sums: Vec<f64>,
 }
 
@@ -254,8 +285,9 @@ impl Accumulator for ContributorsAcc {
                     mask |= 1 << (i + 1);
                 }
             }
-            let (m, at) = *self.entry(id);
-            self.patients.insert(id, (m | mask, at));
+            let e = self.entry(id);
+            e.0 |= mask;
+            let at = e.1;
             for (j, v) in vals.iter().enumerate() {
                 if v.is_valid(row) {
                     self.sums[at + j] += v.value(row);
@@ -362,8 +394,9 @@ impl Accumulator for ContributorsAcc {
                 ));
             }
             for i in 0..ids.len() {
-                let (m, at) = *self.entry(ids.value(i));
-                self.patients.insert(ids.value(i), (m | masks.value(i), at));
+                let e = self.entry(ids.value(i));
+                e.0 |= masks.value(i);
+                let at = e.1;
                 for j in 0..self.values {
                     self.sums[at + j] += sums.value(i * self.values + j);
                 }
