@@ -127,6 +127,16 @@ fn export_from(r: &sqlx::any::AnyRow) -> Result<ExportRow, sqlx::Error> {
     })
 }
 
+fn review_from(r: &sqlx::any::AnyRow) -> Result<ReviewRow, sqlx::Error> {
+    Ok(ReviewRow {
+        request_id: r.try_get("request_id")?,
+        reviewer: r.try_get("reviewer")?,
+        decision: r.try_get("decision")?,
+        comment: r.try_get("comment")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
 impl Catalog {
     /// Records the population of a published aggregate.
     pub async fn add_population(&self, p: &PopulationRow) -> Result<(), CatalogError> {
@@ -254,15 +264,7 @@ impl Catalog {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok(ReviewRow {
-                    request_id: r.try_get("request_id")?,
-                    reviewer: r.try_get("reviewer")?,
-                    decision: r.try_get("decision")?,
-                    comment: r.try_get("comment")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
+            .map(review_from)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
     }
@@ -306,15 +308,7 @@ impl Catalog {
         .await?;
         let reviews = rows
             .iter()
-            .map(|x| {
-                Ok(ReviewRow {
-                    request_id: x.try_get("request_id")?,
-                    reviewer: x.try_get("reviewer")?,
-                    decision: x.try_get("decision")?,
-                    comment: x.try_get("comment")?,
-                    created_at: x.try_get("created_at")?,
-                })
-            })
+            .map(review_from)
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let state = next(&reviews);
         let released = (state == "released").then(crate::now);
