@@ -9,10 +9,13 @@
 //! held by its largest contributors (the dominance rule). It also hands the
 //! set of every patient it saw to the statement's query-set tracker.
 //!
-//! Patients are keyed 64-bit hashes (SipHash-1-3 under a key derived from
-//! the platform key) of the stored platform pseudonym: no project
-//! pseudonym has to be computed, and nothing that leaves the gate names a
-//! patient.
+//! It is a vectorised [`GroupsAccumulator`]: one hash table of (group,
+//! patient) pairs for all groups, rows hashed a batch at a time with a fast
+//! hash of the stored identifier. The population handed to the tracker is
+//! made of keyed 64-bit hashes (SipHash-1-3 under a key derived from the
+//! platform key) of the stored platform pseudonym, computed once per new
+//! pair: no project pseudonym has to be computed, and nothing that leaves
+//! the gate names a patient.
 //!
 //! [`Iblt`] is the invertible Bloom lookup table the tracker keeps of each
 //! published population: subtracting two of them and peeling the result
@@ -26,9 +29,12 @@ use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, ListArr
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::ScalarValue;
+use datafusion::common::hash_utils::{QualityRandomState, create_hashes};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
+};
 
 /// The keyed hash of patients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -166,18 +172,20 @@ impl AggregateUDFImpl for Contributors {
         ))))
     }
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(ContributorsAcc {
-            key: self.key,
-            conditions: self.conditions,
-            values: self.values,
-            top_n: self.top_n,
-            sink: self.sink.clone(),
-            patients: HashMap::default(),
-            sums: Vec::new(),
-        }))
+        Ok(Box::new(ContributorsAcc(self.groups())))
+    }
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+    fn create_groups_accumulator(
+        &self,
+        _args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(self.groups()))
     }
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         Ok(vec![
+            list_field(&format!("{}[rows]", args.name), DataType::UInt64),
             list_field(&format!("{}[patients]", args.name), DataType::UInt64),
             list_field(&format!("{}[masks]", args.name), DataType::UInt64),
             list_field(&format!("{}[sums]", args.name), DataType::Float64),
@@ -185,224 +193,532 @@ impl AggregateUDFImpl for Contributors {
     }
 }
 
-/// Per group: patient → (bit mask of the conditions it met, index of its
-/// sums in `sums`).
+impl Contributors {
+    #[cfg(test)]
+    fn accumulator_for_tests(&self) -> ContributorsAcc {
+        ContributorsAcc(self.groups())
+    }
+
+    fn groups(&self) -> ContributorsGroups {
+        ContributorsGroups {
+            key: self.key,
+            rows: QualityRandomState::with_seed(self.key.0 ^ self.key.1.rotate_left(32)),
+            conditions: self.conditions,
+            values: self.values,
+            top_n: self.top_n,
+            sink: self.sink.clone(),
+            map: HashMap::default(),
+            group_of: Vec::new(),
+            row_hash: Vec::new(),
+            patient: Vec::new(),
+            masks: Vec::new(),
+            sums: Vec::new(),
+            groups: 0,
+            buffer: Vec::new(),
+        }
+    }
+}
+
+/// One (group, patient) pair of [`ContributorsGroups`]. `row` is the fast
+/// hash of the stored identifier, the same in every partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pair {
+    group: usize,
+    row: u64,
+}
+
+impl std::hash::Hash for Pair {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // `row` is already uniformly spread; mixing the group in by a
+        // multiplication keeps pairs of one patient in different groups apart.
+        state.write_u64(self.row ^ (self.group as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    }
+}
+
+/// The state of every group at once: one hash table of (group, patient)
+/// pairs, one lookup per row, and the pairs' data in flat vectors.
+///
+/// Rows are told apart by a fast 64-bit hash of the identifier (computed
+/// a batch at a time); the keyed SipHash the tracker needs is computed
+/// once per new pair, not once per row. Two patients sharing a fast hash
+/// would be counted as one: fewer patients, so more is withheld, never
+/// less.
 #[derive(Debug)]
-struct ContributorsAcc {
+pub struct ContributorsGroups {
     key: PatientKey,
+    rows: QualityRandomState,
     conditions: usize,
     values: usize,
     top_n: usize,
     sink: Option<PopulationSink>,
-    patients: HashMap<u64, (u64, usize), KeyedBuild>,
+    map: HashMap<Pair, usize, KeyedBuild>,
+    group_of: Vec<usize>,
+    row_hash: Vec<u64>,
+    patient: Vec<u64>,
+    masks: Vec<u64>,
     sums: Vec<f64>,
+    groups: usize,
+    buffer: Vec<u64>,
 }
 
-impl ContributorsAcc {
-    fn entry(&mut self, patient: u64) -> &mut (u64, usize) {
-        let values = self.values;
-        let sums = &mut self.sums;
-        self.patients.entry(patient).or_insert_with(|| {
-            let at = sums.len();
-            sums.resize(at + values, 0.0);
-            (1, at)
+/// The stored patient identifiers of a batch.
+enum Ids<'a> {
+    Utf8(&'a arrow::array::StringArray),
+    LargeUtf8(&'a arrow::array::LargeStringArray),
+    Utf8View(&'a arrow::array::StringViewArray),
+    Int64(&'a arrow::array::Int64Array),
+    Int32(&'a arrow::array::Int32Array),
+    UInt64(&'a UInt64Array),
+}
+
+impl<'a> Ids<'a> {
+    fn new(a: &'a ArrayRef) -> Result<Ids<'a>> {
+        use arrow::datatypes::{Int32Type, Int64Type, UInt64Type};
+        Ok(match a.data_type() {
+            DataType::Utf8 => Ids::Utf8(a.as_string::<i32>()),
+            DataType::LargeUtf8 => Ids::LargeUtf8(a.as_string::<i64>()),
+            DataType::Utf8View => Ids::Utf8View(a.as_string_view()),
+            DataType::Int64 => Ids::Int64(a.as_primitive::<Int64Type>()),
+            DataType::Int32 => Ids::Int32(a.as_primitive::<Int32Type>()),
+            DataType::UInt64 => Ids::UInt64(a.as_primitive::<UInt64Type>()),
+            other => {
+                return Err(DataFusionError::Internal(format!(
+                    "patient identifiers of type {other} cannot be counted"
+                )));
+            }
         })
     }
-}
 
-/// The keyed hashes of a column of stored patient identifiers (`None`:
-/// no patient on that row).
-fn hashes(key: PatientKey, a: &ArrayRef) -> Result<Vec<Option<u64>>> {
-    let n = a.len();
-    let mut out = Vec::with_capacity(n);
-    match a.data_type() {
-        DataType::Utf8 => {
-            let s = a.as_string::<i32>();
-            for i in 0..n {
-                out.push(s.is_valid(i).then(|| key.hash(s.value(i).as_bytes())));
-            }
-        }
-        DataType::LargeUtf8 => {
-            let s = a.as_string::<i64>();
-            for i in 0..n {
-                out.push(s.is_valid(i).then(|| key.hash(s.value(i).as_bytes())));
-            }
-        }
-        DataType::Utf8View => {
-            let s = a.as_string_view();
-            for i in 0..n {
-                out.push(s.is_valid(i).then(|| key.hash(s.value(i).as_bytes())));
-            }
-        }
-        other => {
-            return Err(DataFusionError::Internal(format!(
-                "patient identifiers of type {other} cannot be counted"
-            )));
+    fn keyed(&self, key: PatientKey, i: usize) -> u64 {
+        match self {
+            Ids::Utf8(s) => key.hash(s.value(i).as_bytes()),
+            Ids::LargeUtf8(s) => key.hash(s.value(i).as_bytes()),
+            Ids::Utf8View(s) => key.hash(s.value(i).as_bytes()),
+            Ids::Int64(s) => key.hash(&s.value(i).to_le_bytes()),
+            Ids::Int32(s) => key.hash(&i64::from(s.value(i)).to_le_bytes()),
+            Ids::UInt64(s) => key.hash(&s.value(i).to_le_bytes()),
         }
     }
-    Ok(out)
 }
 
-fn list_values(a: &ArrayRef, row: usize) -> Result<ArrayRef> {
-    let l = a
-        .as_any()
-        .downcast_ref::<ListArray>()
-        .ok_or_else(|| DataFusionError::Internal("contributors state is not a list".into()))?;
-    Ok(l.value(row))
+fn downcast<'a, T: 'static>(a: &'a ArrayRef, what: &str) -> Result<&'a T> {
+    a.as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| DataFusionError::Internal(format!("contributors {what}")))
 }
 
-impl Accumulator for ContributorsAcc {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let want = 1 + self.conditions + self.values;
+/// The values of a list column and where each row's list starts.
+fn list_parts<'a>(a: &'a ArrayRef, what: &str) -> Result<(&'a [i32], &'a ArrayRef)> {
+    let l = downcast::<ListArray>(a, what)?;
+    Ok((l.value_offsets(), l.values()))
+}
+
+fn lists(values: ArrayRef, lengths: impl IntoIterator<Item = usize>) -> ArrayRef {
+    let item = values.data_type().clone();
+    Arc::new(ListArray::new(
+        Arc::new(Field::new_list_field(item, true)),
+        OffsetBuffer::from_lengths(lengths),
+        values,
+        None,
+    ))
+}
+
+impl ContributorsGroups {
+    /// A new, empty accumulator with the same parameters.
+    fn empty_like(&self) -> ContributorsGroups {
+        ContributorsGroups {
+            key: self.key,
+            rows: self.rows.clone(),
+            conditions: self.conditions,
+            values: self.values,
+            top_n: self.top_n,
+            sink: self.sink.clone(),
+            map: HashMap::default(),
+            group_of: Vec::new(),
+            row_hash: Vec::new(),
+            patient: Vec::new(),
+            masks: Vec::new(),
+            sums: Vec::new(),
+            groups: 0,
+            buffer: Vec::new(),
+        }
+    }
+
+    fn width(&self) -> usize {
+        1 + self.conditions + self.values
+    }
+
+    /// The index of the pair, created with `patient` (computed only then)
+    /// when it is new.
+    fn pair(&mut self, group: usize, row: u64, patient: impl FnOnce() -> u64) -> usize {
+        let values = self.values;
+        match self.map.entry(Pair { group, row }) {
+            std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let at = self.group_of.len();
+                self.group_of.push(group);
+                self.row_hash.push(row);
+                self.patient.push(patient());
+                self.masks.push(0);
+                self.sums.resize(self.sums.len() + values, 0.0);
+                v.insert(at);
+                at
+            }
+        }
+    }
+
+    fn emitted(&self, emit_to: EmitTo) -> usize {
+        match emit_to {
+            EmitTo::All => self.groups,
+            EmitTo::First(n) => n.min(self.groups),
+        }
+    }
+
+    /// The numbers of groups `0..n`: per group `1 + m + d` values (see
+    /// [`Contributors`]), and the patients of each condition to the sink.
+    fn numbers(&self, n: usize) -> Result<ArrayRef> {
+        let width = self.width();
+        let (m, d, top_n) = (self.conditions, self.values, self.top_n.max(1));
+        let mut out = vec![0f64; n * width];
+        let mut totals = vec![0f64; n * d];
+        // Per group and value, the `top_n` largest contributions, largest first.
+        let mut tops = vec![0f64; n * d * top_n];
+        for (i, &g) in self.group_of.iter().enumerate() {
+            if g >= n {
+                continue;
+            }
+            let mask = self.masks[i];
+            let slots = &mut out[g * width..g * width + 1 + m];
+            for (b, slot) in slots.iter_mut().enumerate() {
+                if mask & (1 << b) != 0 {
+                    *slot += 1.0;
+                }
+            }
+            for j in 0..d {
+                let v = self.sums[i * d + j].abs();
+                if v > 0.0 {
+                    totals[g * d + j] += v;
+                    let top = &mut tops[(g * d + j) * top_n..(g * d + j + 1) * top_n];
+                    if v > top[top_n - 1] {
+                        let mut k = top_n - 1;
+                        while k > 0 && top[k - 1] < v {
+                            top[k] = top[k - 1];
+                            k -= 1;
+                        }
+                        top[k] = v;
+                    }
+                }
+            }
+        }
+        for g in 0..n {
+            for j in 0..d {
+                let total = totals[g * d + j];
+                let top: f64 = tops[(g * d + j) * top_n..(g * d + j + 1) * top_n]
+                    .iter()
+                    .take(self.top_n)
+                    .sum();
+                out[g * width + 1 + m + j] = if total > 0.0 { top / total } else { 0.0 };
+            }
+        }
+        if let Some(sink) = &self.sink {
+            let mut s = sink
+                .lock()
+                .map_err(|_| DataFusionError::Internal("population poisoned".into()))?;
+            if s.len() < 1 + m {
+                s.resize_with(1 + m, HashSet::new);
+            }
+            for (i, &g) in self.group_of.iter().enumerate() {
+                if g >= n {
+                    continue;
+                }
+                let mask = self.masks[i];
+                for (b, set) in s.iter_mut().enumerate() {
+                    if mask & (1 << b) != 0 {
+                        set.insert(self.patient[i]);
+                    }
+                }
+            }
+        }
+        Ok(lists(
+            Arc::new(Float64Array::from(out)),
+            std::iter::repeat_n(width, n),
+        ))
+    }
+
+    /// The state of groups `0..n`: per group the lists of its pairs.
+    fn state_of(&self, n: usize) -> Vec<ArrayRef> {
+        let d = self.values;
+        let mut per_group = vec![0usize; n];
+        for &g in &self.group_of {
+            if g < n {
+                per_group[g] += 1;
+            }
+        }
+        // Counting sort of the pairs by group.
+        let mut start = Vec::with_capacity(n);
+        let mut at = 0;
+        for c in &per_group {
+            start.push(at);
+            at += c;
+        }
+        let mut rows = vec![0u64; at];
+        let mut patients = vec![0u64; at];
+        let mut masks = vec![0u64; at];
+        let mut sums = vec![0f64; at * d];
+        for (i, &g) in self.group_of.iter().enumerate() {
+            if g >= n {
+                continue;
+            }
+            let k = start[g];
+            start[g] += 1;
+            rows[k] = self.row_hash[i];
+            patients[k] = self.patient[i];
+            masks[k] = self.masks[i];
+            sums[k * d..(k + 1) * d].copy_from_slice(&self.sums[i * d..(i + 1) * d]);
+        }
+        vec![
+            lists(Arc::new(UInt64Array::from(rows)), per_group.iter().copied()),
+            lists(
+                Arc::new(UInt64Array::from(patients)),
+                per_group.iter().copied(),
+            ),
+            lists(
+                Arc::new(UInt64Array::from(masks)),
+                per_group.iter().copied(),
+            ),
+            lists(
+                Arc::new(Float64Array::from(sums)),
+                per_group.iter().map(|c| c * d),
+            ),
+        ]
+    }
+
+    /// Forgets groups `0..n` and renumbers the others from 0.
+    fn drop_first(&mut self, n: usize) {
+        if n >= self.groups {
+            self.map.clear();
+            self.group_of.clear();
+            self.row_hash.clear();
+            self.patient.clear();
+            self.masks.clear();
+            self.sums.clear();
+            self.groups = 0;
+            return;
+        }
+        let d = self.values;
+        let mut w = 0;
+        for i in 0..self.group_of.len() {
+            if self.group_of[i] < n {
+                continue;
+            }
+            self.group_of[w] = self.group_of[i] - n;
+            self.row_hash[w] = self.row_hash[i];
+            self.patient[w] = self.patient[i];
+            self.masks[w] = self.masks[i];
+            self.sums.copy_within(i * d..(i + 1) * d, w * d);
+            w += 1;
+        }
+        self.group_of.truncate(w);
+        self.row_hash.truncate(w);
+        self.patient.truncate(w);
+        self.masks.truncate(w);
+        self.sums.truncate(w * d);
+        self.map.clear();
+        for i in 0..w {
+            self.map.insert(
+                Pair {
+                    group: self.group_of[i],
+                    row: self.row_hash[i],
+                },
+                i,
+            );
+        }
+        self.groups -= n;
+    }
+}
+
+impl GroupsAccumulator for ContributorsGroups {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        let want = self.width();
         if values.len() != want {
             return Err(DataFusionError::Internal(format!(
                 "pds_contributors takes {want} arguments, got {}",
                 values.len()
             )));
         }
-        let ids = hashes(self.key, &values[0])?;
+        self.groups = self.groups.max(total_num_groups);
+        let n = values[0].len();
+        let ids = Ids::new(&values[0])?;
         let conds: Vec<&BooleanArray> = values[1..1 + self.conditions]
             .iter()
-            .map(|a| {
-                a.as_any().downcast_ref::<BooleanArray>().ok_or_else(|| {
-                    DataFusionError::Internal("contributors condition is not boolean".into())
-                })
-            })
+            .map(|a| downcast::<BooleanArray>(a, "condition is not boolean"))
             .collect::<Result<_>>()?;
         let vals: Vec<&Float64Array> = values[1 + self.conditions..]
             .iter()
-            .map(|a| {
-                a.as_any().downcast_ref::<Float64Array>().ok_or_else(|| {
-                    DataFusionError::Internal("contributors value is not a double".into())
-                })
-            })
+            .map(|a| downcast::<Float64Array>(a, "value is not a double"))
             .collect::<Result<_>>()?;
-        for (row, id) in ids.into_iter().enumerate() {
-            let Some(id) = id else { continue };
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.clear();
+        buffer.resize(n, 0);
+        create_hashes([&values[0]], &self.rows, &mut buffer)?;
+        let key = self.key;
+        let patients = values[0].as_ref();
+        for (row, &group) in group_indices.iter().enumerate().take(n) {
+            if patients.is_null(row) {
+                continue;
+            }
+            if let Some(f) = opt_filter
+                && !(f.is_valid(row) && f.value(row))
+            {
+                continue;
+            }
             let mut mask = 1u64;
             for (i, c) in conds.iter().enumerate() {
                 if c.is_valid(row) && c.value(row) {
                     mask |= 1 << (i + 1);
                 }
             }
-            let e = self.entry(id);
-            e.0 |= mask;
-            let at = e.1;
+            let at = self.pair(group, buffer[row], || ids.keyed(key, row));
+            self.masks[at] |= mask;
+            let d = self.values;
             for (j, v) in vals.iter().enumerate() {
                 if v.is_valid(row) {
-                    self.sums[at + j] += v.value(row);
+                    self.sums[at * d + j] += v.value(row);
+                }
+            }
+        }
+        self.buffer = buffer;
+        Ok(())
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let n = self.emitted(emit_to);
+        let out = self.numbers(n)?;
+        self.drop_first(n);
+        Ok(out)
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        let n = self.emitted(emit_to);
+        let out = self.state_of(n);
+        self.drop_first(n);
+        Ok(out)
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        if values.len() != 4 {
+            return Err(DataFusionError::Internal(
+                "contributors state has four parts".into(),
+            ));
+        }
+        self.groups = self.groups.max(total_num_groups);
+        let (offsets, rows) = list_parts(&values[0], "state is not a list")?;
+        let (_, patients) = list_parts(&values[1], "state is not a list")?;
+        let (_, masks) = list_parts(&values[2], "state is not a list")?;
+        let (sum_offsets, sums) = list_parts(&values[3], "state is not a list")?;
+        let rows = downcast::<UInt64Array>(rows, "state rows are not numbers")?;
+        let patients = downcast::<UInt64Array>(patients, "state patients are not numbers")?;
+        let masks = downcast::<UInt64Array>(masks, "state masks are not numbers")?;
+        let sums = downcast::<Float64Array>(sums, "state sums are not numbers")?;
+        let d = self.values;
+        let lists = downcast::<ListArray>(&values[0], "state is not a list")?;
+        if patients.len() != rows.len()
+            || masks.len() != rows.len()
+            || sums.len() != rows.len() * d
+            || offsets.len() != group_indices.len() + 1
+        {
+            return Err(DataFusionError::Internal(
+                "contributors state parts differ in length".into(),
+            ));
+        }
+        for (r, &group) in group_indices.iter().enumerate() {
+            if lists.is_null(r) {
+                continue;
+            }
+            let (from, to) = (offsets[r] as usize, offsets[r + 1] as usize);
+            let sums_from = sum_offsets[r] as usize;
+            for i in from..to {
+                let at = self.pair(group, rows.value(i), || patients.value(i));
+                self.masks[at] |= masks.value(i);
+                for j in 0..d {
+                    self.sums[at * d + j] += sums.value(sums_from + (i - from) * d + j);
                 }
             }
         }
         Ok(())
     }
 
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        let mut out = vec![0f64; 1 + self.conditions + self.values];
-        for (mask, _) in self.patients.values() {
-            for (b, slot) in out.iter_mut().take(1 + self.conditions).enumerate() {
-                if mask & (1 << b) != 0 {
-                    *slot += 1.0;
-                }
-            }
-        }
-        for j in 0..self.values {
-            let mut contributions: Vec<f64> = self
-                .patients
-                .values()
-                .map(|(_, at)| self.sums[at + j].abs())
-                .filter(|v| *v > 0.0)
-                .collect();
-            let total: f64 = contributions.iter().sum();
-            contributions.sort_by(|a, b| b.total_cmp(a));
-            let top: f64 = contributions.iter().take(self.top_n).sum();
-            out[1 + self.conditions + j] = if total > 0.0 { top / total } else { 0.0 };
-        }
-        if let Some(sink) = &self.sink
-            && let Ok(mut s) = sink.lock()
-        {
-            if s.len() < 1 + self.conditions {
-                s.resize_with(1 + self.conditions, HashSet::new);
-            }
-            for (id, (mask, _)) in &self.patients {
-                for (b, set) in s.iter_mut().enumerate() {
-                    if mask & (1 << b) != 0 {
-                        set.insert(*id);
-                    }
-                }
-            }
-        }
-        Ok(ScalarValue::List(ScalarValue::new_list_nullable(
-            &out.into_iter()
-                .map(|v| ScalarValue::Float64(Some(v)))
-                .collect::<Vec<_>>(),
-            &DataType::Float64,
-        )))
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        // Every row its own group: one pair, or none when the row has no
+        // patient or is filtered out.
+        let mut one = ContributorsGroups {
+            sink: None,
+            ..self.empty_like()
+        };
+        let n = values.first().map_or(0, |a| a.len());
+        let groups: Vec<usize> = (0..n).collect();
+        one.update_batch(values, &groups, opt_filter, n)?;
+        Ok(one.state_of(n))
     }
 
     fn size(&self) -> usize {
         std::mem::size_of_val(self)
-            + self.patients.capacity() * (8 + 16 + 8)
+            + self.map.capacity() * (std::mem::size_of::<Pair>() + 8 + 1)
+            + self.group_of.capacity() * 8
+            + self.row_hash.capacity() * 8
+            + self.patient.capacity() * 8
+            + self.masks.capacity() * 8
             + self.sums.capacity() * 8
+            + self.buffer.capacity() * 8
+    }
+}
+
+/// The same state for an aggregate without groups (one group, 0).
+#[derive(Debug)]
+struct ContributorsAcc(ContributorsGroups);
+
+impl Accumulator for ContributorsAcc {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let n = values.first().map_or(0, |a| a.len());
+        self.0.update_batch(values, &vec![0; n], None, 1)
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        self.0.groups = 1;
+        ScalarValue::try_from_array(&self.0.numbers(1)?, 0)
+    }
+
+    fn size(&self) -> usize {
+        self.0.size()
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let mut ids = Vec::with_capacity(self.patients.len());
-        let mut masks = Vec::with_capacity(self.patients.len());
-        let mut sums = Vec::with_capacity(self.patients.len() * self.values);
-        for (id, (mask, at)) in &self.patients {
-            ids.push(*id);
-            masks.push(*mask);
-            sums.extend_from_slice(&self.sums[*at..*at + self.values]);
-        }
-        let list = |a: ArrayRef| {
-            let n = a.len();
-            let item = a.data_type().clone();
-            ScalarValue::List(Arc::new(ListArray::new(
-                Arc::new(Field::new_list_field(item, true)),
-                OffsetBuffer::from_lengths([n]),
-                a,
-                None,
-            )))
-        };
-        Ok(vec![
-            list(Arc::new(UInt64Array::from(ids))),
-            list(Arc::new(UInt64Array::from(masks))),
-            list(Arc::new(Float64Array::from(sums))),
-        ])
+        self.0.groups = 1;
+        self.0
+            .state_of(1)
+            .iter()
+            .map(|a| ScalarValue::try_from_array(a, 0))
+            .collect()
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        if states.len() != 3 {
-            return Err(DataFusionError::Internal(
-                "contributors state has three parts".into(),
-            ));
-        }
-        for row in 0..states[0].len() {
-            if states[0].is_null(row) {
-                continue;
-            }
-            let ids = list_values(&states[0], row)?;
-            let masks = list_values(&states[1], row)?;
-            let sums = list_values(&states[2], row)?;
-            let ids = ids.as_primitive::<arrow::datatypes::UInt64Type>();
-            let masks = masks.as_primitive::<arrow::datatypes::UInt64Type>();
-            let sums = sums.as_primitive::<arrow::datatypes::Float64Type>();
-            if masks.len() != ids.len() || sums.len() != ids.len() * self.values {
-                return Err(DataFusionError::Internal(
-                    "contributors state parts differ in length".into(),
-                ));
-            }
-            for i in 0..ids.len() {
-                let e = self.entry(ids.value(i));
-                e.0 |= masks.value(i);
-                let at = e.1;
-                for j in 0..self.values {
-                    self.sums[at + j] += sums.value(i * self.values + j);
-                }
-            }
-        }
-        Ok(())
+        let n = states.first().map_or(0, |a| a.len());
+        self.0.merge_batch(states, &vec![0; n], 1)
     }
 }
 
@@ -591,6 +907,170 @@ mod tests {
                 "trial {trial}: {got:?}"
             );
         }
+    }
+
+    /// A small batch: patients (some null), their group, one condition
+    /// and one value.
+    fn batch(seed: u64, n: usize) -> (Vec<ArrayRef>, Vec<usize>) {
+        let mut x = seed;
+        let mut next = move || {
+            x = mix(x.wrapping_add(1));
+            x
+        };
+        let mut ids = Vec::new();
+        let mut groups = Vec::new();
+        let mut conds = Vec::new();
+        let mut vals = Vec::new();
+        for _ in 0..n {
+            let r = next();
+            ids.push((r % 13 != 0).then(|| format!("P{:016}", r % 40)));
+            groups.push((next() % 5) as usize);
+            conds.push((r % 7 != 0).then_some(r % 3 == 0));
+            vals.push((r % 11 != 0).then_some((r % 100) as f64 - 20.0));
+        }
+        (
+            vec![
+                Arc::new(arrow::array::StringViewArray::from(ids)) as ArrayRef,
+                Arc::new(BooleanArray::from(conds)),
+                Arc::new(Float64Array::from(vals)),
+            ],
+            groups,
+        )
+    }
+
+    /// The same numbers computed naively from the rows.
+    fn naive(batches: &[(Vec<ArrayRef>, Vec<usize>)], top_n: usize) -> Vec<Vec<f64>> {
+        let mut per: Vec<HashMap<String, (bool, f64)>> = vec![HashMap::new(); 5];
+        for (cols, groups) in batches {
+            let ids = cols[0].as_string_view();
+            let conds = cols[1].as_boolean();
+            let vals = cols[2].as_primitive::<arrow::datatypes::Float64Type>();
+            for (row, &g) in groups.iter().enumerate() {
+                if ids.is_null(row) {
+                    continue;
+                }
+                let e = per[g].entry(ids.value(row).to_string()).or_default();
+                e.0 |= conds.is_valid(row) && conds.value(row);
+                if vals.is_valid(row) {
+                    e.1 += vals.value(row);
+                }
+            }
+        }
+        per.iter()
+            .map(|m| {
+                let mut c: Vec<f64> = m
+                    .values()
+                    .map(|(_, v)| v.abs())
+                    .filter(|v| *v > 0.0)
+                    .collect();
+                c.sort_by(|a, b| b.total_cmp(a));
+                let total: f64 = c.iter().sum();
+                let top: f64 = c.iter().take(top_n).sum();
+                vec![
+                    m.len() as f64,
+                    m.values().filter(|(c, _)| *c).count() as f64,
+                    if total > 0.0 { top / total } else { 0.0 },
+                ]
+            })
+            .collect()
+    }
+
+    fn rows_of(a: &ArrayRef) -> Vec<Vec<f64>> {
+        let l = a.as_list::<i32>();
+        (0..l.len())
+            .map(|i| {
+                l.value(i)
+                    .as_primitive::<arrow::datatypes::Float64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    }
+
+    fn close(a: &[Vec<f64>], b: &[Vec<f64>]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                x.len() == y.len() && x.iter().zip(y).all(|(p, q)| (p - q).abs() < 1e-9)
+            })
+    }
+
+    #[test]
+    fn grouped_counts_match_a_naive_count_through_partial_and_final_phases() {
+        let sink: PopulationSink = Arc::new(Mutex::new(Vec::new()));
+        let udaf = Contributors::new(1, PatientKey(7, 9), 1, 1, 2, Some(sink.clone()));
+        let batches: Vec<_> = (0..4).map(|s| batch(s, 300)).collect();
+        let want = naive(&batches, 2);
+
+        // One phase.
+        let mut one = udaf.groups();
+        for (cols, groups) in &batches {
+            one.update_batch(cols, groups, None, 5).unwrap();
+        }
+        let got = rows_of(&one.evaluate(EmitTo::All).unwrap());
+        assert!(close(&got, &want), "{got:?} != {want:?}");
+        let patients = sink.lock().unwrap()[0].len();
+        let distinct: HashSet<String> = batches
+            .iter()
+            .flat_map(|(c, _)| {
+                let s = c[0].as_string_view();
+                (0..s.len())
+                    .filter(|&i| s.is_valid(i))
+                    .map(|i| s.value(i).to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(
+            patients,
+            distinct.len(),
+            "every patient reaches the tracker once"
+        );
+
+        // Two partial accumulators (partitions), then a final one; the
+        // final one emits its first two groups, then the rest.
+        let mut parts = [udaf.groups(), udaf.groups()];
+        for (i, (cols, groups)) in batches.iter().enumerate() {
+            parts[i % 2].update_batch(cols, groups, None, 5).unwrap();
+        }
+        let mut last = udaf.groups();
+        for p in &mut parts {
+            let state = p.state(EmitTo::All).unwrap();
+            last.merge_batch(&state, &[0, 1, 2, 3, 4], 5).unwrap();
+            assert!(
+                p.group_of.is_empty(),
+                "state() resets the partial accumulator"
+            );
+        }
+        let mut got = rows_of(&last.evaluate(EmitTo::First(2)).unwrap());
+        got.extend(rows_of(&last.evaluate(EmitTo::All).unwrap()));
+        assert!(close(&got, &want), "{got:?} != {want:?}");
+
+        // Rows passed on as states one by one (partial aggregation skipped).
+        let mut merged = udaf.groups();
+        for (cols, groups) in &batches {
+            let states = udaf.groups().convert_to_state(cols, None).unwrap();
+            merged.merge_batch(&states, groups, 5).unwrap();
+        }
+        let got = rows_of(&merged.evaluate(EmitTo::All).unwrap());
+        assert!(close(&got, &want), "{got:?} != {want:?}");
+
+        // Without groups: the plain accumulator sees every row as group 0.
+        let mut acc = udaf.accumulator_for_tests();
+        for (cols, _) in &batches {
+            acc.update_batch(cols).unwrap();
+        }
+        let all: Vec<_> = batches
+            .iter()
+            .map(|(c, g)| (c.clone(), vec![0; g.len()]))
+            .collect();
+        let want0 = naive(&all, 2)[0].clone();
+        let ScalarValue::List(l) = acc.evaluate().unwrap() else {
+            panic!("a list")
+        };
+        let got0 = rows_of(&(l as ArrayRef))[0].clone();
+        assert!(
+            close(&[got0.clone()], &[want0.clone()]),
+            "{got0:?} != {want0:?}"
+        );
     }
 
     #[test]
