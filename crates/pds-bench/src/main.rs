@@ -1,0 +1,354 @@
+//! `snds-bench`: the PDS side of SNDS-bench (`bench/snds-bench.sh`).
+//!
+//! The harness (`bench/snds/bench.py`) generates a delivery, loads it with
+//! `pds load`, converts the same CSV files for DuckDB, and then asks each
+//! engine to run the same SQL files. This binary is the engine runner for
+//! PDS, in two flavours:
+//!
+//! - `gate`: through the gate, as a researcher of a row-level project whose
+//!   perimeter is every table and column, care dates at full precision and
+//!   death dates by month (the SNDS allows one potential identifier at full
+//!   precision): access checks, project views and pseudonyms, limits, audit,
+//!   the path every real statement takes;
+//! - `datafusion`: DataFusion on the snapshot's files as they are (decrypted
+//!   by the snapshot key), without the gate: what PDS adds on top of its
+//!   engine.
+//!
+//! `csv-schema` tells the DuckDB side the type of every delivered column, so
+//! both sides read the same values.
+//!
+//! Times are wall-clock from the statement to its last row in memory. Peak
+//! memory is the process's peak resident set (`VmHWM`), so the harness runs
+//! each cold query in a fresh process.
+
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use arrow::array::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use clap::{Parser, Subcommand, ValueEnum};
+use pds_gate::{Gate, Target};
+use pds_project::perimeter::{DatePrecision, Perimeter};
+use pds_project::{AccessMode, NewProject, Role};
+use serde_json::{Value, json};
+
+/// The project the `gate` engine runs in, and its researcher.
+const PROJECT: &str = "snds-bench";
+const RESEARCHER: &str = "bench";
+
+#[derive(Parser)]
+#[command(
+    name = "snds-bench",
+    about = "SNDS-bench engine runner for PDS (see bench/snds-bench.sh)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prints, as JSON, the table and column types of every CSV file of a
+    /// delivery (as `pds load` reads them).
+    CsvSchema {
+        /// The delivery directory.
+        delivery: PathBuf,
+    },
+    /// Runs the SQL files of a directory and writes times, memory and results.
+    Run {
+        /// The PDS home holding the loaded snapshot.
+        #[arg(long)]
+        home: PathBuf,
+        /// Which path the statements take.
+        #[arg(long, value_enum)]
+        engine: Engine,
+        /// Directory of `*.sql` files (one statement each).
+        #[arg(long)]
+        queries: PathBuf,
+        /// Placeholders, `NAME=VALUE`, replaced as `{NAME}` in every file.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Only this query (file stem).
+        #[arg(long)]
+        only: Option<String>,
+        /// Timed runs after the first one (0: the first, cold run only).
+        #[arg(long, default_value_t = 0)]
+        runs: usize,
+        /// Directory where the first run's rows are written, one JSON array
+        /// per line, in `<query>.jsonl`.
+        #[arg(long)]
+        results: Option<PathBuf>,
+        /// The JSON report.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Engine {
+    /// Through the gate, in a full-perimeter row-level project.
+    Gate,
+    /// Plain DataFusion on the snapshot's files.
+    Datafusion,
+}
+
+fn kind(ty: pds_snds::ColumnType) -> &'static str {
+    use pds_snds::ColumnType as T;
+    match ty {
+        T::String | T::Boolean => "string",
+        T::Integer => "integer",
+        T::Number => "number",
+        T::Date => "date",
+        T::CompactDate => "compact_date",
+        T::SasDateTime => "sas_datetime",
+        T::Year => "year",
+        T::YearMonth => "year_month",
+        T::Month => "month",
+    }
+}
+
+fn csv_schema(delivery: &Path) -> Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(delivery)
+        .with_context(|| format!("cannot read the delivery {}", delivery.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{} holds no .csv file", delivery.display());
+    }
+    let mut out = Vec::new();
+    for f in files {
+        let r = pds_load::recognise(&f)?;
+        out.push(json!({
+            "file": f.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "table": r.table,
+            "columns": r.columns.iter().map(|c| json!({"name": c.name, "kind": kind(c.ty)})).collect::<Vec<_>>(),
+        }));
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// The SQL files of `dir`, by name, with placeholders replaced.
+fn queries(dir: &Path, set: &[String], only: Option<&str>) -> Result<Vec<(String, String)>> {
+    let mut subst = Vec::new();
+    for s in set {
+        let (k, v) = s
+            .split_once('=')
+            .with_context(|| format!("--set {s}: expected NAME=VALUE"))?;
+        subst.push((format!("{{{k}}}"), v.to_string()));
+    }
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let p = e?.path();
+        if p.extension().is_none_or(|x| x != "sql") {
+            continue;
+        }
+        let name = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        let mut sql =
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        for (k, v) in &subst {
+            sql = sql.replace(k, v);
+        }
+        if let Some(i) = sql.find('{')
+            && sql[i..].find('}').is_some_and(|j| j < 20)
+        {
+            bail!(
+                "{}: a placeholder is left ({}); pass it with --set",
+                p.display(),
+                &sql[i..i + sql[i..].find('}').map_or(1, |j| j + 1)]
+            );
+        }
+        out.push((name, sql));
+    }
+    out.sort();
+    if out.is_empty() {
+        bail!("no query to run in {}", dir.display());
+    }
+    Ok(out)
+}
+
+/// The process's peak resident set, in bytes (Linux).
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Writes the rows as JSON arrays of text cells (null for SQL NULL); the
+/// harness normalises numbers and dates before comparing engines.
+fn write_rows(path: &Path, batches: &[RecordBatch]) -> Result<()> {
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
+    );
+    let opts = FormatOptions::default();
+    for b in batches {
+        let cols: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
+            .collect::<Result<_, _>>()?;
+        for row in 0..b.num_rows() {
+            let cells: Vec<Value> = b
+                .columns()
+                .iter()
+                .zip(&cols)
+                .map(|(c, f)| {
+                    if c.is_null(row) {
+                        Value::Null
+                    } else {
+                        Value::String(f.value(row).to_string())
+                    }
+                })
+                .collect();
+            serde_json::to_writer(&mut w, &cells)?;
+            w.write_all(b"\n")?;
+        }
+    }
+    w.flush()?;
+    Ok(())
+}
+
+enum Runner {
+    Gate(Gate),
+    Raw(pds_query::SnapshotSession),
+}
+
+impl Runner {
+    async fn open(home: &Path, engine: Engine) -> Result<Runner> {
+        let h = pds_home::Home::open(home)?;
+        Ok(match engine {
+            Engine::Datafusion => Runner::Raw(pds_query::SnapshotSession::open(&h, None).await?),
+            Engine::Gate => {
+                let gate = Gate::open(&h).await?;
+                if gate.catalog().project(PROJECT).await?.is_none() {
+                    let snapshot = gate.catalog().latest("snds").await?.id;
+                    let tables: Vec<String> = gate
+                        .catalog()
+                        .tables(snapshot)
+                        .await?
+                        .into_iter()
+                        .map(|t| t.name)
+                        .collect();
+                    let names: Vec<&str> = tables.iter().map(String::as_str).collect();
+                    // Everything, with the SNDS rule of one potential identifier at
+                    // full precision: care dates (death dates stay by month).
+                    let mut perimeter = Perimeter::all_columns(&names);
+                    perimeter.coarsening.care_dates = DatePrecision::Day;
+                    let admin = gate.admin("snds-bench");
+                    admin
+                        .create(&NewProject {
+                            id: PROJECT.into(),
+                            title: "SNDS-bench: every table and column".into(),
+                            authorisation: "BENCH".into(),
+                            starts_on: "2020-01-01".into(),
+                            expires_on: "2099-12-31".into(),
+                            mode: AccessMode::RowLevel,
+                            snapshot: None,
+                            perimeter,
+                            cohort: Vec::new(),
+                        })
+                        .await?;
+                    admin.grant(PROJECT, RESEARCHER, Role::Researcher).await?;
+                }
+                Runner::Gate(gate)
+            }
+        })
+    }
+
+    async fn run(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        Ok(match self {
+            Runner::Raw(s) => s.sql(sql).await?.1,
+            Runner::Gate(g) => {
+                g.execute(RESEARCHER, &Target::Project(PROJECT.into()), sql)
+                    .await?
+                    .collect()
+                    .await?
+                    .1
+            }
+        })
+    }
+}
+
+async fn run(
+    home: &Path,
+    engine: Engine,
+    qs: Vec<(String, String)>,
+    runs: usize,
+    results: Option<&Path>,
+    out: &Path,
+) -> Result<()> {
+    let opened = Instant::now();
+    let runner = Runner::open(home, engine).await?;
+    let open_s = opened.elapsed().as_secs_f64();
+    if let Some(r) = results {
+        std::fs::create_dir_all(r).with_context(|| format!("cannot create {}", r.display()))?;
+    }
+    let mut report = Vec::new();
+    for (name, sql) in &qs {
+        eprintln!("  {name}");
+        let mut times = Vec::new();
+        let mut rows = 0;
+        for i in 0..=runs {
+            let t = Instant::now();
+            let batches = runner
+                .run(sql)
+                .await
+                .with_context(|| format!("query {name} failed"))?;
+            times.push(t.elapsed().as_secs_f64());
+            if i == 0 {
+                rows = batches.iter().map(|b| b.num_rows()).sum::<usize>();
+                if let Some(r) = results {
+                    write_rows(&r.join(format!("{name}.jsonl")), &batches)?;
+                }
+            }
+        }
+        report.push(json!({
+            "query": name,
+            "first_s": times[0],
+            "hot_s": &times[1..],
+            "rows": rows,
+        }));
+    }
+    let doc = json!({
+        "engine": match engine { Engine::Gate => "pds-gate", Engine::Datafusion => "datafusion" },
+        "open_s": open_s,
+        "peak_rss_bytes": peak_rss(),
+        "queries": report,
+    });
+    std::fs::write(out, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::CsvSchema { delivery } => csv_schema(&delivery),
+        Command::Run {
+            home,
+            engine,
+            queries: dir,
+            set,
+            only,
+            runs,
+            results,
+            out,
+        } => {
+            let qs = queries(&dir, &set, only.as_deref())?;
+            run(&home, engine, qs, runs, results.as_deref(), &out).await
+        }
+    }
+}
