@@ -659,7 +659,9 @@ impl Gate {
         let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
             .with_query_planner(Arc::new(GatePlanner))
             .build();
-        Ok(SessionContext::new_with_state(state))
+        let ctx = SessionContext::new_with_state(state);
+        open.add_join_order(&ctx);
+        Ok(ctx)
     }
 
     /// The session of a project: its views only.

@@ -18,6 +18,8 @@
 //! `SELECT BEN_NIR_PSA FROM ER_PRS_F`.
 #![forbid(unsafe_code)]
 
+pub mod joins;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -169,6 +171,8 @@ pub struct OpenSnapshot {
     pub keys: SnapshotKeys,
     /// Tables by name, in name order.
     pub tables: Vec<(String, Arc<ListingTable>)>,
+    /// Rows of each table, from the catalogue (for join ordering).
+    pub rows: HashMap<String, i64>,
 }
 
 impl std::fmt::Debug for OpenSnapshot {
@@ -247,7 +251,23 @@ pub async fn open_snapshot(
         id: info.id,
         keys: factory,
         tables: out,
+        rows: tables.iter().map(|t| (t.name.clone(), t.rows)).collect(),
     })
+}
+
+impl OpenSnapshot {
+    /// Adds the join-order rules that use this snapshot's statistics
+    /// ([`joins::FilteredReferentialFirst`]) to a session over it.
+    /// `PDS_JOIN_ORDER=written` leaves joins in the written order (to
+    /// compare plans).
+    pub fn add_join_order(&self, ctx: &SessionContext) {
+        if std::env::var("PDS_JOIN_ORDER").is_ok_and(|v| v == "written") {
+            return;
+        }
+        ctx.add_optimizer_rule(Arc::new(joins::FilteredReferentialFirst::new(
+            self.rows.clone(),
+        )));
+    }
 }
 
 impl SnapshotSession {
@@ -263,6 +283,7 @@ impl SnapshotSession {
         cat.close().await;
         let open = open?;
         let ctx = context(storage.store(), open.keys.clone(), None)?;
+        open.add_join_order(&ctx);
         let mut names = Vec::new();
         for (name, table) in &open.tables {
             // `bare` keeps the case; a `&str` would be parsed and folded to lower case.
@@ -344,7 +365,12 @@ pub fn context(
     }
     let runtime = builder.build_arc().map_err(df)?;
     runtime.register_parquet_encryption_factory(FACTORY_ID, Arc::new(keys));
-    let mut config = SessionConfig::new().with_information_schema(true);
+    // DataFusion's own settings may be tuned by the operator through its
+    // `DATAFUSION_*` environment variables (`docs/performance.md`); the ones
+    // PDS depends on are set after.
+    let mut config = SessionConfig::from_env()
+        .map_err(df)?
+        .with_information_schema(true);
     config.options_mut().sql_parser.enable_ident_normalization = false;
     let state = SessionStateBuilder::new()
         .with_config(config)
