@@ -14,8 +14,9 @@ N="${1:-100000}"
 YEARS="${2:-2022}"
 RUNS="${RUNS:-5}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release --locked -p pds-cli
-cargo build --release --locked -p pds-gate --example disclosure_bench
+# One build of both binaries: building the example of one crate alone would
+# unify features differently and rebuild DataFusion.
+cargo build --release --locked -p pds-cli -p pds-bench
 BIN="$CARGO_TARGET_DIR/release/pds"
 WORK="${BENCH_WORK:-bench/work}/disclosure-$N-$YEARS"
 rm -rf "$WORK"; mkdir -p "$WORK" bench/results
@@ -23,4 +24,4 @@ rm -rf "$WORK"; mkdir -p "$WORK" bench/results
 "$BIN" --home "$WORK/home" init --master-key-file "$WORK/master.key" > /dev/null
 "$BIN" --home "$WORK/home" load -q "$WORK/delivery"
 OUT="bench/results/$(date +%F)-disclosure-${N}x${YEARS}.json"
-"$CARGO_TARGET_DIR/release/examples/disclosure_bench" "$WORK/home" "$RUNS" "$OUT"
+"$CARGO_TARGET_DIR/release/snds-bench" disclosure "$WORK/home" "$RUNS" "$OUT"

@@ -3,9 +3,8 @@
 //! aggregate-only project with the same perimeter, where every published
 //! value also counts its distinct patients, suppression, secondary
 //! suppression and the query-set tracker run. Run by
-//! `bench/disclosure.sh`, which loads the data first; writes a JSON report.
-//!
-//!     disclosure_bench HOME RUNS OUT.json
+//! `bench/disclosure.sh` (`snds-bench disclosure HOME RUNS OUT.json`), which
+//! loads the data first; writes a JSON report.
 
 use std::time::Instant;
 
@@ -134,14 +133,10 @@ async fn project(gate: &Gate, id: &str, mode: AccessMode, per: &Perimeter) -> Re
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let (home, runs, out) = match args.as_slice() {
-        [_, h, r, o] => (h.clone(), r.parse::<usize>().context("RUNS")?, o.clone()),
-        _ => anyhow::bail!("usage: disclosure_bench HOME RUNS OUT.json"),
-    };
-    let h = pds_home::Home::open(std::path::Path::new(&home))?;
+/// Runs every query `runs` times (after one warm-up) in both projects and
+/// writes the report to `out`.
+pub async fn run(home: &std::path::Path, runs: usize, out: &std::path::Path) -> Result<()> {
+    let h = pds_home::Home::open(home)?;
     let gate = Gate::open(&h).await?;
     let tables: Vec<String> = gate
         .catalog()
@@ -228,7 +223,7 @@ async fn main() -> Result<()> {
         "median_ratio": med,
         "queries": results,
     });
-    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
-    println!("written {out}");
+    std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
+    println!("written {}", out.display());
     Ok(())
 }

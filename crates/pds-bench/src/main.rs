@@ -15,13 +15,16 @@
 //!   engine.
 //!
 //! `csv-schema` tells the DuckDB side the type of every delivered column, so
-//! both sides read the same values.
+//! both sides read the same values. `disclosure` is the cost of disclosure
+//! control (`bench/disclosure.sh`).
 //!
 //! Times are wall-clock from the statement to its last row in memory. Peak
 //! memory is the process's peak resident set (`VmHWM`), so the harness runs
 //! each cold query in a fresh process.
 
 #![forbid(unsafe_code)]
+
+mod disclosure;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -57,6 +60,16 @@ enum Command {
     CsvSchema {
         /// The delivery directory.
         delivery: PathBuf,
+    },
+    /// The cost of disclosure control: the same aggregate analyses in an
+    /// aggregate-only and a row-level project (`bench/disclosure.sh`).
+    Disclosure {
+        /// The PDS home holding the loaded snapshot.
+        home: PathBuf,
+        /// Timed runs per query and project (after one warm-up run).
+        runs: usize,
+        /// The JSON report.
+        out: PathBuf,
     },
     /// Runs the SQL files of a directory and writes times, memory and results.
     Run {
@@ -337,6 +350,7 @@ async fn run(
 async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::CsvSchema { delivery } => csv_schema(&delivery),
+        Command::Disclosure { home, runs, out } => disclosure::run(&home, runs, &out).await,
         Command::Run {
             home,
             engine,
