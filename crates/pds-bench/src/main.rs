@@ -41,6 +41,7 @@ use serde_json::{Value, json};
 
 /// The project the `gate` engine runs in, and its researcher.
 const PROJECT: &str = "snds-bench";
+const PROJECT_AGGREGATE: &str = "snds-bench-aggregate";
 const RESEARCHER: &str = "bench";
 
 #[derive(Parser)]
@@ -105,6 +106,10 @@ enum Command {
 enum Engine {
     /// Through the gate, in a full-perimeter row-level project.
     Gate,
+    /// Through the gate, in an aggregate-only project with the same
+    /// perimeter (disclosure control on every result; statements it
+    /// refuses are reported, not failed).
+    GateAggregate,
     /// Plain DataFusion on the snapshot's files.
     Datafusion,
 }
@@ -235,7 +240,7 @@ fn write_rows(path: &Path, batches: &[RecordBatch]) -> Result<()> {
 }
 
 enum Runner {
-    Gate(Gate),
+    Gate(Gate, &'static str),
     Raw(pds_query::SnapshotSession),
 }
 
@@ -244,9 +249,14 @@ impl Runner {
         let h = pds_home::Home::open(home)?;
         Ok(match engine {
             Engine::Datafusion => Runner::Raw(pds_query::SnapshotSession::open(&h, None).await?),
-            Engine::Gate => {
+            Engine::Gate | Engine::GateAggregate => {
+                let (project, mode) = if engine == Engine::Gate {
+                    (PROJECT, AccessMode::RowLevel)
+                } else {
+                    (PROJECT_AGGREGATE, AccessMode::AggregateOnly)
+                };
                 let gate = Gate::open(&h).await?;
-                if gate.catalog().project(PROJECT).await?.is_none() {
+                if gate.catalog().project(project).await?.is_none() {
                     let snapshot = gate.catalog().latest("snds").await?.id;
                     let tables: Vec<String> = gate
                         .catalog()
@@ -263,20 +273,20 @@ impl Runner {
                     let admin = gate.admin("snds-bench");
                     admin
                         .create(&NewProject {
-                            id: PROJECT.into(),
+                            id: project.into(),
                             title: "SNDS-bench: every table and column".into(),
                             authorisation: "BENCH".into(),
                             starts_on: "2020-01-01".into(),
                             expires_on: "2099-12-31".into(),
-                            mode: AccessMode::RowLevel,
+                            mode,
                             snapshot: None,
                             perimeter,
                             cohort: Vec::new(),
                         })
                         .await?;
-                    admin.grant(PROJECT, RESEARCHER, Role::Researcher).await?;
+                    admin.grant(project, RESEARCHER, Role::Researcher).await?;
                 }
-                Runner::Gate(gate)
+                Runner::Gate(gate, project)
             }
         })
     }
@@ -284,8 +294,8 @@ impl Runner {
     async fn run(&self, sql: &str) -> Result<Vec<RecordBatch>> {
         Ok(match self {
             Runner::Raw(s) => s.sql(sql).await?.1,
-            Runner::Gate(g) => {
-                g.execute(RESEARCHER, &Target::Project(PROJECT.into()), sql)
+            Runner::Gate(g, project) => {
+                g.execute(RESEARCHER, &Target::Project((*project).into()), sql)
                     .await?
                     .collect()
                     .await?
@@ -314,12 +324,17 @@ async fn run(
         eprintln!("  {name}");
         let mut times = Vec::new();
         let mut rows = 0;
+        let mut refused = None;
         for i in 0..=runs {
             let t = Instant::now();
-            let batches = runner
-                .run(sql)
-                .await
-                .with_context(|| format!("query {name} failed"))?;
+            let batches = match runner.run(sql).await {
+                Ok(b) => b,
+                Err(e) if engine == Engine::GateAggregate => {
+                    refused = Some(format!("{e:#}"));
+                    break;
+                }
+                Err(e) => return Err(e.context(format!("query {name} failed"))),
+            };
             times.push(t.elapsed().as_secs_f64());
             if i == 0 {
                 rows = batches.iter().map(|b| b.num_rows()).sum::<usize>();
@@ -327,6 +342,10 @@ async fn run(
                     write_rows(&r.join(format!("{name}.jsonl")), &batches)?;
                 }
             }
+        }
+        if let Some(reason) = refused {
+            report.push(json!({ "query": name, "refused": reason }));
+            continue;
         }
         report.push(json!({
             "query": name,
@@ -336,7 +355,11 @@ async fn run(
         }));
     }
     let doc = json!({
-        "engine": match engine { Engine::Gate => "pds-gate", Engine::Datafusion => "datafusion" },
+        "engine": match engine {
+            Engine::Gate => "pds-gate",
+            Engine::GateAggregate => "pds-gate-aggregate-only",
+            Engine::Datafusion => "datafusion",
+        },
         "open_s": open_s,
         "peak_rss_bytes": peak_rss(),
         "queries": report,

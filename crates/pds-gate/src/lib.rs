@@ -655,6 +655,17 @@ impl Gate {
         ));
         let ctx = pds_query::context(self.storage.store(), open.keys.clone(), Some(pool))
             .map_err(|e| GateError::Setup(e.to_string()))?;
+        // The disclosure rewrite adds conditions (`c IS TRUE`) that
+        // DataFusion's common-subexpression rule moves into projections whose
+        // logical fields say "never null" where the physical ones say
+        // "maybe": a difference DataFusion's own option exists to tolerate
+        // (the physical side is the conservative one).
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .execution
+            .skip_physical_aggregate_schema_check = true;
         // The disclosure-control node needs its own physical planner.
         let state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state())
             .with_query_planner(Arc::new(GatePlanner))

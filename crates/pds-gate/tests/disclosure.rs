@@ -677,3 +677,35 @@ async fn rounding_and_dominance() {
     assert!(strings(&got, 1).iter().all(|w| w != "NULL"));
     assert_eq!(s.cells_dominance, 0);
 }
+
+/// A cohort with follow-up (SNDS-bench q04's shape): per-patient inner
+/// aggregates, a LEFT JOIN of outcomes, CASE conditions in a SUM. Its
+/// conditions once reached DataFusion's common-subexpression rule and failed
+/// planning; the published counts must be the operator's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cohort_with_follow_up_plans_and_publishes_only_true_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = setup(dir.path()).await;
+    let sql = "WITH idx AS (SELECT BEN_NIR_PSA, MIN(EXE_SOI_DTD) AS index_date FROM ER_PRS_F GROUP BY BEN_NIR_PSA), \
+               later AS (SELECT BEN_NIR_PSA, MIN(EXE_SOI_DTD) AS d FROM ER_PRS_F WHERE PRS_NAT_REF = 1111 GROUP BY BEN_NIR_PSA) \
+               SELECT COUNT(*) AS cohort, COUNT(l.BEN_NIR_PSA) AS with_event, \
+                 SUM(CASE WHEN ben.BEN_DCD_DTE IS NOT NULL \
+                           AND date_trunc('month', ben.BEN_DCD_DTE) <= date_trunc('month', i.index_date + INTERVAL '365 days') \
+                          THEN 1 ELSE 0 END) AS died \
+               FROM idx i JOIN IR_BEN_R ben ON ben.BEN_NIR_PSA = i.BEN_NIR_PSA \
+               LEFT JOIN later l ON l.BEN_NIR_PSA = i.BEN_NIR_PSA AND l.d > i.index_date";
+    let (got, s) = agg(&g, &p("agg-days"), sql).await.unwrap();
+    let want = run(&g, "steward", &op(), sql).await.unwrap();
+    let cohort: i64 = strings(&want, 0)[0].parse().unwrap();
+    assert!(cohort >= 10, "{cohort}");
+    // The row is either published with the operator's counts or withheld
+    // and said so. (Today it is withheld when fewer than 10 patients had an
+    // event: the outcome's patient column counts too; docs/outputs.md.)
+    assert_eq!(rows(&got) as u64 + s.rows_suppressed, 1, "{}", s.notice());
+    if rows(&got) == 1 {
+        assert_eq!(strings(&got, 0), strings(&want, 0), "{}", s.notice());
+        assert_eq!(strings(&got, 1), strings(&want, 1), "{}", s.notice());
+    } else {
+        assert!(s.notice().contains("withheld"), "{}", s.notice());
+    }
+}
