@@ -240,7 +240,7 @@ fn write_rows(path: &Path, batches: &[RecordBatch]) -> Result<()> {
 }
 
 enum Runner {
-    Gate(Gate, &'static str),
+    Gate(Box<Gate>, &'static str),
     Raw(pds_query::SnapshotSession),
 }
 
@@ -286,7 +286,7 @@ impl Runner {
                         .await?;
                     admin.grant(project, RESEARCHER, Role::Researcher).await?;
                 }
-                Runner::Gate(gate, project)
+                Runner::Gate(Box::new(gate), project)
             }
         })
     }

@@ -1068,7 +1068,7 @@ mod tests {
         };
         let got0 = rows_of(&(l as ArrayRef))[0].clone();
         assert!(
-            close(&[got0.clone()], &[want0.clone()]),
+            close(std::slice::from_ref(&got0), std::slice::from_ref(&want0)),
             "{got0:?} != {want0:?}"
         );
     }
