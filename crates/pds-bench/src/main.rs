@@ -179,13 +179,16 @@ fn queries(dir: &Path, set: &[String], only: Option<&str>) -> Result<Vec<(String
         for (k, v) in &subst {
             sql = sql.replace(k, v);
         }
-        if let Some(i) = sql.find('{')
-            && sql[i..].find('}').is_some_and(|j| j < 20)
-        {
+        let left = sql.find('{').and_then(|i| {
+            sql[i..]
+                .find('}')
+                .filter(|j| *j < 20)
+                .map(|j| &sql[i..=i + j])
+        });
+        if let Some(left) = left {
             bail!(
-                "{}: a placeholder is left ({}); pass it with --set",
-                p.display(),
-                &sql[i..i + sql[i..].find('}').map_or(1, |j| j + 1)]
+                "{}: placeholder {left} is left; pass it with --set",
+                p.display()
             );
         }
         out.push((name, sql));

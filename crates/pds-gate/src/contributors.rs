@@ -200,22 +200,13 @@ impl Contributors {
     }
 
     fn groups(&self) -> ContributorsGroups {
-        ContributorsGroups {
-            key: self.key,
-            rows: QualityRandomState::with_seed(self.key.0 ^ self.key.1.rotate_left(32)),
-            conditions: self.conditions,
-            values: self.values,
-            top_n: self.top_n,
-            sink: self.sink.clone(),
-            map: HashMap::default(),
-            group_of: Vec::new(),
-            row_hash: Vec::new(),
-            patient: Vec::new(),
-            masks: Vec::new(),
-            sums: Vec::new(),
-            groups: 0,
-            buffer: Vec::new(),
-        }
+        ContributorsGroups::new(
+            self.key,
+            self.conditions,
+            self.values,
+            self.top_n,
+            self.sink.clone(),
+        )
     }
 }
 
@@ -324,15 +315,20 @@ fn lists(values: ArrayRef, lengths: impl IntoIterator<Item = usize>) -> ArrayRef
 }
 
 impl ContributorsGroups {
-    /// A new, empty accumulator with the same parameters.
-    fn empty_like(&self) -> ContributorsGroups {
+    fn new(
+        key: PatientKey,
+        conditions: usize,
+        values: usize,
+        top_n: usize,
+        sink: Option<PopulationSink>,
+    ) -> ContributorsGroups {
         ContributorsGroups {
-            key: self.key,
-            rows: self.rows.clone(),
-            conditions: self.conditions,
-            values: self.values,
-            top_n: self.top_n,
-            sink: self.sink.clone(),
+            key,
+            rows: QualityRandomState::with_seed(key.0 ^ key.1.rotate_left(32)),
+            conditions,
+            values,
+            top_n,
+            sink,
             map: HashMap::default(),
             group_of: Vec::new(),
             row_hash: Vec::new(),
@@ -666,10 +662,8 @@ impl GroupsAccumulator for ContributorsGroups {
     ) -> Result<Vec<ArrayRef>> {
         // Every row its own group: one pair, or none when the row has no
         // patient or is filtered out.
-        let mut one = ContributorsGroups {
-            sink: None,
-            ..self.empty_like()
-        };
+        let mut one =
+            ContributorsGroups::new(self.key, self.conditions, self.values, self.top_n, None);
         let n = values.first().map_or(0, |a| a.len());
         let groups: Vec<usize> = (0..n).collect();
         one.update_batch(values, &groups, opt_filter, n)?;

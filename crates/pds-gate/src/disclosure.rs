@@ -487,7 +487,8 @@ impl ExecutionPlan for DisclosureExec {
             let populations = spec
                 .sink
                 .lock()
-                .map(|s| s.clone())
+                // The statement's populations are read once, here.
+                .map(|mut s| std::mem::take(&mut *s))
                 .map_err(|_| DataFusionError::Internal("population poisoned".into()))?;
             spec.tracker
                 .check_and_record(&populations, &spec.report)
