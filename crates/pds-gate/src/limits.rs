@@ -165,6 +165,14 @@ impl datafusion::physical_plan::ExecutionPlan for DeadlineExec {
     fn name(&self) -> &str {
         "Deadline"
     }
+    fn child_stats_requests(
+        &self,
+        partition: Option<usize>,
+    ) -> Vec<datafusion::physical_plan::statistics::ChildStats> {
+        vec![datafusion::physical_plan::statistics::ChildStats::At(
+            partition,
+        )]
+    }
     fn statistics_from_inputs(
         &self,
         input_stats: &[Arc<datafusion::common::Statistics>],
