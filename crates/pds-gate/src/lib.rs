@@ -26,6 +26,7 @@
 
 pub mod contributors;
 pub mod disclosure;
+pub mod late;
 pub mod limits;
 pub mod pgcompat;
 pub mod views;
@@ -106,6 +107,9 @@ pub struct Gate {
     pg: OnceLock<Result<Arc<pgcompat::PgCompat>, String>>,
     /// Serialises the query-set tracker's compare-then-record.
     tracker_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Project pseudonyms mapped where first needed ([`late`]) rather than
+    /// in the views.
+    late_pseudonyms: std::sync::atomic::AtomicBool,
 }
 
 /// How a front-end wants one statement run. The defaults are those of
@@ -584,6 +588,7 @@ impl Gate {
             views: Mutex::new(HashMap::new()),
             pg: OnceLock::new(),
             tracker_lock: Arc::new(tokio::sync::Mutex::new(())),
+            late_pseudonyms: std::sync::atomic::AtomicBool::new(late_mapping()),
         })
     }
 
@@ -604,6 +609,15 @@ impl Gate {
         self.running = Arc::new(Semaphore::new(limits.concurrent));
         self.limits = limits;
         self
+    }
+
+    /// Maps project pseudonyms in the views (`false`) or where their value
+    /// is first needed (`true`, the default; `PDS_PSEUDONYMS=early` in the
+    /// environment turns it off). Results are the same either way; tests
+    /// and benchmarks compare the two.
+    pub fn set_late_pseudonyms(&self, on: bool) {
+        self.late_pseudonyms
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The audit log.
@@ -1008,6 +1022,16 @@ impl Gate {
         let optimized = state
             .optimize(&plan)
             .map_err(|e| ("failed", self.explain(e, &ctx)))?;
+        // After every optimizer pass: a rule running after it could move
+        // a stored identifier past its mapping.
+        let optimized = if self
+            .late_pseudonyms
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            late::map_late(optimized).map_err(|e| ("failed", self.explain(e, &ctx)))?
+        } else {
+            optimized
+        };
         let fingerprint = hex::encode(Sha256::digest(optimized.display_indent().to_string()));
         Ok(Prepared {
             ctx,
@@ -1350,6 +1374,12 @@ impl datafusion::execution::context::QueryPlanner for GatePlanner {
         .create_physical_plan(plan, state)
         .await
     }
+}
+
+/// Whether project pseudonyms are mapped late ([`late`]); the operator can
+/// set `PDS_PSEUDONYMS=early` to map them in the views, to compare plans.
+fn late_mapping() -> bool {
+    std::env::var("PDS_PSEUDONYMS").map_or(true, |v| v != "early")
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -17,8 +17,10 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::array::{
+    Array, ArrayRef, AsArray, LargeStringBuilder, StringBuilder, StringViewBuilder,
+};
+use arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -28,8 +30,8 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{
     BinaryExpr, ColumnarValue, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
-    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TableProviderFilterPushDown,
-    TableType, Volatility, cast, lit,
+    ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    TableProviderFilterPushDown, TableType, Volatility, cast, lit,
 };
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
@@ -79,24 +81,46 @@ impl PseudonymUdf {
         })
     }
 
-    fn map<'a>(&self, values: impl Iterator<Item = Option<&'a str>>, len: usize) -> ArrayRef {
-        let mut out = StringBuilder::with_capacity(len, len * 36);
-        // Claims of one person are mostly adjacent: reuse the last result.
+    /// Maps `values`, keeping the string type of the input: the mapping
+    /// can then replace a column anywhere in a plan without changing its
+    /// schema (see [`crate::late`]).
+    fn map<'a>(
+        &self,
+        values: impl Iterator<Item = Option<&'a str>>,
+        len: usize,
+        out_type: &DataType,
+    ) -> Result<ArrayRef> {
+        // Claims of one person are often adjacent: reuse the last result.
         let mut last_in: Option<&str> = None;
         let mut last_out = String::new();
-        for v in values {
-            match v {
-                None => out.append_null(),
-                Some(s) => {
-                    if last_in != Some(s) {
-                        self.pseudo.pseudonym_into(s, &mut last_out);
-                        last_in = Some(s);
+        macro_rules! fill {
+            ($builder:expr) => {{
+                let mut out = $builder;
+                for v in values {
+                    match v {
+                        None => out.append_null(),
+                        Some(s) => {
+                            if last_in != Some(s) {
+                                self.pseudo.pseudonym_into(s, &mut last_out);
+                                last_in = Some(s);
+                            }
+                            out.append_value(&last_out);
+                        }
                     }
-                    out.append_value(&last_out);
                 }
-            }
+                Arc::new(out.finish()) as ArrayRef
+            }};
         }
-        Arc::new(out.finish())
+        Ok(match out_type {
+            DataType::Utf8 => fill!(StringBuilder::with_capacity(len, len * 36)),
+            DataType::Utf8View => fill!(StringViewBuilder::with_capacity(len)),
+            DataType::LargeUtf8 => fill!(LargeStringBuilder::with_capacity(len, len * 36)),
+            other => {
+                return Err(DataFusionError::Internal(format!(
+                    "project_pseudonym to a {other}"
+                )));
+            }
+        })
     }
 }
 
@@ -107,8 +131,17 @@ impl ScalarUDFImpl for PseudonymUdf {
     fn signature(&self) -> &Signature {
         &self.signature
     }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types.first().cloned().unwrap_or(DataType::Utf8))
+    }
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        // Same type, nullability and metadata as the stored column (a NULL
+        // stays NULL, nothing else becomes NULL): the mapping can replace
+        // the column without changing any schema.
+        Ok(Arc::new(match args.arg_fields.first() {
+            Some(f) => f.as_ref().clone().with_name(self.name()),
+            None => Field::new(self.name(), DataType::Utf8, true),
+        }))
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arg = args.args.into_iter().next().ok_or_else(|| {
@@ -127,16 +160,20 @@ impl ScalarUDFImpl for PseudonymUdf {
                         )));
                     }
                 };
-                Ok(ColumnarValue::Scalar(ScalarValue::Utf8(
-                    v.map(|s| self.pseudo.pseudonym(&s)),
-                )))
+                let v = v.map(|s| self.pseudo.pseudonym(&s));
+                Ok(ColumnarValue::Scalar(match args.return_field.data_type() {
+                    DataType::Utf8View => ScalarValue::Utf8View(v),
+                    DataType::LargeUtf8 => ScalarValue::LargeUtf8(v),
+                    _ => ScalarValue::Utf8(v),
+                }))
             }
             ColumnarValue::Array(a) => {
                 let n = a.len();
+                let t = a.data_type().clone();
                 let out = match a.data_type() {
-                    DataType::Utf8View => self.map(a.as_string_view().iter(), n),
-                    DataType::Utf8 => self.map(a.as_string::<i32>().iter(), n),
-                    DataType::LargeUtf8 => self.map(a.as_string::<i64>().iter(), n),
+                    DataType::Utf8View => self.map(a.as_string_view().iter(), n, &t)?,
+                    DataType::Utf8 => self.map(a.as_string::<i32>().iter(), n, &t)?,
+                    DataType::LargeUtf8 => self.map(a.as_string::<i64>().iter(), n, &t)?,
                     other => {
                         return Err(DataFusionError::Internal(format!(
                             "project_pseudonym of a {other}"
@@ -431,6 +468,75 @@ pub struct PerimeterTable {
     /// barrier (a predicate on a mapped or coarsened column would be
     /// rewritten over the stored value and could fail on a hidden row).
     plain: Vec<String>,
+    /// The same view with its pseudonym columns left as stored, for
+    /// [`crate::late`]; `None` when the view maps no column (or its shape
+    /// is not the one [`ViewBuilder`] builds).
+    late: Option<Arc<LateView>>,
+    /// Whether this provider is the late variant (stored pseudonyms).
+    shows_stored: bool,
+}
+
+/// A view whose pseudonym columns are mapped later in the plan.
+#[derive(Debug)]
+struct LateView {
+    stored: LogicalPlan,
+    /// Column name → the function that maps it.
+    columns: Vec<(String, Arc<ScalarUDF>)>,
+}
+
+/// The mapping function of `e` when `e` is `project_pseudonym(column)`.
+pub fn pseudonym_call(e: &Expr) -> Option<(&Column, &Arc<ScalarUDF>)> {
+    match e {
+        Expr::ScalarFunction(f) if f.func.inner().downcast_ref::<PseudonymUdf>().is_some() => {
+            match f.args.as_slice() {
+                [Expr::Column(c)] => Some((c, &f.func)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The view of `plan` with `project_pseudonym(c) AS n` replaced by `c AS n`
+/// in its top projection, if that keeps the schema (types, nullability).
+fn late_view(plan: &LogicalPlan) -> Option<LateView> {
+    let LogicalPlan::SubqueryAlias(alias) = plan else {
+        return None;
+    };
+    let LogicalPlan::Projection(p) = alias.input.as_ref() else {
+        return None;
+    };
+    let mut columns = Vec::new();
+    let mut exprs = Vec::with_capacity(p.expr.len());
+    for e in &p.expr {
+        match e {
+            Expr::Alias(a) => match pseudonym_call(&a.expr) {
+                Some((c, udf)) => {
+                    columns.push((a.name.clone(), udf.clone()));
+                    exprs.push(Expr::Column(c.clone()).alias(&a.name));
+                }
+                None => exprs.push(e.clone()),
+            },
+            _ => exprs.push(e.clone()),
+        }
+    }
+    if columns.is_empty() {
+        return None;
+    }
+    let projection = datafusion::logical_expr::Projection::try_new(exprs, p.input.clone()).ok()?;
+    let stored = LogicalPlan::SubqueryAlias(
+        datafusion::logical_expr::SubqueryAlias::try_new(
+            Arc::new(LogicalPlan::Projection(projection)),
+            alias.alias.clone(),
+        )
+        .ok()?,
+    );
+    // Fail safe: a late variant whose schema differs would break the plan
+    // it is swapped into; the eager view is then the only one.
+    if stored.schema().as_arrow() != plan.schema().as_arrow() {
+        return None;
+    }
+    Some(LateView { stored, columns })
 }
 
 impl PerimeterTable {
@@ -438,11 +544,40 @@ impl PerimeterTable {
     /// shown as stored.
     pub fn new(plan: LogicalPlan, plain: Vec<String>) -> PerimeterTable {
         let schema = Arc::new(plan.schema().as_arrow().clone());
+        let late = late_view(&plan).map(Arc::new);
         PerimeterTable {
             plan,
             schema,
             plain,
+            late,
+            shows_stored: false,
         }
+    }
+
+    /// The same table showing its pseudonym columns as stored, and the
+    /// function that maps each of them; `None` if it has none. Only
+    /// [`crate::late`] uses it, and it maps every such column before any
+    /// value can be seen.
+    pub fn stored_variant(&self) -> Option<(PerimeterTable, Vec<(String, Arc<ScalarUDF>)>)> {
+        if self.shows_stored {
+            return None;
+        }
+        let late = self.late.as_ref()?;
+        Some((
+            PerimeterTable {
+                plan: late.stored.clone(),
+                schema: self.schema.clone(),
+                plain: self.plain.clone(),
+                late: Some(late.clone()),
+                shows_stored: true,
+            },
+            late.columns.clone(),
+        ))
+    }
+
+    /// Whether this provider shows stored pseudonyms (the late variant).
+    pub fn shows_stored(&self) -> bool {
+        self.shows_stored
     }
 
     fn pushable(&self, e: &Expr) -> bool {
@@ -585,6 +720,17 @@ impl ExecutionPlan for Barrier {
     ) -> Result<SendableRecordBatchStream> {
         self.input.execute(partition, context)
     }
+    fn child_stats_requests(
+        &self,
+        partition: Option<usize>,
+    ) -> Vec<datafusion::physical_plan::statistics::ChildStats> {
+        // DataFusion skips a child's statistics unless asked: without this,
+        // every view looked empty of statistics and joins kept the written
+        // order, building hash tables on the largest table.
+        vec![datafusion::physical_plan::statistics::ChildStats::At(
+            partition,
+        )]
+    }
     fn statistics_from_inputs(
         &self,
         input_stats: &[Arc<datafusion::common::Statistics>],
@@ -659,6 +805,33 @@ mod tests {
         let t = t.as_primitive::<arrow::datatypes::TimestampSecondType>();
         assert_eq!(t.value(0), i64::from(days(2021, 7, 1)) * 86_400);
         assert!(t.is_null(1), "out of range becomes NULL, not an error");
+    }
+
+    #[test]
+    fn the_barrier_passes_its_view_statistics_to_the_planner() {
+        use datafusion::common::stats::Precision;
+        use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![Field::new(
+            "a",
+            DataType::Int64,
+            false,
+        )]));
+        let batch = arrow::array::RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow::array::Int64Array::from(vec![1, 2, 3]))],
+        )
+        .unwrap();
+        let source = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            schema,
+            None,
+        )
+        .unwrap();
+        let barrier = Barrier::new(source);
+        let stats = StatisticsContext::new()
+            .compute(&barrier, &StatisticsArgs::new())
+            .unwrap();
+        assert_eq!(stats.num_rows, Precision::Exact(3));
     }
 
     #[test]

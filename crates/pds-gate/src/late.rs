@@ -1,0 +1,877 @@
+//! Project pseudonyms, mapped late.
+//!
+//! A project view shows every patient identifier as its project pseudonym
+//! (HMAC-SHA256 of the stored platform pseudonym, [`PseudonymUdf`]).
+//! Mapped in the view, every row a statement reads is mapped, before its
+//! joins and its grouping: 27 million HMACs for a statement over one year
+//! of prestations, and joins and hash tables on 36-character strings.
+//!
+//! The mapping is one-to-one, so an equality between two identifiers, a
+//! `GROUP BY`, a `DISTINCT`, a `COUNT(DISTINCT ...)` give the same answer
+//! on stored values as on mapped ones. [`map_late`] rewrites an optimised
+//! plan so that the views show stored values and each identifier is mapped
+//! at the first place where its value matters:
+//!
+//! - kept stored through: equality joins and filters between two
+//!   identifiers mapped by the same function, `IS [NOT] NULL`, `GROUP BY`
+//!   and window `PARTITION BY` on the bare column, `count(...)` of the bare
+//!   column, projections that pass the column on unchanged, aliases,
+//!   limits, `DISTINCT`, unions where every branch holds a stored identifier
+//!   in that place;
+//! - mapped (a projection below the node, same name, type and nullability)
+//!   before anything else: a comparison with a literal, a function, a cast,
+//!   `ORDER BY`, `min`/`max`, a join with a value that is not a stored
+//!   identifier, and every node this module does not know;
+//! - and always before the result: the root maps whatever is still stored.
+//!
+//! Order is data too. A hash table or a sort keyed by stored values emits
+//! rows in an order that follows the *platform* pseudonyms, the same in
+//! every project: two projects' lists of patients would line up row by
+//! row. So when anything was keyed on a stored value, a result that shows
+//! identifiers is sorted by them (project pseudonyms: a different order in
+//! each project), and a statement whose answer could depend on row order
+//! (a `LIMIT`, a window, `first_value`, `array_agg`, a user's `ORDER BY`
+//! with ties between people) keeps the mapping in the views.
+//!
+//! Fail closed: a view is swapped for its stored variant only by this
+//! module, so a plan it does not rewrite maps in the views, as before. A
+//! plan with subqueries left in expressions (correlated references cross
+//! node boundaries this analysis does not follow), or with a column it
+//! cannot place, is left as it is.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchema};
+use datafusion::datasource::{provider_as_source, source_as_provider};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::{
+    BinaryExpr, Distinct, Expr, JoinType, LogicalPlan, Operator, Projection, ScalarUDF, Sort,
+    SortExpr, TableScan,
+};
+
+use crate::views::PerimeterTable;
+#[cfg(doc)]
+use crate::views::PseudonymUdf;
+
+/// Per output column of a plan: the function that maps it when it holds a
+/// stored identifier, `None` when it holds anything else.
+type Flags = Vec<Option<Arc<ScalarUDF>>>;
+
+/// Rewrites an optimised plan so that project pseudonyms are mapped where
+/// their value is first needed rather than in the views. The result has
+/// the same schema and, row for row, the same values.
+pub fn map_late(plan: LogicalPlan) -> Result<LogicalPlan> {
+    if !eligible(&plan) {
+        return Ok(plan);
+    }
+    let mut keyed = false;
+    let (late, flags) = lift(plan.clone(), &mut keyed)?;
+    let ids_out: Vec<usize> = stored(&flags).collect();
+    if keyed && (order_dependent(&late) || (!ids_out.is_empty() && sorts(&late))) {
+        // A hash table or a sort keyed by stored values orders rows by
+        // platform pseudonym, the same way in every project. Where that
+        // order could choose rows (a LIMIT, a window, an order-sensitive
+        // aggregate) or break a user's ORDER BY ties between people, the
+        // views map, as before.
+        return Ok(plan);
+    }
+    let all: HashSet<usize> = ids_out.iter().copied().collect();
+    let mapped = materialise(late, &flags, &all)?;
+    if !keyed || ids_out.is_empty() {
+        return Ok(mapped);
+    }
+    // Identifiers leave in an order that may follow stored values: sort
+    // them by project pseudonym, so no two projects see the same order.
+    let schema = mapped.schema().clone();
+    let keys = ids_out
+        .iter()
+        .map(|i| {
+            let (q, f) = schema.qualified_field(*i);
+            SortExpr::new(Expr::Column(Column::from((q, f))), true, false)
+        })
+        .collect();
+    Ok(LogicalPlan::Sort(Sort {
+        expr: keys,
+        input: Arc::new(mapped),
+        fetch: None,
+    }))
+}
+
+/// Aggregates whose result does not depend on the order of their input.
+const ORDER_FREE_AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "avg",
+    "mean",
+    "min",
+    "max",
+    "median",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "var",
+    "var_pop",
+    "var_samp",
+    "var_population",
+    "var_sample",
+    "bool_and",
+    "bool_or",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "approx_distinct",
+    "pds_contributors",
+];
+
+/// Whether a result of `plan` could depend on the order of rows: a limit,
+/// a window, an aggregate such as `first_value` or `array_agg`.
+fn order_dependent(plan: &LogicalPlan) -> bool {
+    plan.exists(|node| {
+        Ok(match node {
+            LogicalPlan::Limit(_)
+            | LogicalPlan::Window(_)
+            | LogicalPlan::Distinct(Distinct::On(_))
+            | LogicalPlan::Unnest(_) => true,
+            LogicalPlan::Sort(s) => s.fetch.is_some(),
+            LogicalPlan::Aggregate(a) => a.aggr_expr.iter().any(|e| {
+                e.exists(|x| {
+                    Ok(match x {
+                        Expr::AggregateFunction(af) => {
+                            !ORDER_FREE_AGGREGATES.contains(&af.func.name())
+                        }
+                        _ => false,
+                    })
+                })
+                .unwrap_or(true)
+            }),
+            LogicalPlan::TableScan(t) => t.fetch.is_some(),
+            _ => false,
+        })
+    })
+    .unwrap_or(true)
+}
+
+fn sorts(plan: &LogicalPlan) -> bool {
+    plan.exists(|node| Ok(matches!(node, LogicalPlan::Sort(_))))
+        .unwrap_or(true)
+}
+
+/// Whether every part of `plan` is one this module can follow.
+fn eligible(plan: &LogicalPlan) -> bool {
+    let mut ok = true;
+    let _ = plan.apply(|node| {
+        let unknown_node = matches!(
+            node,
+            LogicalPlan::Subquery(_)
+                | LogicalPlan::RecursiveQuery(_)
+                | LogicalPlan::Dml(_)
+                | LogicalPlan::Ddl(_)
+                | LogicalPlan::Copy(_)
+                | LogicalPlan::Statement(_)
+                | LogicalPlan::Explain(_)
+                | LogicalPlan::Analyze(_)
+                | LogicalPlan::DescribeTable(_)
+        );
+        let subquery = node
+            .expressions()
+            .iter()
+            .any(|e| e.exists(|x| Ok(is_subquery(x))).unwrap_or(true));
+        if unknown_node || subquery {
+            ok = false;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    ok
+}
+
+fn is_subquery(e: &Expr) -> bool {
+    matches!(
+        e,
+        Expr::Exists(_)
+            | Expr::InSubquery(_)
+            | Expr::ScalarSubquery(_)
+            | Expr::OuterReferenceColumn(..)
+            | Expr::Placeholder(_)
+    )
+}
+
+fn stored(flags: &Flags) -> impl Iterator<Item = usize> + '_ {
+    flags
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| f.as_ref().map(|_| i))
+}
+
+/// `plan` with the columns of `which` (positions in its schema, holding
+/// stored identifiers per `flags`) mapped, under the same names.
+fn materialise(plan: LogicalPlan, flags: &Flags, which: &HashSet<usize>) -> Result<LogicalPlan> {
+    if !which
+        .iter()
+        .any(|i| flags.get(*i).is_some_and(Option::is_some))
+    {
+        return Ok(plan);
+    }
+    let schema = plan.schema().clone();
+    let mut exprs = Vec::with_capacity(schema.fields().len());
+    for (i, (qualifier, field)) in schema.iter().enumerate() {
+        let col = Expr::Column(Column::from((qualifier, field.as_ref())));
+        match (which.contains(&i), flags.get(i).and_then(Option::as_ref)) {
+            (true, Some(udf)) => exprs.push(
+                udf.call(vec![col])
+                    .alias_qualified(qualifier.cloned(), field.name()),
+            ),
+            _ => exprs.push(col),
+        }
+    }
+    let mapped = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(plan))?);
+    if mapped.schema().as_arrow() != schema.as_arrow() {
+        return Err(DataFusionError::Internal(
+            "mapping pseudonyms late changed a schema".into(),
+        ));
+    }
+    Ok(mapped)
+}
+
+/// A column of one of a node's inputs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct Slot {
+    input: usize,
+    index: usize,
+}
+
+/// What one node does with its inputs' stored identifiers.
+struct Uses<'a> {
+    schemas: Vec<&'a DFSchema>,
+    flags: &'a [Flags],
+    /// Slots that must be mapped below the node.
+    map: HashSet<Slot>,
+    /// Pairs compared for equality while stored: mapped together or not at
+    /// all.
+    pairs: Vec<(Slot, Slot)>,
+    /// Slots a hash table or a sort is keyed on (joins, grouping,
+    /// `DISTINCT`): the order of the node's output may follow them.
+    keys: Vec<Slot>,
+}
+
+impl<'a> Uses<'a> {
+    fn new(schemas: Vec<&'a DFSchema>, flags: &'a [Flags]) -> Uses<'a> {
+        Uses {
+            schemas,
+            flags,
+            map: HashSet::new(),
+            pairs: Vec::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    /// Whether the node keys anything on a value left stored.
+    fn keyed(&self) -> bool {
+        self.keys.iter().any(|s| !self.map.contains(s))
+            || self.pairs.iter().any(|(a, _)| !self.map.contains(a))
+    }
+
+    /// The slot of `c`; `Err` when no input (or more than one) holds it.
+    fn slot(&self, c: &Column) -> std::result::Result<Slot, ()> {
+        let mut found = None;
+        for (input, s) in self.schemas.iter().enumerate() {
+            if let Some(index) = s.maybe_index_of_column(c) {
+                if found.is_some() {
+                    return Err(());
+                }
+                found = Some(Slot { input, index });
+            }
+        }
+        found.ok_or(())
+    }
+
+    fn udf(&self, s: Slot) -> Option<&Arc<ScalarUDF>> {
+        self.flags
+            .get(s.input)
+            .and_then(|f| f.get(s.index))
+            .and_then(Option::as_ref)
+    }
+
+    /// The stored slot `e` is, if `e` is a bare column holding one.
+    fn bare(&self, e: &Expr) -> Option<Slot> {
+        let e = match e {
+            Expr::Alias(a) => a.expr.as_ref(),
+            e => e,
+        };
+        match e {
+            Expr::Column(c) => self.slot(c).ok().filter(|s| self.udf(*s).is_some()),
+            _ => None,
+        }
+    }
+
+    /// Every stored identifier `e` reads must be mapped. `Err` when a
+    /// column cannot be placed.
+    fn map_all(&mut self, e: &Expr) -> std::result::Result<(), ()> {
+        for c in e.column_refs() {
+            let s = self.slot(c)?;
+            if self.udf(s).is_some() {
+                self.map.insert(s);
+            }
+        }
+        Ok(())
+    }
+
+    /// A predicate: equalities between stored identifiers of one function
+    /// and null tests stay stored; the rest is mapped.
+    fn predicate(&mut self, e: &Expr) -> std::result::Result<(), ()> {
+        match e {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::And,
+                right,
+            }) => {
+                self.predicate(left)?;
+                self.predicate(right)
+            }
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq | Operator::IsNotDistinctFrom,
+                right,
+            }) => self.equality(left, right),
+            Expr::IsNull(x) | Expr::IsNotNull(x) if self.bare(x).is_some() => Ok(()),
+            e => self.map_all(e),
+        }
+    }
+
+    fn equality(&mut self, l: &Expr, r: &Expr) -> std::result::Result<(), ()> {
+        if !matches!(l, Expr::Column(_)) || !matches!(r, Expr::Column(_)) {
+            self.map_all(l)?;
+            return self.map_all(r);
+        }
+        match (self.bare(l), self.bare(r)) {
+            (Some(a), Some(b)) if self.udf(a) == self.udf(b) => {
+                self.pairs.push((a, b));
+                Ok(())
+            }
+            _ => {
+                self.map_all(l)?;
+                self.map_all(r)
+            }
+        }
+    }
+
+    /// Closes `map` over the equality pairs.
+    fn close(&mut self) {
+        loop {
+            let mut changed = false;
+            for (a, b) in &self.pairs {
+                if self.map.contains(a) != self.map.contains(b) {
+                    self.map.insert(*a);
+                    self.map.insert(*b);
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+    }
+
+    fn of_input(&self, input: usize) -> HashSet<usize> {
+        self.map
+            .iter()
+            .filter(|s| s.input == input)
+            .map(|s| s.index)
+            .collect()
+    }
+
+    /// The flags of input `input` after the mapping below the node.
+    fn after(&self, input: usize) -> Flags {
+        let mut f = self.flags.get(input).cloned().unwrap_or_default();
+        for s in self.map.iter().filter(|s| s.input == input) {
+            if let Some(x) = f.get_mut(s.index) {
+                *x = None;
+            }
+        }
+        f
+    }
+
+    /// The flag of `slot` after the mapping below the node.
+    fn still(&self, slot: Option<Slot>) -> Option<Arc<ScalarUDF>> {
+        let s = slot?;
+        if self.map.contains(&s) {
+            return None;
+        }
+        self.udf(s).cloned()
+    }
+}
+
+/// Swaps the views read by `plan` for their stored variants and maps what
+/// each node needs mapped. Returns the plan and its output flags.
+fn lift(plan: LogicalPlan, keyed: &mut bool) -> Result<(LogicalPlan, Flags)> {
+    if let LogicalPlan::TableScan(scan) = &plan {
+        return Ok(scan_stored(scan).unwrap_or_else(|| {
+            let n = plan.schema().fields().len();
+            (plan.clone(), vec![None; n])
+        }));
+    }
+    let mut child_flags: Vec<Flags> = Vec::new();
+    let plan = plan
+        .map_children(|c| {
+            let (c, f) = lift(c, keyed)?;
+            child_flags.push(f);
+            Ok(Transformed::yes(c))
+        })?
+        .data;
+    let schemas: Vec<&DFSchema> = plan
+        .inputs()
+        .into_iter()
+        .map(|i| i.schema().as_ref())
+        .collect();
+    let mut uses = Uses::new(schemas, &child_flags);
+    let out = match analyse(&plan, &mut uses) {
+        Ok(out) => out,
+        Err(()) => {
+            // A node or a column this module cannot follow: map every
+            // stored identifier of its inputs.
+            uses.map = child_flags
+                .iter()
+                .enumerate()
+                .flat_map(|(input, f)| stored(f).map(move |index| Slot { input, index }))
+                .collect();
+            vec![None; plan.schema().fields().len()]
+        }
+    };
+    uses.close();
+    *keyed |= uses.keyed();
+    let which: Vec<HashSet<usize>> = (0..child_flags.len()).map(|i| uses.of_input(i)).collect();
+    let mut i = 0;
+    let plan = plan
+        .map_children(|c| {
+            let flags = child_flags.get(i).cloned().unwrap_or_default();
+            let w = which.get(i).cloned().unwrap_or_default();
+            i += 1;
+            Ok(Transformed::yes(materialise(c, &flags, &w)?))
+        })?
+        .data;
+    if out.len() != plan.schema().fields().len() {
+        return Err(DataFusionError::Internal(
+            "mapping pseudonyms late lost track of a column".into(),
+        ));
+    }
+    Ok((plan, out))
+}
+
+/// The stored variant of a scan of a project view, with its flags.
+fn scan_stored(scan: &TableScan) -> Option<(LogicalPlan, Flags)> {
+    let provider = source_as_provider(&scan.source).ok()?;
+    let any: &dyn std::any::Any = provider.as_ref();
+    let table = any.downcast_ref::<PerimeterTable>()?;
+    let (variant, columns) = table.stored_variant()?;
+    let udf_of = |name: &str| {
+        columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, u)| u.clone())
+    };
+    // A filter handed to the view is evaluated on what the view shows: none
+    // may read an identifier (the views never accept one; checked anyway).
+    if scan
+        .filters
+        .iter()
+        .flat_map(|f| f.column_refs())
+        .any(|c| udf_of(&c.name).is_some())
+    {
+        return None;
+    }
+    let flags: Flags = scan
+        .projected_schema
+        .fields()
+        .iter()
+        .map(|f| udf_of(f.name()))
+        .collect();
+    let swapped = TableScan {
+        source: provider_as_source(Arc::new(variant)),
+        ..scan.clone()
+    };
+    Some((LogicalPlan::TableScan(swapped), flags))
+}
+
+/// The output flags of `plan`, recording in `uses` what must be mapped
+/// below it. `Err` for what this module does not follow.
+fn analyse(plan: &LogicalPlan, uses: &mut Uses) -> std::result::Result<Flags, ()> {
+    let n_out = plan.schema().fields().len();
+    match plan {
+        LogicalPlan::Projection(p) => {
+            let mut bare = Vec::with_capacity(p.expr.len());
+            for e in &p.expr {
+                match uses.bare(e) {
+                    Some(s) => bare.push(Some(s)),
+                    None => {
+                        uses.map_all(e)?;
+                        bare.push(None);
+                    }
+                }
+            }
+            Ok(bare.into_iter().map(|s| uses.still(s)).collect())
+        }
+        LogicalPlan::Filter(f) => {
+            uses.predicate(&f.predicate)?;
+            uses.close();
+            Ok(uses.after(0))
+        }
+        LogicalPlan::Join(j) => {
+            for (l, r) in &j.on {
+                uses.equality(l, r)?;
+            }
+            if let Some(f) = &j.filter {
+                uses.predicate(f)?;
+            }
+            uses.close();
+            let (left, right) = (uses.after(0), uses.after(1));
+            let out = match j.join_type {
+                JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {
+                    left.into_iter().chain(right).collect()
+                }
+                JoinType::LeftSemi | JoinType::LeftAnti => left,
+                JoinType::RightSemi | JoinType::RightAnti => right,
+                JoinType::LeftMark => left.into_iter().chain([None]).collect(),
+                JoinType::RightMark => right.into_iter().chain([None]).collect(),
+            };
+            if out.len() == n_out { Ok(out) } else { Err(()) }
+        }
+        LogicalPlan::Aggregate(a) => {
+            let mut out = Vec::with_capacity(n_out);
+            let mut groups = Vec::new();
+            for g in &a.group_expr {
+                if matches!(g, Expr::GroupingSet(_)) {
+                    return Err(());
+                }
+                match uses.bare(g) {
+                    Some(s) => {
+                        uses.keys.push(s);
+                        groups.push(Some(s));
+                    }
+                    None => {
+                        uses.map_all(g)?;
+                        groups.push(None);
+                    }
+                }
+            }
+            for e in &a.aggr_expr {
+                aggregate_use(e, uses)?;
+            }
+            out.extend(groups.into_iter().map(|s| uses.still(s)));
+            out.resize(n_out, None);
+            Ok(out)
+        }
+        LogicalPlan::Window(w) => {
+            for e in &w.window_expr {
+                let inner = match e {
+                    Expr::Alias(a) => a.expr.as_ref(),
+                    e => e,
+                };
+                match inner {
+                    Expr::WindowFunction(wf) => {
+                        // Partitions are the same on stored values; every
+                        // other part of the window sees mapped ones.
+                        let mut rest = wf.as_ref().clone();
+                        let partition = std::mem::take(&mut rest.params.partition_by);
+                        for p in &partition {
+                            match uses.bare(p) {
+                                Some(s) => uses.keys.push(s),
+                                None => uses.map_all(p)?,
+                            }
+                        }
+                        uses.map_all(&Expr::WindowFunction(Box::new(rest)))?;
+                    }
+                    e => uses.map_all(e)?,
+                }
+            }
+            let mut out = uses.after(0);
+            out.resize(n_out, None);
+            Ok(out)
+        }
+        LogicalPlan::Sort(s) => {
+            for e in &s.expr {
+                uses.map_all(&e.expr)?;
+            }
+            Ok(uses.after(0))
+        }
+        LogicalPlan::Distinct(Distinct::All(_)) => {
+            let keys: Vec<Slot> = uses
+                .flags
+                .first()
+                .map(|f| stored(f).map(|index| Slot { input: 0, index }).collect())
+                .unwrap_or_default();
+            uses.keys.extend(keys);
+            Ok(uses.after(0))
+        }
+        LogicalPlan::Limit(_) | LogicalPlan::SubqueryAlias(_) => Ok(uses.after(0)),
+        LogicalPlan::Union(_) => {
+            let branches = uses.flags.len();
+            let mut out = Vec::with_capacity(n_out);
+            for i in 0..n_out {
+                let first = uses.flags.first().and_then(|f| f.get(i)).cloned().flatten();
+                let same = (0..branches)
+                    .all(|b| uses.flags.get(b).and_then(|f| f.get(i)).cloned().flatten() == first);
+                if same {
+                    out.push(first);
+                } else {
+                    for b in 0..branches {
+                        uses.map.insert(Slot { input: b, index: i });
+                    }
+                    out.push(None);
+                }
+            }
+            Ok(out)
+        }
+        LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Ok(vec![None; n_out]),
+        _ => Err(()),
+    }
+}
+
+/// `count(x)` and `count(DISTINCT x)` of a bare stored identifier count
+/// the same on stored values; any other use maps it.
+fn aggregate_use(e: &Expr, uses: &mut Uses) -> std::result::Result<(), ()> {
+    let inner = match e {
+        Expr::Alias(a) => a.expr.as_ref(),
+        e => e,
+    };
+    match inner {
+        Expr::AggregateFunction(af) if af.func.name() == "count" => {
+            let mut rest = af.clone();
+            let args = std::mem::take(&mut rest.params.args);
+            for x in &args {
+                if uses.bare(x).is_none() {
+                    uses.map_all(x)?;
+                }
+            }
+            // Its filter and ordering see mapped values.
+            uses.map_all(&Expr::AggregateFunction(rest))
+        }
+        e => uses.map_all(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::views::PseudonymUdf;
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::MemTable;
+    use datafusion::logical_expr::LogicalPlanBuilder;
+    use datafusion::physical_plan::collect;
+    use datafusion::prelude::{SessionContext, col};
+
+    /// Two project views over in-memory tables, `A(id, x)` and `B(id, y)`,
+    /// whose `id` is mapped by one project's function.
+    async fn session() -> SessionContext {
+        let ctx = SessionContext::new();
+        let key = pds_keys::SecretKey::from_bytes([7; 32]);
+        let udf = Arc::new(PseudonymUdf::udf(
+            "p",
+            pds_project::Pseudonymiser::new(&key, 1),
+        ));
+        for (name, value, ids) in [
+            ("A", "x", vec!["P01", "P02", "P02", "P03", "P04"]),
+            ("B", "y", vec!["P02", "P03", "P03", "P05"]),
+        ] {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Utf8, false),
+                Field::new(value, DataType::Int64, false),
+            ]));
+            let n = ids.len() as i64;
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(ids)),
+                    Arc::new(Int64Array::from((0..n).collect::<Vec<_>>())),
+                ],
+            )
+            .unwrap();
+            let base = format!("{name}_base");
+            ctx.register_table(
+                base.as_str(),
+                Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap()),
+            )
+            .unwrap();
+            let scan = ctx
+                .table(base.as_str())
+                .await
+                .unwrap()
+                .into_unoptimized_plan();
+            let view = LogicalPlanBuilder::from(scan)
+                .project(vec![udf.call(vec![col("id")]).alias("id"), col(value)])
+                .unwrap()
+                .alias(name)
+                .unwrap()
+                .build()
+                .unwrap();
+            ctx.register_table(
+                name,
+                Arc::new(PerimeterTable::new(view, vec![value.to_string()])),
+            )
+            .unwrap();
+        }
+        ctx
+    }
+
+    async fn rows(ctx: &SessionContext, plan: &LogicalPlan) -> Vec<String> {
+        let state = ctx.state();
+        let physical = state
+            .query_planner()
+            .create_physical_plan(plan, &state)
+            .await
+            .unwrap();
+        let batches = collect(physical, ctx.task_ctx()).await.unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .skip(1)
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    /// The optimised plan of `sql`, as the views map it and as mapped late.
+    async fn plans(ctx: &SessionContext, sql: &str) -> (LogicalPlan, LogicalPlan) {
+        let state = ctx.state();
+        let plan = state.create_logical_plan(sql).await.unwrap();
+        let early = state.optimize(&plan).unwrap();
+        let late = map_late(early.clone()).unwrap();
+        (early, late)
+    }
+
+    /// Same names, qualifiers, types and nullability (functional
+    /// dependencies, which only the optimizer reads, may be dropped).
+    fn assert_same_schema(a: &LogicalPlan, b: &LogicalPlan) {
+        assert_eq!(a.schema().as_arrow(), b.schema().as_arrow());
+        let q = |p: &LogicalPlan| {
+            p.schema()
+                .iter()
+                .map(|(q, _)| q.cloned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(q(a), q(b));
+    }
+
+    fn mapped_line(plan: &LogicalPlan) -> Vec<usize> {
+        plan.display_indent()
+            .to_string()
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains("project_pseudonym"))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    fn line_of(plan: &LogicalPlan, what: &str) -> usize {
+        plan.display_indent()
+            .to_string()
+            .lines()
+            .position(|l| l.trim_start().starts_with(what))
+            .unwrap_or_else(|| panic!("no {what} in\n{}", plan.display_indent()))
+    }
+
+    #[tokio::test]
+    async fn joins_and_grouping_run_on_stored_values_and_the_result_is_mapped() {
+        let ctx = session().await;
+        let sql = "SELECT A.id, COUNT(*) AS n, SUM(B.y) AS s, COUNT(DISTINCT B.id) AS d \
+                   FROM A JOIN B ON A.id = B.id GROUP BY A.id";
+        let (early, late) = plans(&ctx, sql).await;
+        assert!(mapped_line(&early).is_empty(), "{}", early.display_indent());
+        // Mapped once, above the aggregate: the join and the grouping saw
+        // stored values.
+        let at = mapped_line(&late);
+        assert_eq!(at.len(), 1, "{}", late.display_indent());
+        assert!(
+            at[0] < line_of(&late, "Aggregate"),
+            "{}",
+            late.display_indent()
+        );
+        // The identifiers leave sorted by project pseudonym, not in the
+        // order of the stored values the grouping was keyed on.
+        assert_eq!(line_of(&late, "Sort"), 0, "{}", late.display_indent());
+        let (a, b) = (rows(&ctx, &early).await, rows(&ctx, &late).await);
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 2);
+        assert!(a[0].contains("| 2 ") || a[1].contains("| 2 "), "{a:?}");
+        assert!(a.iter().all(|r| r.contains("v1:")), "{a:?}");
+        assert!(
+            !a.iter().any(|r| r.contains("P0")),
+            "a stored value leaked: {a:?}"
+        );
+        assert_same_schema(&early, &late);
+    }
+
+    #[tokio::test]
+    async fn a_value_that_matters_is_mapped_before_it_is_used() {
+        let ctx = session().await;
+        // Order, comparison with a literal, min/max, string functions and a
+        // join with a value that is not an identifier all see mapped values.
+        for sql in [
+            "SELECT id FROM A ORDER BY id LIMIT 2",
+            "SELECT id FROM A WHERE id > 'v1:M'",
+            "SELECT MIN(id), MAX(id) FROM A",
+            "SELECT substr(id, 1, 6) AS s, COUNT(*) FROM A GROUP BY substr(id, 1, 6)",
+            "SELECT A.id FROM A JOIN (VALUES ('P02')) v(k) ON A.id = v.k",
+            "SELECT A.id, B.id FROM A LEFT JOIN B ON A.id = B.id WHERE B.id IS NULL",
+            "SELECT id FROM A UNION SELECT id FROM B",
+            "SELECT id, ROW_NUMBER() OVER (PARTITION BY id ORDER BY x) AS r FROM A",
+            "SELECT id FROM A WHERE id IN (SELECT id FROM B)",
+            "SELECT id, (SELECT COUNT(*) FROM B WHERE B.id = A.id) AS c FROM A",
+        ] {
+            let (early, late) = plans(&ctx, sql).await;
+            let (a, b) = (rows(&ctx, &early).await, rows(&ctx, &late).await);
+            assert_eq!(a, b, "{sql}\n{}", late.display_indent());
+            assert!(!b.iter().any(|r| r.contains("P0")), "{sql}: {b:?}");
+            assert_same_schema(&early, &late);
+        }
+        // The stored-value join against a literal table found nothing, as
+        // the mapped one does.
+        let (_, late) = plans(
+            &ctx,
+            "SELECT A.id FROM A JOIN (VALUES ('P02')) v(k) ON A.id = v.k",
+        )
+        .await;
+        assert!(rows(&ctx, &late).await.is_empty());
+        // A filter on the value maps below the filter.
+        let (_, late) = plans(&ctx, "SELECT id, x FROM A WHERE id > 'v1:M'").await;
+        let at = mapped_line(&late);
+        assert!(
+            at.iter().any(|i| *i > line_of(&late, "Filter")),
+            "{}",
+            late.display_indent()
+        );
+    }
+
+    #[tokio::test]
+    async fn what_could_follow_the_stored_order_keeps_the_mapping_in_the_views() {
+        let ctx = session().await;
+        for sql in [
+            "SELECT id FROM A GROUP BY id LIMIT 1",
+            "SELECT A.id FROM A JOIN B ON A.id = B.id ORDER BY A.x",
+            "SELECT id, ROW_NUMBER() OVER (PARTITION BY id) AS r FROM A",
+            "SELECT x, array_agg(y) FROM (SELECT A.x, B.y FROM A JOIN B ON A.id = B.id) GROUP BY x",
+        ] {
+            let (early, late) = plans(&ctx, sql).await;
+            assert_eq!(
+                early.display_indent().to_string(),
+                late.display_indent().to_string(),
+                "{sql}"
+            );
+        }
+        // Nothing keyed on a stored value: mapped at the end, no sort added.
+        let (_, late) = plans(&ctx, "SELECT id, x FROM A WHERE x > 1").await;
+        let text = late.display_indent().to_string();
+        assert!(!text.contains("Sort"), "{text}");
+        assert_eq!(mapped_line(&late), vec![0], "{text}");
+        // Keyed, but no identifier leaves: no sort either.
+        let (_, late) = plans(&ctx, "SELECT COUNT(*) FROM A JOIN B ON A.id = B.id").await;
+        assert!(!late.display_indent().to_string().contains("Sort"));
+        assert!(mapped_line(&late).is_empty(), "{}", late.display_indent());
+    }
+}
