@@ -476,12 +476,15 @@ pub struct PerimeterTable {
     shows_stored: bool,
 }
 
+/// Pseudonym columns of a view by name, with the function that maps each.
+pub type PseudonymColumns = Vec<(String, Arc<ScalarUDF>)>;
+
 /// A view whose pseudonym columns are mapped later in the plan.
 #[derive(Debug)]
 struct LateView {
     stored: LogicalPlan,
     /// Column name → the function that maps it.
-    columns: Vec<(String, Arc<ScalarUDF>)>,
+    columns: PseudonymColumns,
 }
 
 /// The mapping function of `e` when `e` is `project_pseudonym(column)`.
@@ -558,7 +561,7 @@ impl PerimeterTable {
     /// function that maps each of them; `None` if it has none. Only
     /// [`crate::late`] uses it, and it maps every such column before any
     /// value can be seen.
-    pub fn stored_variant(&self) -> Option<(PerimeterTable, Vec<(String, Arc<ScalarUDF>)>)> {
+    pub fn stored_variant(&self) -> Option<(PerimeterTable, PseudonymColumns)> {
         if self.shows_stored {
             return None;
         }
