@@ -149,7 +149,9 @@ struct ProjectViews {
     /// views, so object ids stay the same from one statement to the next
     /// (psql's `\d` looks a table up, then its columns, by id).
     pg_catalog: OnceLock<Arc<dyn datafusion::catalog::SchemaProvider>>,
-    plans: Vec<(String, LogicalPlan)>,
+    /// Per granted table, its view, built once: a statement registers
+    /// these (the late-mapping variant is derived once too).
+    tables: Vec<(String, Arc<views::PerimeterTable>)>,
     /// Per table holding patients, the view with the stored patient
     /// identifier (disclosure control only).
     patient_plans: HashMap<String, LogicalPlan>,
@@ -161,10 +163,6 @@ struct ProjectViews {
     /// Tables about people whose rows carry no patient column: the parent
     /// and keys that attribute them (`None`: they cannot be attributed).
     unattributed: HashMap<String, Option<(String, Vec<String>)>>,
-}
-
-fn plain_columns(v: &ProjectViews, table: &str) -> Vec<String> {
-    v.plain.get(table).cloned().unwrap_or_default()
 }
 
 impl std::fmt::Debug for Gate {
@@ -748,7 +746,7 @@ impl Gate {
                     udf: Arc::new(views::PseudonymUdf::udf(id, pseudo)),
                     cohort: &cohort,
                 };
-                let mut plans = Vec::new();
+                let mut tables = Vec::new();
                 let mut patient_plans = HashMap::new();
                 let mut plain = HashMap::new();
                 let mut full_precision = HashSet::new();
@@ -775,7 +773,13 @@ impl Gate {
                             sanitize(&e.to_string())
                         ))
                     })?;
-                    plans.push((t.name.clone(), plan));
+                    tables.push((
+                        t.name.clone(),
+                        Arc::new(views::PerimeterTable::new(
+                            plan,
+                            plain.get(&t.name).cloned().unwrap_or_default(),
+                        )),
+                    ));
                     if project.mode == AccessMode::AggregateOnly {
                         let with = builder.view_with_patient(t).map_err(|e| {
                             setup(format!(
@@ -810,7 +814,7 @@ impl Gate {
                 let v = Arc::new(ProjectViews {
                     fingerprint,
                     pg_catalog: OnceLock::new(),
-                    plans,
+                    tables,
                     patient_plans,
                     plain,
                     full_precision,
@@ -822,15 +826,9 @@ impl Gate {
                 v
             }
         };
-        for (name, plan) in &views.plans {
-            ctx.register_table(
-                TableReference::bare(name.as_str()),
-                Arc::new(views::PerimeterTable::new(
-                    plan.clone(),
-                    plain_columns(&views, name),
-                )),
-            )
-            .map_err(|e| setup(e.to_string()))?;
+        for (name, table) in &views.tables {
+            ctx.register_table(TableReference::bare(name.as_str()), table.clone())
+                .map_err(|e| setup(e.to_string()))?;
         }
         Ok((ctx, views))
     }

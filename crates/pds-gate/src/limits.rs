@@ -94,6 +94,18 @@ impl Limits {
     }
 }
 
+/// What a node that passes its only input through unchanged asks of its
+/// input's statistics: all of them. DataFusion skips a child unless asked,
+/// and a wrapper that did not ask hid every statistic below it from the
+/// planner (joins then kept the written order).
+pub(crate) fn pass_through_child_stats(
+    partition: Option<usize>,
+) -> Vec<datafusion::physical_plan::statistics::ChildStats> {
+    vec![datafusion::physical_plan::statistics::ChildStats::At(
+        partition,
+    )]
+}
+
 /// The statistics of a node that passes its only input through unchanged.
 pub(crate) fn pass_through_statistics(
     input_stats: &[Arc<datafusion::common::Statistics>],
@@ -169,9 +181,7 @@ impl datafusion::physical_plan::ExecutionPlan for DeadlineExec {
         &self,
         partition: Option<usize>,
     ) -> Vec<datafusion::physical_plan::statistics::ChildStats> {
-        vec![datafusion::physical_plan::statistics::ChildStats::At(
-            partition,
-        )]
+        pass_through_child_stats(partition)
     }
     fn statistics_from_inputs(
         &self,

@@ -727,12 +727,7 @@ impl ExecutionPlan for Barrier {
         &self,
         partition: Option<usize>,
     ) -> Vec<datafusion::physical_plan::statistics::ChildStats> {
-        // DataFusion skips a child's statistics unless asked: without this,
-        // every view looked empty of statistics and joins kept the written
-        // order, building hash tables on the largest table.
-        vec![datafusion::physical_plan::statistics::ChildStats::At(
-            partition,
-        )]
+        crate::limits::pass_through_child_stats(partition)
     }
     fn statistics_from_inputs(
         &self,
