@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod pipeline;
+mod prskey;
 mod pseudo;
 pub mod values;
 

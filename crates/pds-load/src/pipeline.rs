@@ -109,6 +109,15 @@ impl Job {
                     });
                 }
             }
+            let key = pds_snds::schema::PRESTATION_KEY;
+            if crate::prskey::applies(&r.columns) && !info.columns.iter().any(|k| k.name == key) {
+                info.columns.push(ColumnInfo {
+                    name: key.to_string(),
+                    data_type: crate::prskey::type_name(),
+                    description: pds_snds::schema::PRESTATION_KEY_DESCRIPTION.to_string(),
+                    nomenclature: String::new(),
+                });
+            }
             info.rows += out.rows as i64;
             for f in out.files {
                 info.bytes += f.bytes;
@@ -183,6 +192,7 @@ impl Job {
             pseudo: &self.pseudo,
             room: self.opts.max_errors,
             rejected_seen: &rejected_seen,
+            prestation_key: crate::prskey::applies(&r.columns),
         };
         std::thread::scope(|s| -> Result<FileOutcome, LoadError> {
             let reader = s.spawn(move || read_chunks(r, work_tx));
@@ -593,6 +603,8 @@ struct ConvertCtx<'a> {
     pseudo: &'a Pseudonymiser,
     room: usize,
     rejected_seen: &'a AtomicBool,
+    /// Whether this table gets the prestation key (`crate::prskey`).
+    prestation_key: bool,
 }
 
 impl ConvertCtx<'_> {
@@ -611,6 +623,11 @@ impl ConvertCtx<'_> {
             // Referentials hold no patient identifier.
             let batch = if self.r.family.is_some() {
                 self.pseudo.apply(&batch)?
+            } else {
+                batch
+            };
+            let batch = if self.prestation_key {
+                crate::prskey::append(&batch)?
             } else {
                 batch
             };
@@ -701,7 +718,8 @@ pub(crate) fn writer_props(
         .set_dictionary_enabled(true);
     for f in schema.fields() {
         match f.data_type() {
-            arrow_schema::DataType::Utf8 => {
+            // Digests (the prestation key) never repeat within a page.
+            arrow_schema::DataType::Utf8 | arrow_schema::DataType::Decimal128(..) => {
                 b = b.set_column_dictionary_enabled(f.name().as_str().into(), false);
             }
             // Page-level min/max (the page index) where queries filter on

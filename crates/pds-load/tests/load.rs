@@ -107,7 +107,20 @@ async fn a_delivery_becomes_an_encrypted_pseudonymised_snapshot() {
         "{:?}",
         prs.files
     );
-    assert_eq!(prs.columns.len(), 123);
+    // The 123 SNDS columns, then the prestation key PDS adds to every
+    // table with the nine DCIR join keys (and to no other).
+    assert_eq!(prs.columns.len(), 124);
+    let key = prs.columns.last().unwrap();
+    assert_eq!(
+        (key.name.as_str(), key.data_type.as_str()),
+        ("PDS_PRS_KEY", "Decimal128(38, 0)")
+    );
+    for t in &tables {
+        let has = t.columns.iter().any(|c| c.name == "PDS_PRS_KEY");
+        let dcir =
+            ["ER_PRS_F", "ER_PHA_F", "ER_BIO_F", "ER_CAM_F", "ER_ETE_F"].contains(&t.name.as_str());
+        assert_eq!(has, dcir, "{}", t.name);
+    }
     assert!(
         prs.columns
             .iter()

@@ -550,6 +550,37 @@ pub fn resolve(
                 }
             }
         }
+        // The prestation key is a digest of join keys: a view that shows
+        // all nine as stored shows it too, so the optimizer can join on it
+        // whatever columns the grant lists.
+        let key = pds_snds::schema::PRESTATION_KEY;
+        if all.contains(&key)
+            && !columns.iter().any(|c| c.name == key)
+            && pds_snds::schema::DCIR_JOIN_KEYS.iter().all(|k| {
+                columns
+                    .iter()
+                    .any(|c| c.name == *k && c.view == ColumnView::Plain)
+            })
+        {
+            withheld.retain(|w| w != key);
+            let at = all.iter().position(|c| *c == key).unwrap_or(all.len());
+            let before = columns
+                .iter()
+                .take_while(|c| {
+                    all.iter()
+                        .position(|a| *a == c.name)
+                        .is_some_and(|p| p < at)
+                })
+                .count();
+            columns.insert(
+                before,
+                ViewColumn {
+                    name: key.to_string(),
+                    view: ColumnView::Plain,
+                    potential: None,
+                },
+            );
+        }
         if columns.is_empty() {
             return err(format!(
                 "table {name}: no granted column remains visible after coarsening"
@@ -677,6 +708,49 @@ fn check_population(pred: &str, snapshot: &[TableInfo]) -> Result<(), ProjectErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn prs_with_key() -> TableInfo {
+        let mut names: Vec<&str> = pds_snds::schema::DCIR_JOIN_KEYS.to_vec();
+        names.extend(["PRS_NAT_REF", pds_snds::schema::PRESTATION_KEY]);
+        TableInfo {
+            name: "ER_PRS_F".into(),
+            title: String::new(),
+            rows: 1,
+            bytes: 1,
+            columns: names
+                .iter()
+                .map(|n| pds_catalog::ColumnInfo {
+                    name: n.to_string(),
+                    data_type: String::new(),
+                    description: String::new(),
+                    nomenclature: String::new(),
+                })
+                .collect(),
+            files: Vec::new(),
+        }
+    }
+
+    fn visible(grant: &str) -> Vec<String> {
+        let p = Perimeter::from_toml(&format!("[tables]\nER_PRS_F = {grant}\n")).unwrap();
+        let r = resolve(&p, &[prs_with_key()], false).unwrap();
+        r.tables[0].columns.iter().map(|c| c.name.clone()).collect()
+    }
+
+    #[test]
+    fn the_prestation_key_is_shown_with_the_nine_join_keys_only() {
+        let key = pds_snds::schema::PRESTATION_KEY.to_string();
+        let nine = pds_snds::schema::DCIR_JOIN_KEYS
+            .iter()
+            .map(|k| format!("\"{k}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let with_nine = visible(&format!("[{nine}, \"PRS_NAT_REF\"]"));
+        assert_eq!(with_nine.last(), Some(&key));
+        assert_eq!(with_nine.len(), 11);
+        let eight = nine.replace(", \"REM_TYP_AFF\"", "");
+        assert!(!visible(&format!("[{eight}, \"PRS_NAT_REF\"]")).contains(&key));
+        assert!(visible("\"*\"").contains(&key));
+    }
 
     #[test]
     fn disclosure_rules_come_from_the_profile_and_are_checked() {

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod joins;
+pub mod prskey;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -256,17 +257,20 @@ pub async fn open_snapshot(
 }
 
 impl OpenSnapshot {
-    /// Adds the join-order rules that use this snapshot's statistics
-    /// ([`joins::FilteredReferentialFirst`]) to a session over it.
-    /// `PDS_JOIN_ORDER=written` leaves joins in the written order (to
-    /// compare plans).
+    /// Adds PDS's join rules to a session over this snapshot: the join
+    /// order from its statistics ([`joins::FilteredReferentialFirst`]) and
+    /// the nine-key DCIR join on the prestation key
+    /// ([`prskey::PrestationKeyJoin`]). `PDS_JOIN_ORDER=written` and
+    /// `PDS_PRESTATION_KEY=off` leave each out (to compare plans).
     pub fn add_join_order(&self, ctx: &SessionContext) {
-        if std::env::var("PDS_JOIN_ORDER").is_ok_and(|v| v == "written") {
-            return;
+        if !std::env::var("PDS_JOIN_ORDER").is_ok_and(|v| v == "written") {
+            ctx.add_optimizer_rule(Arc::new(joins::FilteredReferentialFirst::new(
+                self.rows.clone(),
+            )));
         }
-        ctx.add_optimizer_rule(Arc::new(joins::FilteredReferentialFirst::new(
-            self.rows.clone(),
-        )));
+        if !std::env::var("PDS_PRESTATION_KEY").is_ok_and(|v| v == "off") {
+            ctx.add_optimizer_rule(Arc::new(prskey::PrestationKeyJoin));
+        }
     }
 }
 

@@ -255,3 +255,67 @@ fn cfg_for(url: &str) -> datafusion::datasource::listing::ListingTableConfig {
     )
     .with_listing_options(pds_query::listing_options())
 }
+
+/// The nine keys of the standard DCIR join, `p` to `f`.
+const NINE: &str = "f.FLX_DIS_DTD = p.FLX_DIS_DTD AND f.FLX_TRT_DTD = p.FLX_TRT_DTD \
+    AND f.FLX_EMT_TYP = p.FLX_EMT_TYP AND f.FLX_EMT_NUM = p.FLX_EMT_NUM AND f.FLX_EMT_ORD = p.FLX_EMT_ORD \
+    AND f.ORG_CLE_NUM = p.ORG_CLE_NUM AND f.DCT_ORD_NUM = p.DCT_ORD_NUM AND f.PRS_ORD_NUM = p.PRS_ORD_NUM \
+    AND f.REM_TYP_AFF = p.REM_TYP_AFF";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nine_key_join_runs_on_the_loaded_prestation_key_with_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = loaded(dir.path()).await;
+    let s = SnapshotSession::open(&h, None).await.unwrap();
+    // Every DCIR table with the nine keys carries the key, and only those.
+    for (t, has) in [
+        ("ER_PRS_F", true),
+        ("ER_PHA_F", true),
+        ("ER_BIO_F", true),
+        ("IR_BEN_R", false),
+    ] {
+        let n = one_i64(
+            &s,
+            &format!(
+                "SELECT COUNT(*) FROM information_schema.columns WHERE table_name = '{t}' AND column_name = 'PDS_PRS_KEY'"
+            ),
+        )
+        .await;
+        assert_eq!(n, has as i64, "{t}");
+    }
+    // As written, the join is rewritten; with one key computed, it is not.
+    for table in ["ER_PHA_F", "ER_BIO_F"] {
+        let written = format!("SELECT COUNT(*) FROM ER_PRS_F p JOIN {table} f ON {NINE}");
+        let unrewritten = written.replace(
+            "f.REM_TYP_AFF = p.REM_TYP_AFF",
+            "f.REM_TYP_AFF + 0 = p.REM_TYP_AFF",
+        );
+        let fast = one_i64(&s, &written).await;
+        assert!(fast > 0, "{table}: the synthetic delivery joins");
+        assert_eq!(fast, one_i64(&s, &unrewritten).await, "{table}");
+        let (schema, plan) = s.sql(&format!("EXPLAIN {written}")).await.unwrap();
+        let text = format(&schema, &plan, Format::Csv).unwrap();
+        let join = text
+            .lines()
+            .find(|l| l.contains("HashJoinExec"))
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            join.contains("PDS_PRS_KEY") && !join.contains("ORG_CLE_NUM"),
+            "{text}"
+        );
+        let (schema, plan) = s.sql(&format!("EXPLAIN {unrewritten}")).await.unwrap();
+        let text = format(&schema, &plan, Format::Csv).unwrap();
+        assert!(!text.contains("PDS_PRS_KEY"), "{text}");
+    }
+    // A line of a refinement table and its prestation have the same key.
+    let mismatched = one_i64(
+        &s,
+        &format!(
+            "SELECT COUNT(*) FROM ER_PRS_F p JOIN ER_PHA_F f ON {} WHERE f.PDS_PRS_KEY <> p.PDS_PRS_KEY",
+            NINE.replace("f.REM_TYP_AFF = p.REM_TYP_AFF", "f.REM_TYP_AFF + 0 = p.REM_TYP_AFF")
+        ),
+    )
+    .await;
+    assert_eq!(mismatched, 0);
+}

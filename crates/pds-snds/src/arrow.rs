@@ -31,6 +31,11 @@ pub fn arrow_type(ty: ColumnType) -> DataType {
     }
 }
 
+/// The Arrow type of the prestation key ([`crate::schema::PRESTATION_KEY`]):
+/// a 126-bit integer fits `Decimal128(38, 0)` (10^38 > 2^126), one
+/// fixed-width column that every engine and client can read.
+pub const PRESTATION_KEY_TYPE: DataType = DataType::Decimal128(38, 0);
+
 /// Arrow schema for a list of columns (all nullable; descriptions as metadata).
 pub fn arrow_schema(columns: &[&Column]) -> SchemaRef {
     Arc::new(Schema::new(

@@ -307,6 +307,17 @@ pub const DCIR_JOIN_KEYS: [&str; 9] = [
     "REM_TYP_AFF",
 ];
 
+/// The prestation key PDS adds at load to `ER_PRS_F` and every refinement
+/// table: a 126-bit digest (truncated SHA-256) of the eight join keys other
+/// than the flow date `FLX_DIS_DTD`, null when any of them is null. Two lines
+/// have the same key exactly when their eight keys are equal (up to a
+/// collision of truncated SHA-256, about 10^-19 for 10^10 prestations), so
+/// the optimizer can join on it instead of the eight columns.
+pub const PRESTATION_KEY: &str = "PDS_PRS_KEY";
+
+/// Catalogue description of [`PRESTATION_KEY`].
+pub const PRESTATION_KEY_DESCRIPTION: &str = "Clé de prestation calculée par PDS au chargement (empreinte des 8 clés de jointure DCIR hors FLX_DIS_DTD); jointure plus rapide, mêmes résultats";
+
 /// Identifier columns that must never be empty, for tables whose schema
 /// declares no primary key (a row without them cannot be linked).
 pub const REQUIRED_WITHOUT_KEY: &[(&str, &[&str])] = &[
