@@ -282,10 +282,10 @@ mod tests {
             ctx.add_optimizer_rule(Arc::new(PrestationKeyJoin));
         }
         let p: Vec<(i32, i64, &str)> = (0..300)
-            .map(|i| (i % 3, i / 2, if i % 2 == 0 { "a" } else { "bb" }))
+            .map(|i: i64| ((i % 3) as i32, i / 2, if i % 2 == 0 { "a" } else { "bb" }))
             .collect();
         let f: Vec<(i32, i64, &str)> = (0..200)
-            .map(|i| (i % 3, i / 3, if i % 3 == 0 { "a" } else { "bb" }))
+            .map(|i: i64| ((i % 3) as i32, i / 3, if i % 3 == 0 { "a" } else { "bb" }))
             .collect();
         ctx.register_table("ER_PRS_F", table(&p, "PRS_VAL"))
             .unwrap();
