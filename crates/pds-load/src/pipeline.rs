@@ -368,10 +368,17 @@ impl Job {
                     inner: self.storage.writer(&rel, self.rt.clone()),
                     hash: Sha256::new(),
                 };
+                let cluster =
+                    cluster_column(&r.table).and_then(|c| batch.schema().index_of(c).ok());
                 let writer = ArrowWriter::try_new(
                     sink,
                     batch.schema(),
-                    Some(writer_props(&self.data_key, &rel, &batch.schema())?),
+                    Some(writer_props(
+                        &self.data_key,
+                        &rel,
+                        &batch.schema(),
+                        cluster_column(&r.table),
+                    )?),
                 )
                 .map_err(pq)?;
                 writers.insert(
@@ -380,6 +387,7 @@ impl Job {
                         rel_path: rel,
                         writer,
                         rows: 0,
+                        cluster,
                         pending: Vec::new(),
                         pending_rows: 0,
                         pending_bytes: 0,
@@ -452,10 +460,35 @@ const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Arrow bytes an encoder may hold before writing the largest partition.
 const ENCODER_BUFFER_BYTES: usize = 96 << 20;
 
+/// The column whose values order the rows of each row group, per table:
+/// the code analyses select on (nature of prestation, drug, biology act,
+/// CCAM act). Sorted row groups with page statistics on that column let a
+/// scan skip the pages of every other code (`docs/performance.md`); the
+/// rows and their values are the same.
+const CLUSTER_COLUMNS: &[(&str, &str)] = &[
+    ("ER_PRS_F", "PRS_NAT_REF"),
+    ("ER_PHA_F", "PHA_PRS_C13"),
+    ("ER_BIO_F", "BIO_PRS_IDE"),
+    ("ER_CAM_F", "CAM_PRS_IDE"),
+];
+
+fn cluster_column(table: &str) -> Option<&'static str> {
+    CLUSTER_COLUMNS
+        .iter()
+        .find(|(t, _)| *t == table)
+        .map(|(_, c)| *c)
+}
+
+/// Rows per data page in a clustered table: small enough for the page
+/// statistics of the cluster column to skip most of a row group.
+const CLUSTERED_PAGE_ROWS: usize = 2048;
+
 struct PartWriter {
     rel_path: String,
     writer: ArrowWriter<HashingWriter>,
     rows: i64,
+    /// Index of the cluster column (`CLUSTER_COLUMNS`), if any.
+    cluster: Option<usize>,
     pending: Vec<RecordBatch>,
     pending_rows: usize,
     pending_bytes: usize,
@@ -467,8 +500,24 @@ impl PartWriter {
         if self.pending.is_empty() {
             return Ok(0);
         }
-        for b in self.pending.drain(..) {
-            self.writer.write(&b).map_err(pq)?;
+        match self.cluster {
+            Some(col) => {
+                let schema = self.pending[0].schema();
+                let whole = arrow_select::concat::concat_batches(&schema, &self.pending)
+                    .map_err(|e| LoadError::Parquet(e.to_string()))?;
+                self.pending.clear();
+                let order = arrow_ord::sort::sort_to_indices(whole.column(col), None, None)
+                    .map_err(|e| LoadError::Parquet(e.to_string()))?;
+                let sorted = arrow_select::take::take_record_batch(&whole, &order)
+                    .map_err(|e| LoadError::Parquet(e.to_string()))?;
+                drop(whole);
+                self.writer.write(&sorted).map_err(pq)?;
+            }
+            None => {
+                for b in self.pending.drain(..) {
+                    self.writer.write(&b).map_err(pq)?;
+                }
+            }
         }
         self.writer.flush().map_err(pq)?;
         self.pending_rows = 0;
@@ -701,11 +750,13 @@ fn civil_month(days: i32) -> (i32, u32) {
 }
 
 /// Writer properties for one file: zstd, statistics on, row groups sized for
-/// pruning, encrypted with the snapshot key and bound to its path.
+/// pruning, encrypted with the snapshot key and bound to its path; small
+/// pages with their own statistics on the cluster column, if any.
 pub(crate) fn writer_props(
     key: &pds_keys::SecretKey,
     rel_path: &str,
     schema: &arrow_schema::Schema,
+    cluster: Option<&str>,
 ) -> Result<WriterProperties, LoadError> {
     let enc = FileEncryptionProperties::builder(key.expose().to_vec())
         .with_aad_prefix(rel_path.as_bytes().to_vec())
@@ -732,6 +783,11 @@ pub(crate) fn writer_props(
             }
             _ => {}
         }
+    }
+    if let Some(c) = cluster {
+        b = b
+            .set_column_statistics_enabled(c.into(), EnabledStatistics::Page)
+            .set_data_page_row_count_limit(CLUSTERED_PAGE_ROWS);
     }
     Ok(
         b.set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(pq)?))

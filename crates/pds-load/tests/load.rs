@@ -177,6 +177,35 @@ async fn a_delivery_becomes_an_encrypted_pseudonymised_snapshot() {
         ));
     }
     assert!(prs_psa.is_subset(&ben_psa), "DCIR ↔ IR_BEN_R linkage");
+    // Row groups are sorted by nature of prestation (clustered): at this
+    // scale each file is one row group, so each file is sorted, and the
+    // loader did sort (the delivery is in patient order, not nature order).
+    let mut natures_in_files = 0;
+    for f in &prs.files {
+        let batches = read_file(&storage, &f.path, &key).await.unwrap();
+        let mut natures = Vec::new();
+        for b in &batches {
+            let i = b.schema().index_of("PRS_NAT_REF").unwrap();
+            let a = b
+                .column(i)
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .unwrap();
+            natures.extend((0..a.len()).map(|r| a.is_valid(r).then(|| a.value(r))));
+        }
+        assert!(natures.is_sorted(), "{}: not sorted by PRS_NAT_REF", f.path);
+        natures_in_files += natures.len();
+    }
+    let delivered: Vec<Option<i64>> =
+        csv_column(&delivery.join("ER_PRS_F_2021.csv"), "PRS_NAT_REF")
+            .iter()
+            .map(|v| v.parse().ok())
+            .collect();
+    assert_eq!(natures_in_files, delivered.len());
+    assert!(
+        !delivered.is_sorted(),
+        "the delivery itself is not in nature order"
+    );
     let c = tables.iter().find(|t| t.name == "T_MCO21C").unwrap();
     let nir17 = strings(
         &read_file(&storage, &c.files[0].path, &key).await.unwrap(),

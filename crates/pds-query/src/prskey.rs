@@ -277,7 +277,10 @@ mod tests {
     }
 
     fn session(rule: bool) -> SessionContext {
-        let ctx = SessionContext::new();
+        // SNDS names are upper case: no folding, as in PDS's sessions.
+        let mut config = datafusion::prelude::SessionConfig::new();
+        config.options_mut().sql_parser.enable_ident_normalization = false;
+        let ctx = SessionContext::new_with_config(config);
         if rule {
             ctx.add_optimizer_rule(Arc::new(PrestationKeyJoin));
         }
@@ -287,9 +290,11 @@ mod tests {
         let f: Vec<(i32, i64, &str)> = (0..200)
             .map(|i: i64| ((i % 3) as i32, i / 3, if i % 3 == 0 { "a" } else { "bb" }))
             .collect();
-        ctx.register_table("ER_PRS_F", table(&p, "PRS_VAL"))
+        // `bare` keeps the case (a `&str` would be folded).
+        use datafusion::common::TableReference;
+        ctx.register_table(TableReference::bare("ER_PRS_F"), table(&p, "PRS_VAL"))
             .unwrap();
-        ctx.register_table("ER_PHA_F", table(&f, "PHA_VAL"))
+        ctx.register_table(TableReference::bare("ER_PHA_F"), table(&f, "PHA_VAL"))
             .unwrap();
         ctx
     }
