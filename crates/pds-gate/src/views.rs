@@ -838,6 +838,50 @@ mod tests {
         assert_eq!(stats.num_rows, Precision::Exact(3));
     }
 
+    #[tokio::test]
+    async fn a_pushable_predicate_runs_once_below_the_barrier() {
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![Field::new(
+            "a",
+            DataType::Int64,
+            false,
+        )]));
+        let batch = arrow::array::RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow::array::Int64Array::from(vec![1, 2, 3]))],
+        )
+        .unwrap();
+        let mem = datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]]).unwrap();
+        let plan = LogicalPlanBuilder::scan("t", provider_as_source(Arc::new(mem)), None)
+            .unwrap()
+            .build()
+            .unwrap();
+        let ctx = SessionContext::new();
+        ctx.register_table("v", Arc::new(PerimeterTable::new(plan, vec!["a".into()])))
+            .unwrap();
+        let df = ctx.sql("SELECT a FROM v WHERE a > 1").await.unwrap();
+        let physical = df.clone().create_physical_plan().await.unwrap();
+        let text = datafusion::physical_plan::displayable(physical.as_ref())
+            .indent(true)
+            .to_string();
+        // Once, and inside the view: an inexact pushdown ran it again above.
+        assert_eq!(text.matches("FilterExec").count(), 1, "{text}");
+        let barrier = text.find("PerimeterBarrier").unwrap();
+        assert!(text.find("FilterExec").unwrap() > barrier, "{text}");
+        let rows: Vec<i64> = df
+            .collect()
+            .await
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(rows, vec![2, 3]);
+    }
+
     #[test]
     fn only_predicates_that_cannot_fail_may_cross_the_barrier() {
         use datafusion::prelude::col;

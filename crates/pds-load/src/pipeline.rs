@@ -368,8 +368,8 @@ impl Job {
                     inner: self.storage.writer(&rel, self.rt.clone()),
                     hash: Sha256::new(),
                 };
-                let cluster =
-                    cluster_column(&r.table).and_then(|c| batch.schema().index_of(c).ok());
+                let cluster_name = cluster_column(&r.table);
+                let cluster = cluster_name.and_then(|c| batch.schema().index_of(c).ok());
                 let writer = ArrowWriter::try_new(
                     sink,
                     batch.schema(),
@@ -377,7 +377,7 @@ impl Job {
                         &self.data_key,
                         &rel,
                         &batch.schema(),
-                        cluster_column(&r.table),
+                        cluster_name,
                     )?),
                 )
                 .map_err(pq)?;

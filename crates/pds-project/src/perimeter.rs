@@ -499,7 +499,7 @@ pub fn resolve(
         let info = by_name(name)
             .ok_or_else(|| ProjectError::Perimeter(format!("table {name} vanished")))?;
         let all: Vec<&str> = info.columns.iter().map(|c| c.name.as_str()).collect();
-        let wanted: Vec<String> = match cols {
+        let mut wanted: Vec<String> = match cols {
             Columns::All(s) if s == "*" => all.iter().map(|s| s.to_string()).collect(),
             Columns::All(s) => {
                 return err(format!(
@@ -521,6 +521,15 @@ pub fn resolve(
                 list.clone()
             }
         };
+        let key = pds_snds::schema::PRESTATION_KEY;
+        let implied_key = all.contains(&key)
+            && !wanted.iter().any(|w| w == key)
+            && pds_snds::schema::DCIR_JOIN_KEYS
+                .iter()
+                .all(|k| wanted.iter().any(|w| w == k));
+        if implied_key {
+            wanted.push(key.to_string());
+        }
         let mut columns = Vec::new();
         let mut withheld = Vec::new();
         for c in &all {
@@ -552,34 +561,17 @@ pub fn resolve(
         }
         // The prestation key is a digest of join keys: a view that shows
         // all nine as stored shows it too, so the optimizer can join on it
-        // whatever columns the grant lists.
-        let key = pds_snds::schema::PRESTATION_KEY;
-        if all.contains(&key)
-            && !columns.iter().any(|c| c.name == key)
-            && pds_snds::schema::DCIR_JOIN_KEYS.iter().all(|k| {
+        // whatever columns the grant lists. Not when one of them is
+        // coarsened: the digest would give the exact value back.
+        if implied_key
+            && !pds_snds::schema::DCIR_JOIN_KEYS.iter().all(|k| {
                 columns
                     .iter()
                     .any(|c| c.name == *k && c.view == ColumnView::Plain)
             })
         {
-            withheld.retain(|w| w != key);
-            let at = all.iter().position(|c| *c == key).unwrap_or(all.len());
-            let before = columns
-                .iter()
-                .take_while(|c| {
-                    all.iter()
-                        .position(|a| *a == c.name)
-                        .is_some_and(|p| p < at)
-                })
-                .count();
-            columns.insert(
-                before,
-                ViewColumn {
-                    name: key.to_string(),
-                    view: ColumnView::Plain,
-                    potential: None,
-                },
-            );
+            columns.retain(|c| c.name != key);
+            withheld.push(key.to_string());
         }
         if columns.is_empty() {
             return err(format!(

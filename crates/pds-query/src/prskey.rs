@@ -87,22 +87,32 @@ fn rewrite_join(plan: &LogicalPlan) -> Option<LogicalPlan> {
     let (new_left, lk) = expose(&j.left, &left)?;
     let (new_right, rk) = expose(&j.right, &right)?;
     kept.push((Expr::Column(lk), Expr::Column(rk)));
-    let join = Join::try_new(
-        Arc::new(new_left),
-        Arc::new(new_right),
-        kept,
+    let join = rejoin(j, Arc::new(new_left), Arc::new(new_right), kept)?;
+    // The join's columns as written: the keys are an implementation detail.
+    let exprs = j.schema.columns().into_iter().map(Expr::Column).collect();
+    Projection::try_new(exprs, Arc::new(LogicalPlan::Join(join)))
+        .ok()
+        .map(LogicalPlan::Projection)
+}
+
+/// `j` with other inputs and equalities, everything else kept.
+fn rejoin(
+    j: &Join,
+    left: Arc<LogicalPlan>,
+    right: Arc<LogicalPlan>,
+    on: Vec<(Expr, Expr)>,
+) -> Option<Join> {
+    Join::try_new(
+        left,
+        right,
+        on,
         j.filter.clone(),
         j.join_type,
         j.join_constraint,
         j.null_equality,
         j.null_aware,
     )
-    .ok()?;
-    // The join's columns as written: the keys are an implementation detail.
-    let exprs = j.schema.columns().into_iter().map(Expr::Column).collect();
-    Projection::try_new(exprs, Arc::new(LogicalPlan::Join(join)))
-        .ok()
-        .map(LogicalPlan::Projection)
+    .ok()
 }
 
 /// `plan` rewritten to also output the prestation key of the rows whose
@@ -198,17 +208,7 @@ fn expose(plan: &LogicalPlan, cols: &[Column]) -> Option<(LogicalPlan, Column)> 
                 }
                 _ => return None,
             };
-            let join = Join::try_new(
-                l,
-                r,
-                j.on.clone(),
-                j.filter.clone(),
-                j.join_type,
-                j.join_constraint,
-                j.null_equality,
-                j.null_aware,
-            )
-            .ok()?;
+            let join = rejoin(j, l, r, j.on.clone())?;
             // Exactly one column of that name: the other side has no key
             // under the same qualifier.
             let found = join.schema.columns().iter().filter(|c| **c == key).count();
