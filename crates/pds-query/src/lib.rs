@@ -18,6 +18,7 @@
 //! `SELECT BEN_NIR_PSA FROM ER_PRS_F`.
 #![forbid(unsafe_code)]
 
+pub mod footers;
 pub mod joins;
 pub mod prskey;
 
@@ -174,6 +175,9 @@ pub struct OpenSnapshot {
     pub tables: Vec<(String, Arc<ListingTable>)>,
     /// Rows of each table, from the catalogue (for join ordering).
     pub rows: HashMap<String, i64>,
+    /// Decrypted Parquet metadata of the snapshot's files, shared by every
+    /// session over it.
+    pub footers: Arc<footers::FooterCache>,
 }
 
 impl std::fmt::Debug for OpenSnapshot {
@@ -226,6 +230,7 @@ pub async fn open_snapshot(
     factory.insert(&info.storage_prefix, key);
     // A scratch session only to read the Parquet footers (schemas).
     let ctx = context(storage.store(), factory.clone(), None)?;
+    let footers = Arc::new(footers::FooterCache::from_env().map_err(QueryError::Snapshot)?);
     let mut out = Vec::new();
     for t in &tables {
         let urls = t
@@ -238,7 +243,7 @@ pub async fn open_snapshot(
             continue;
         }
         let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(listing_options())
+            .with_listing_options(listing_options(footers.clone()))
             .infer_schema(&ctx.state())
             .await
             .map_err(df)?;
@@ -253,6 +258,7 @@ pub async fn open_snapshot(
         keys: factory,
         tables: out,
         rows: tables.iter().map(|t| (t.name.clone(), t.rows)).collect(),
+        footers,
     })
 }
 
@@ -334,11 +340,19 @@ fn explain(e: datafusion::error::DataFusionError, tables: &[String]) -> String {
     }
 }
 
-/// How snapshot files are read: Parquet, decrypted by [`SnapshotKeys`].
-pub fn listing_options() -> ListingOptions {
+/// How snapshot files are read: Parquet, decrypted by [`SnapshotKeys`],
+/// with their metadata kept in `footers` (one cache per open snapshot).
+pub fn listing_options(footers: Arc<footers::FooterCache>) -> ListingOptions {
     let mut opts = TableParquetOptions::default();
+    // The format's own options are what its scans use (not the session's),
+    // so the operator's `DATAFUSION_EXECUTION_PARQUET_*` settings are read
+    // here; an unreadable one is reported when the session is built.
+    if let Ok(env) = datafusion::config::ConfigOptions::from_env() {
+        opts.global = env.execution.parquet;
+    }
     opts.crypto.factory_id = Some(FACTORY_ID.to_string());
-    ListingOptions::new(Arc::new(ParquetFormat::default().with_options(opts)))
+    let parquet = ParquetFormat::default().with_options(opts);
+    ListingOptions::new(Arc::new(footers::SnapshotFormat::new(parquet, footers)))
         .with_file_extension(".parquet")
 }
 
@@ -376,6 +390,25 @@ pub fn context(
         .map_err(df)?
         .with_information_schema(true);
     config.options_mut().sql_parser.enable_ident_normalization = false;
+    // PDS's defaults, each overridable by its `DATAFUSION_*` variable:
+    // build one shared hash table (no repartitioning of the probe side)
+    // for a build side of up to 32 MiB or 1 Mi rows rather than 1 MiB or
+    // 128 Ki rows. At two to a few dozen partitions, repartitioning a
+    // million-row probe side costs more than building a small table once
+    // (SNDS-bench q09: 103 ms to 76 ms; `docs/performance.md`).
+    if std::env::var_os("DATAFUSION_OPTIMIZER_HASH_JOIN_SINGLE_PARTITION_THRESHOLD").is_none() {
+        config
+            .options_mut()
+            .optimizer
+            .hash_join_single_partition_threshold = 32 << 20;
+    }
+    if std::env::var_os("DATAFUSION_OPTIMIZER_HASH_JOIN_SINGLE_PARTITION_THRESHOLD_ROWS").is_none()
+    {
+        config
+            .options_mut()
+            .optimizer
+            .hash_join_single_partition_threshold_rows = 1 << 20;
+    }
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)

@@ -253,7 +253,9 @@ fn cfg_for(url: &str) -> datafusion::datasource::listing::ListingTableConfig {
     datafusion::datasource::listing::ListingTableConfig::new(
         datafusion::datasource::listing::ListingTableUrl::parse(url).unwrap(),
     )
-    .with_listing_options(pds_query::listing_options())
+    .with_listing_options(pds_query::listing_options(std::sync::Arc::new(
+        pds_query::footers::FooterCache::new(64 << 20),
+    )))
 }
 
 /// The nine keys of the standard DCIR join, `p` to `f`.
@@ -318,4 +320,97 @@ async fn the_nine_key_join_runs_on_the_loaded_prestation_key_with_the_same_rows(
     )
     .await;
     assert_eq!(mismatched, 0);
+}
+
+/// Decrypted footers and page indexes are kept by the open snapshot, so a
+/// second session over it (the gate opens one per statement) reads none of
+/// them again, and answers the same; a cache with no room holds nothing and
+/// answers the same too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_snapshot_keeps_decrypted_footers_for_every_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = loaded(dir.path()).await;
+    let delivery = dir.path().join("delivery");
+    let expected = csv_column(&delivery.join("ER_PRS_F_2021.csv"), "PRS_NAT_REF")
+        .iter()
+        .filter(|v| v.as_str() == "1111")
+        .count() as i64;
+    assert!(expected > 0, "the synthetic delivery has GP consultations");
+    let cat = h.catalog().await.unwrap();
+    let prs_files = cat
+        .tables(1)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == "ER_PRS_F")
+        .unwrap()
+        .files
+        .len();
+    let open = pds_query::open_snapshot(&cat, &h.keys().unwrap(), &h.storage().unwrap(), None)
+        .await
+        .unwrap();
+    // Reading the schemas at open goes around the cache.
+    assert_eq!(open.footers.usage(), (0, 0));
+    let q = "SELECT COUNT(*) FROM ER_PRS_F WHERE PRS_NAT_REF = 1111";
+    let session = || {
+        let ctx = context(h.storage().unwrap().store(), open.keys.clone(), None).unwrap();
+        for (name, table) in &open.tables {
+            ctx.register_table(
+                datafusion::common::TableReference::bare(name.as_str()),
+                table.clone(),
+            )
+            .unwrap();
+        }
+        ctx
+    };
+    let count = |ctx: datafusion::prelude::SessionContext| async move {
+        let b = ctx.sql(q).await.unwrap().collect().await.unwrap();
+        b[0].column(0).as_primitive::<Int64Type>().value(0)
+    };
+    assert_eq!(count(session()).await, expected);
+    let (files, bytes) = open.footers.usage();
+    assert!(
+        files > 0 && files <= prs_files,
+        "{files} of {prs_files} files"
+    );
+    assert!(bytes > 0);
+    // A new session: the same answer, nothing new read into the cache.
+    assert_eq!(count(session()).await, expected);
+    assert_eq!(open.footers.usage(), (files, bytes));
+
+    // No room: every scan reads its metadata from storage, with the same result.
+    let empty = Arc::new(pds_query::footers::FooterCache::new(0));
+    let ctx = context(h.storage().unwrap().store(), open.keys.clone(), None).unwrap();
+    let prs = cat
+        .tables(1)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == "ER_PRS_F")
+        .unwrap();
+    let urls = prs
+        .files
+        .iter()
+        .map(|f| {
+            datafusion::datasource::listing::ListingTableUrl::parse(format!(
+                "{}/{}",
+                pds_query::STORE_URL,
+                f.path
+            ))
+            .unwrap()
+        })
+        .collect();
+    let config = datafusion::datasource::listing::ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(pds_query::listing_options(empty.clone()))
+        .infer_schema(&ctx.state())
+        .await
+        .unwrap();
+    let table = datafusion::datasource::listing::ListingTable::try_new(config).unwrap();
+    ctx.register_table(
+        datafusion::common::TableReference::bare("ER_PRS_F"),
+        Arc::new(table),
+    )
+    .unwrap();
+    assert_eq!(count(ctx).await, expected);
+    assert_eq!(empty.usage(), (0, 0));
 }
