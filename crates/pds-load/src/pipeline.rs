@@ -228,7 +228,8 @@ impl Job {
                 let (tx, rx) = sync_channel::<(String, RecordBatch)>(2);
                 enc_txs.push(tx);
                 let abort = &abort;
-                encoders.push(s.spawn(move || self.encode(index, r, rx, abort)));
+                let budget = (LOAD_BUFFER_BYTES / threads).max(MIN_ENCODER_BUFFER_BYTES);
+                encoders.push(s.spawn(move || self.encode(index, r, rx, budget, abort)));
             }
             let dispatched = self.dispatch(r, file_name, res_rx, &enc_txs, totals, &rejected_seen);
             if dispatched.is_err() {
@@ -350,6 +351,7 @@ impl Job {
         index: usize,
         r: &Recognised,
         rx: Receiver<(String, RecordBatch)>,
+        budget: usize,
         abort: &AtomicBool,
     ) -> Result<Vec<DataFile>, LoadError> {
         let mut writers: HashMap<String, PartWriter> = HashMap::new();
@@ -407,7 +409,7 @@ impl Job {
                 buffered -= w.write_row_group()?;
             }
             // Over budget: write out the partition holding the most.
-            while buffered > ENCODER_BUFFER_BYTES {
+            while buffered > budget {
                 let Some(biggest) = writers.values_mut().max_by_key(|w| w.pending_bytes) else {
                     break;
                 };
@@ -457,8 +459,18 @@ struct FileOutcome {
 /// few footers, small enough for pruning by flow date.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-/// Arrow bytes an encoder may hold before writing the largest partition.
-const ENCODER_BUFFER_BYTES: usize = 96 << 20;
+/// Arrow bytes all encoders of a file may hold, shared equally, before
+/// each writes its largest partition. A delivery in patient order spreads
+/// every chunk over all flow months (about 18 partitions for one year of
+/// `ER_PRS_F`): the buffer must hold a full row group of each for row
+/// groups to reach [`ROW_GROUP_ROWS`]. With 96 MiB per encoder they held
+/// 12,500 rows, and `ER_PRS_F` had 2,190 row groups for 27.5 M lines: large
+/// footers and page indexes, and clustered pages spread over every row
+/// group (`docs/performance.md`).
+const LOAD_BUFFER_BYTES: usize = 2 << 30;
+
+/// An encoder's buffer however many encoders share [`LOAD_BUFFER_BYTES`].
+const MIN_ENCODER_BUFFER_BYTES: usize = 96 << 20;
 
 /// The column whose values order the rows of each row group, per table:
 /// the code analyses select on (nature of prestation, drug, biology act,
@@ -472,10 +484,23 @@ const CLUSTER_COLUMNS: &[(&str, &str)] = &[
     ("ER_CAM_F", "CAM_PRS_IDE"),
 ];
 
+/// The same for the PMSI MCO tables of every year (`T_MCO22B`): stays by
+/// main diagnosis, associated diagnoses, CCAM acts.
+const PMSI_CLUSTER_COLUMNS: &[(&str, &str)] =
+    &[("B", "DGN_PAL"), ("D", "ASS_DGN"), ("A", "CDC_ACT")];
+
 fn cluster_column(table: &str) -> Option<&'static str> {
-    CLUSTER_COLUMNS
+    if let Some(c) = CLUSTER_COLUMNS.iter().find(|(t, _)| *t == table) {
+        return Some(c.1);
+    }
+    let rest = table.strip_prefix("T_MCO")?;
+    let (year, suffix) = rest.split_at_checked(2)?;
+    if !year.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    PMSI_CLUSTER_COLUMNS
         .iter()
-        .find(|(t, _)| *t == table)
+        .find(|(s, _)| *s == suffix)
         .map(|(_, c)| *c)
 }
 
@@ -829,6 +854,18 @@ pub(crate) fn delivered_codes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dcir_and_pmsi_tables_of_any_year_have_their_cluster_column() {
+        assert_eq!(cluster_column("ER_PRS_F"), Some("PRS_NAT_REF"));
+        assert_eq!(cluster_column("T_MCO22B"), Some("DGN_PAL"));
+        assert_eq!(cluster_column("T_MCO09D"), Some("ASS_DGN"));
+        assert_eq!(cluster_column("T_MCO21A"), Some("CDC_ACT"));
+        assert_eq!(cluster_column("T_MCO21C"), None);
+        assert_eq!(cluster_column("T_MCOxxB"), None);
+        assert_eq!(cluster_column("T_MCO21BB"), None);
+        assert_eq!(cluster_column("IR_BEN_R"), None);
+    }
 
     /// Reads `text` in chunks of `size` bytes; returns (first line, text) of each.
     fn chunks(text: &[u8], size: usize) -> (Vec<(usize, Vec<u8>)>, String, u64) {

@@ -206,6 +206,23 @@ async fn a_delivery_becomes_an_encrypted_pseudonymised_snapshot() {
         !delivered.is_sorted(),
         "the delivery itself is not in nature order"
     );
+    // PMSI stays are clustered by main diagnosis the same way.
+    let b = tables.iter().find(|t| t.name == "T_MCO21B").unwrap();
+    let mut stays = 0;
+    for f in &b.files {
+        let dgn = strings(
+            &read_file(&storage, &f.path, &key).await.unwrap(),
+            "DGN_PAL",
+        );
+        assert!(dgn.is_sorted(), "{}: not sorted by DGN_PAL", f.path);
+        stays += dgn.len();
+    }
+    let delivered = csv_column(&delivery.join("T_MCO21B.csv"), "DGN_PAL");
+    assert_eq!(stays, delivered.iter().filter(|v| !v.is_empty()).count());
+    assert!(
+        !delivered.is_sorted(),
+        "the delivery is not in diagnosis order"
+    );
     let c = tables.iter().find(|t| t.name == "T_MCO21C").unwrap();
     let nir17 = strings(
         &read_file(&storage, &c.files[0].path, &key).await.unwrap(),
