@@ -616,6 +616,22 @@ pub fn cannot_fail(e: &Expr) -> bool {
         Expr::IsNull(e) | Expr::IsNotNull(e) => is_col(e),
         Expr::InList(l) => is_col(&l.expr) && l.list.iter().all(is_lit),
         Expr::Between(b) => is_col(&b.expr) && is_lit(&b.low) && is_lit(&b.high),
+        // A column against a constant pattern (`DGN_PAL LIKE 'I21%'`). With
+        // no escape character in play a pattern cannot be malformed, so
+        // matching fails on no value; below the barrier it also prunes pages.
+        Expr::Like(l) => {
+            is_col(&l.expr)
+                && l.escape_char.is_none()
+                && matches!(
+                    l.pattern.as_ref(),
+                    Expr::Literal(
+                        ScalarValue::Utf8(Some(p))
+                            | ScalarValue::Utf8View(Some(p))
+                            | ScalarValue::LargeUtf8(Some(p)),
+                        _
+                    ) if !p.contains('\\')
+                )
+        }
         _ => false,
     }
 }
@@ -889,5 +905,26 @@ mod tests {
         assert!(cannot_fail(&col("A").gt(lit(1)).and(col("B").is_null())));
         assert!(!cannot_fail(&(lit(1) / col("A")).eq(lit(1))));
         assert!(!cannot_fail(&cast(col("A"), DataType::Int32).eq(lit(1))));
+        // A constant pattern without escapes, LIKE or NOT LIKE, any case.
+        assert!(cannot_fail(&col("D").like(lit("I21%"))));
+        assert!(cannot_fail(
+            &col("D")
+                .not_like(lit("90%"))
+                .and(col("D").ilike(lit("e11_")))
+        ));
+        // Not: a pattern from a column, an escape character, a computed operand.
+        assert!(!cannot_fail(&col("D").like(col("E"))));
+        assert!(!cannot_fail(&col("D").like(lit("I21\\%"))));
+        let escaped = Expr::Like(datafusion::logical_expr::expr::Like::new(
+            false,
+            Box::new(col("D")),
+            Box::new(lit("I21!%")),
+            Some('!'),
+            false,
+        ));
+        assert!(!cannot_fail(&escaped));
+        assert!(!cannot_fail(
+            &datafusion::functions::expr_fn::upper(col("D")).like(lit("I%"))
+        ));
     }
 }
