@@ -333,7 +333,7 @@ async fn the_open_snapshot_keeps_decrypted_footers_for_every_session() {
     let delivery = dir.path().join("delivery");
     let expected = csv_column(&delivery.join("ER_PRS_F_2021.csv"), "PRS_NAT_REF")
         .iter()
-        .filter(|v| v.as_str() == "1111")
+        .filter(|v| v.as_str() == "1110")
         .count() as i64;
     assert!(expected > 0, "the synthetic delivery has GP consultations");
     let cat = h.catalog().await.unwrap();
@@ -351,7 +351,7 @@ async fn the_open_snapshot_keeps_decrypted_footers_for_every_session() {
         .unwrap();
     // Reading the schemas at open goes around the cache.
     assert_eq!(open.footers.usage(), (0, 0));
-    let q = "SELECT COUNT(*) FROM ER_PRS_F WHERE PRS_NAT_REF = 1111";
+    let q = "SELECT COUNT(*) FROM ER_PRS_F WHERE PRS_NAT_REF = 1110";
     let session = || {
         let ctx = context(h.storage().unwrap().store(), open.keys.clone(), None).unwrap();
         for (name, table) in &open.tables {
