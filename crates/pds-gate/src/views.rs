@@ -827,10 +827,8 @@ mod tests {
         assert!(t.is_null(1), "out of range becomes NULL, not an error");
     }
 
-    #[test]
-    fn the_barrier_passes_its_view_statistics_to_the_planner() {
-        use datafusion::common::stats::Precision;
-        use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
+    /// Column `a`: 1, 2, 3.
+    fn one_column_batch() -> (SchemaRef, arrow::array::RecordBatch) {
         let schema = Arc::new(arrow::datatypes::Schema::new(vec![Field::new(
             "a",
             DataType::Int64,
@@ -841,6 +839,14 @@ mod tests {
             vec![Arc::new(arrow::array::Int64Array::from(vec![1, 2, 3]))],
         )
         .unwrap();
+        (schema, batch)
+    }
+
+    #[test]
+    fn the_barrier_passes_its_view_statistics_to_the_planner() {
+        use datafusion::common::stats::Precision;
+        use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
+        let (schema, batch) = one_column_batch();
         let source = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
             &[vec![batch]],
             schema,
@@ -856,16 +862,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pushable_predicate_runs_once_below_the_barrier() {
-        let schema = Arc::new(arrow::datatypes::Schema::new(vec![Field::new(
-            "a",
-            DataType::Int64,
-            false,
-        )]));
-        let batch = arrow::array::RecordBatch::try_new(
-            schema.clone(),
-            vec![Arc::new(arrow::array::Int64Array::from(vec![1, 2, 3]))],
-        )
-        .unwrap();
+        let (schema, batch) = one_column_batch();
         let mem = datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]]).unwrap();
         let plan = LogicalPlanBuilder::scan("t", provider_as_source(Arc::new(mem)), None)
             .unwrap()

@@ -337,15 +337,14 @@ async fn the_open_snapshot_keeps_decrypted_footers_for_every_session() {
         .count() as i64;
     assert!(expected > 0, "the synthetic delivery has GP consultations");
     let cat = h.catalog().await.unwrap();
-    let prs_files = cat
+    let prs = cat
         .tables(1)
         .await
         .unwrap()
         .into_iter()
         .find(|t| t.name == "ER_PRS_F")
-        .unwrap()
-        .files
-        .len();
+        .unwrap();
+    let prs_files = prs.files.len();
     let open = pds_query::open_snapshot(&cat, &h.keys().unwrap(), &h.storage().unwrap(), None)
         .await
         .unwrap();
@@ -381,13 +380,6 @@ async fn the_open_snapshot_keeps_decrypted_footers_for_every_session() {
     // No room: every scan reads its metadata from storage, with the same result.
     let empty = Arc::new(pds_query::footers::FooterCache::new(0));
     let ctx = context(h.storage().unwrap().store(), open.keys.clone(), None).unwrap();
-    let prs = cat
-        .tables(1)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|t| t.name == "ER_PRS_F")
-        .unwrap();
     let urls = prs
         .files
         .iter()
