@@ -1267,21 +1267,23 @@ impl Gate {
         allowed.plan_fingerprint = Some(p.fingerprint.clone());
         allowed.snapshot = Some(p.snapshot);
         allowed.objects = objects(&p.plan);
-        // Fail closed: no audit entry, no statement.
-        self.audit
-            .append(allowed)
-            .await
-            .map_err(|e| GateError::Audit(e.to_string()))?;
         base.action = "statement.end".into();
         base.statement = None;
         base.snapshot = Some(p.snapshot);
         let state = p.ctx.state();
-        let physical = match tokio::time::timeout_at(
-            deadline,
-            state.query_planner().create_physical_plan(&p.plan, &state),
-        )
-        .await
-        {
+        // The entry is made durable while the physical plan is built (which
+        // reads no row): the wait on the catalogue's commit then costs the
+        // statement nothing. Fail closed: no audit entry, no statement, and
+        // the plan is dropped unexecuted.
+        let (logged, planned) = tokio::join!(
+            self.audit.append(allowed),
+            tokio::time::timeout_at(
+                deadline,
+                state.query_planner().create_physical_plan(&p.plan, &state),
+            )
+        );
+        logged.map_err(|e| GateError::Audit(e.to_string()))?;
+        let physical = match planned {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
                 let err = engine_error(&e, &limits);
