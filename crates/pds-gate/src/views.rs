@@ -186,6 +186,214 @@ impl ScalarUDFImpl for PseudonymUdf {
     }
 }
 
+impl PseudonymUdf {
+    /// The function that maps a key built by [`DelimitedUdf`] from this
+    /// function's stored identifiers back to what the statement wrote, or
+    /// `None` if `udf` is not a pseudonym function.
+    pub fn prefixed_of(udf: &ScalarUDF) -> Option<ScalarUDF> {
+        let p = udf.inner().downcast_ref::<PseudonymUdf>()?;
+        Some(ScalarUDF::new_from_impl(PrefixedPseudonymUdf {
+            pseudo: p.pseudo.clone(),
+            project: p.project.clone(),
+            signature: Signature::string(1, Volatility::Immutable),
+        }))
+    }
+}
+
+/// Applies `f` to every value of a string array or scalar, keeping its
+/// string type (and so the schema of whatever the function replaces).
+fn map_strings(
+    name: &str,
+    arg: ColumnarValue,
+    mut f: impl FnMut(&str, &mut String) -> Result<()>,
+) -> Result<ColumnarValue> {
+    let mut buf = String::new();
+    match arg {
+        ColumnarValue::Scalar(s) => {
+            let (v, wrap): (_, fn(Option<String>) -> ScalarValue) = match s {
+                ScalarValue::Utf8(v) => (v, ScalarValue::Utf8),
+                ScalarValue::Utf8View(v) => (v, ScalarValue::Utf8View),
+                ScalarValue::LargeUtf8(v) => (v, ScalarValue::LargeUtf8),
+                other => {
+                    return Err(DataFusionError::Internal(format!(
+                        "{name} of a {}",
+                        other.data_type()
+                    )));
+                }
+            };
+            let v = match v {
+                Some(v) => {
+                    f(&v, &mut buf)?;
+                    Some(buf)
+                }
+                None => None,
+            };
+            Ok(ColumnarValue::Scalar(wrap(v)))
+        }
+        ColumnarValue::Array(a) => {
+            let n = a.len();
+            macro_rules! fill {
+                ($values:expr, $builder:expr) => {{
+                    let mut out = $builder;
+                    for v in $values {
+                        match v {
+                            None => out.append_null(),
+                            Some(s) => {
+                                f(s, &mut buf)?;
+                                out.append_value(&buf);
+                            }
+                        }
+                    }
+                    Arc::new(out.finish()) as ArrayRef
+                }};
+            }
+            let out = match a.data_type() {
+                DataType::Utf8View => fill!(
+                    a.as_string_view().iter(),
+                    StringViewBuilder::with_capacity(n)
+                ),
+                DataType::Utf8 => fill!(
+                    a.as_string::<i32>().iter(),
+                    StringBuilder::with_capacity(n, n * 24)
+                ),
+                DataType::LargeUtf8 => fill!(
+                    a.as_string::<i64>().iter(),
+                    LargeStringBuilder::with_capacity(n, n * 24)
+                ),
+                other => {
+                    return Err(DataFusionError::Internal(format!("{name} of a {other}")));
+                }
+            };
+            Ok(ColumnarValue::Array(out))
+        }
+    }
+}
+
+/// The field of a function that keeps its argument's type and
+/// nullability (a NULL stays NULL, nothing else becomes NULL).
+fn same_field(name: &str, args: &ReturnFieldArgs) -> FieldRef {
+    Arc::new(match args.arg_fields.first() {
+        Some(f) => f.as_ref().clone().with_name(name),
+        None => Field::new(name, DataType::Utf8, true),
+    })
+}
+
+/// A stored identifier made self-delimiting: its length in bytes, `:`,
+/// then the identifier (`17:…`). It stands in for the identifier's
+/// project pseudonym at the head of a concatenation that a statement only
+/// groups, compares or counts (`COUNT(DISTINCT BEN_NIR_PSA ||
+/// BEN_RNG_GEM)`, the SNDS's way of counting patients): like the
+/// pseudonyms, whose set is prefix-free (see
+/// `pds_project::Pseudonymiser::pseudonym`), no two identifiers followed
+/// by anything give the same string, so two such keys are equal exactly
+/// when the mapped ones are, with no hash computed. It never fails, and
+/// like [`PseudonymUdf`] it is never registered in a session.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct DelimitedUdf {
+    signature: Signature,
+}
+
+impl DelimitedUdf {
+    /// The function.
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(DelimitedUdf {
+            signature: Signature::string(1, Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for DelimitedUdf {
+    fn name(&self) -> &str {
+        "pds_delimited"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types.first().cloned().unwrap_or(DataType::Utf8))
+    }
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        Ok(same_field(self.name(), &args))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arg =
+            args.args.into_iter().next().ok_or_else(|| {
+                DataFusionError::Internal("pds_delimited takes one argument".into())
+            })?;
+        map_strings(self.name(), arg, |s, out| {
+            use std::fmt::Write;
+            out.clear();
+            let _ = write!(out, "{}:", s.len());
+            out.push_str(s);
+            Ok(())
+        })
+    }
+}
+
+/// The inverse of building a key with [`DelimitedUdf`], composed with the
+/// pseudonym mapping: `17:<id><rest>` becomes `<project pseudonym of
+/// id><rest>`, the value the statement wrote. Applied where such a key's
+/// value is read (see [`crate::late`]).
+pub struct PrefixedPseudonymUdf {
+    pseudo: Pseudonymiser,
+    project: String,
+    signature: Signature,
+}
+
+impl fmt::Debug for PrefixedPseudonymUdf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrefixedPseudonymUdf")
+            .field("project", &self.project)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for PrefixedPseudonymUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.project == other.project
+    }
+}
+impl Eq for PrefixedPseudonymUdf {}
+impl Hash for PrefixedPseudonymUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.project.hash(state)
+    }
+}
+
+impl ScalarUDFImpl for PrefixedPseudonymUdf {
+    fn name(&self) -> &str {
+        "project_pseudonym_prefixed"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types.first().cloned().unwrap_or(DataType::Utf8))
+    }
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        Ok(same_field(self.name(), &args))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arg = args.args.into_iter().next().ok_or_else(|| {
+            DataFusionError::Internal("project_pseudonym_prefixed takes one argument".into())
+        })?;
+        let mut mapped = String::new();
+        map_strings(self.name(), arg, |s, out| {
+            // Only keys built by `pds_delimited` reach this function.
+            let malformed = || DataFusionError::Internal("a delimited key is malformed".into());
+            let (len, tail) = s.split_once(':').ok_or_else(malformed)?;
+            let len: usize = len.parse().map_err(|_| malformed())?;
+            let id = tail.get(..len).ok_or_else(malformed)?;
+            let rest = tail.get(len..).ok_or_else(malformed)?;
+            self.pseudo.pseudonym_into(id, &mut mapped);
+            out.clear();
+            out.push_str(&mapped);
+            out.push_str(rest);
+            Ok(())
+        })
+    }
+}
+
 /// Truncates dates and timestamps to the first day of their month or year,
 /// keeping the type. Written for PDS rather than `date_trunc` because it
 /// cannot fail: `date_trunc` goes through nanosecond timestamps and errors

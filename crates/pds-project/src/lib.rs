@@ -304,6 +304,13 @@ impl Pseudonymiser {
     /// The project pseudonym of a platform pseudonym: `v<version>:` and
     /// 32 base32 characters (160 bits of HMAC-SHA256). PMSI error markers
     /// are kept as they are.
+    ///
+    /// The set of values is prefix-free (all pseudonyms of a function have
+    /// one length and start with `v`; the markers have another length and
+    /// start with `x` or `X`): no value followed by any text equals another
+    /// value followed by other text. The gate relies on it to group and
+    /// count concatenations headed by an identifier without mapping them
+    /// (`pds_gate::late`).
     pub fn pseudonym(&self, platform: &str) -> String {
         let mut out = String::with_capacity(self.prefix.len() + 32);
         self.pseudonym_into(platform, &mut out);
@@ -743,5 +750,26 @@ mod tests {
         let mut out = String::from("left over");
         a.pseudonym_into("12345678901234567", &mut out);
         assert_eq!(out, a.pseudonym("12345678901234567"));
+    }
+
+    #[test]
+    fn the_values_of_one_function_are_prefix_free() {
+        let p = Pseudonymiser::new(&SecretKey::from_bytes([3; 32]), 12);
+        let mut values: Vec<String> = ["", "1", "12345678901234567", "é", "x", &"9".repeat(80)]
+            .iter()
+            .map(|id| p.pseudonym(id))
+            .collect();
+        values.extend(
+            pds_snds::identifiers::PSEUDONYM_ERROR_MARKERS
+                .iter()
+                .map(|m| p.pseudonym(m)),
+        );
+        for (i, a) in values.iter().enumerate() {
+            for (j, b) in values.iter().enumerate() {
+                if i != j {
+                    assert!(!b.starts_with(a.as_str()), "{a} is a prefix of {b}");
+                }
+            }
+        }
     }
 }
