@@ -211,6 +211,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<()> {
             max_errors: None,
             note: "pds demo".into(),
             threads: None,
+            compression: None,
             quiet: false,
         },
     )

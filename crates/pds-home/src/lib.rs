@@ -123,6 +123,30 @@ pub struct LoadConfig {
     /// Converter and encoder threads (each); 0 = one per core.
     #[serde(default)]
     pub threads: u64,
+    /// Codec of the Parquet files written (new snapshots only).
+    #[serde(default)]
+    pub compression: Compression,
+}
+
+/// `load.compression`: codec of the Parquet files a load writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// LZ4: scans decode several times faster; files about a third larger.
+    #[default]
+    Lz4,
+    /// zstd level 1: the smallest files, slower scans.
+    Zstd,
+}
+
+impl Compression {
+    /// The name written in config.toml.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
 }
 
 impl Default for LoadConfig {
@@ -130,6 +154,7 @@ impl Default for LoadConfig {
         LoadConfig {
             max_errors: default_max_errors(),
             threads: 0,
+            compression: Compression::default(),
         }
     }
 }
@@ -481,6 +506,10 @@ max_errors = {max_errors}
 # Threads that check and convert, and threads that encode and encrypt (each);
 # 0 means one per core.
 threads = {threads}
+# Codec of the Parquet files a load writes (snapshots already loaded keep theirs):
+#   "lz4"   scans decode several times faster; files about a third larger (default)
+#   "zstd"  the smallest files, slower scans
+compression = {compression}
 
 [gate]
 # Limits of every statement, whatever the front-end. A statement that hits
@@ -573,6 +602,7 @@ service_token_max_days = {sdays}
         max_errors = c.load.max_errors,
         s3 = s3,
         threads = c.load.threads,
+        compression = toml_str(c.load.compression.as_str()),
     )
 }
 
@@ -902,6 +932,7 @@ mod tests {
             "max_errors = 100",
             "s3_endpoint",
             "master = \"key-file\"",
+            "compression = \"lz4\"",
         ] {
             assert!(text.contains(opt), "config lacks {opt}");
         }
@@ -939,6 +970,25 @@ mod tests {
         .unwrap();
         let e = Home::open(&home).unwrap_err().to_string();
         assert!(e.contains("config.toml") && e.contains("max_errors"), "{e}");
+        fs::write(
+            &cfg,
+            text.replace("compression = \"lz4\"", "compression = \"brotli\""),
+        )
+        .unwrap();
+        let e = Home::open(&home).unwrap_err().to_string();
+        assert!(
+            e.contains("brotli") && e.contains("lz4") && e.contains("zstd"),
+            "the error names the value and the choices: {e}"
+        );
+        fs::write(
+            &cfg,
+            text.replace("compression = \"lz4\"", "compression = \"zstd\""),
+        )
+        .unwrap();
+        assert_eq!(
+            Home::open(&home).unwrap().config.load.compression,
+            Compression::Zstd
+        );
         fs::write(&cfg, text.replace("sqlite://catalogue.db", "mysql://x")).unwrap();
         assert!(
             Home::open(&home)

@@ -94,6 +94,19 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> LoadError + '_ {
     }
 }
 
+/// Codec of the Parquet files a load writes. Every reader of PDS reads
+/// both; changing it affects the snapshots loaded afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Codec {
+    /// LZ4 (the raw Parquet codec): decodes several times faster than
+    /// zstd, for files about a third larger. The default: scans of a few
+    /// columns, as most analyses are, spend much of their time decoding.
+    #[default]
+    Lz4,
+    /// zstd level 1: the smallest files, slower scans.
+    Zstd,
+}
+
 /// Options of a load.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -105,6 +118,8 @@ pub struct LoadOptions {
     pub note: String,
     /// Worker threads for converting and for encoding (each); 0 = one per core.
     pub threads: usize,
+    /// Codec of the files written.
+    pub codec: Codec,
 }
 
 impl Default for LoadOptions {
@@ -114,6 +129,7 @@ impl Default for LoadOptions {
             created_by: String::new(),
             note: String::new(),
             threads: 0,
+            codec: Codec::default(),
         }
     }
 }

@@ -380,6 +380,7 @@ impl Job {
                         &rel,
                         &batch.schema(),
                         cluster_name,
+                        self.opts.codec,
                     )?),
                 )
                 .map_err(pq)?;
@@ -774,14 +775,16 @@ fn civil_month(days: i32) -> (i32, u32) {
         .map_or((0, 0), |d| (d.year(), d.month()))
 }
 
-/// Writer properties for one file: zstd, statistics on, row groups sized for
-/// pruning, encrypted with the snapshot key and bound to its path; small
-/// pages with their own statistics on the cluster column, if any.
+/// Writer properties for one file: the load's codec, statistics on, row
+/// groups sized for pruning, encrypted with the snapshot key and bound to
+/// its path; small pages with their own statistics on the cluster column,
+/// if any.
 pub(crate) fn writer_props(
     key: &pds_keys::SecretKey,
     rel_path: &str,
     schema: &arrow_schema::Schema,
     cluster: Option<&str>,
+    codec: crate::Codec,
 ) -> Result<WriterProperties, LoadError> {
     let enc = FileEncryptionProperties::builder(key.expose().to_vec())
         .with_aad_prefix(rel_path.as_bytes().to_vec())
@@ -790,7 +793,7 @@ pub(crate) fn writer_props(
         .map_err(pq)?;
     let mut b = WriterProperties::builder()
         // Dictionaries pay off on text codes and pseudonyms; on numbers and
-        // dates zstd does nearly as well for a fraction of the CPU.
+        // dates the codec does nearly as well for a fraction of the CPU.
         .set_dictionary_enabled(true);
     for f in schema.fields() {
         match f.data_type() {
@@ -814,14 +817,15 @@ pub(crate) fn writer_props(
             .set_column_statistics_enabled(c.into(), EnabledStatistics::Page)
             .set_data_page_row_count_limit(CLUSTERED_PAGE_ROWS);
     }
-    Ok(
-        b.set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(pq)?))
-            .set_statistics_enabled(EnabledStatistics::Chunk)
-            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            .set_created_by("pds load".into())
-            .with_file_encryption_properties(enc)
-            .build(),
-    )
+    Ok(b.set_compression(match codec {
+        crate::Codec::Lz4 => Compression::LZ4_RAW,
+        crate::Codec::Zstd => Compression::ZSTD(ZstdLevel::try_new(1).map_err(pq)?),
+    })
+    .set_statistics_enabled(EnabledStatistics::Chunk)
+    .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+    .set_created_by("pds load".into())
+    .with_file_encryption_properties(enc)
+    .build())
 }
 
 /// Codes of the referentials the delivery carries (first column of each
@@ -854,6 +858,57 @@ pub(crate) fn delivered_codes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_are_written_with_the_loads_codec_and_read_back_with_the_key() {
+        use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+        use parquet::encryption::decrypt::FileDecryptionProperties;
+        let key = pds_keys::SecretKey::from_bytes([9; 32]);
+        let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+            "PRS_NAT_REF",
+            arrow_schema::DataType::Int32,
+            false,
+        )]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow_array::Int32Array::from_iter_values(
+                (0..5000).map(|i| i % 7),
+            ))],
+        )
+        .unwrap();
+        for (codec, expected) in [
+            (crate::Codec::Lz4, Compression::LZ4_RAW),
+            (
+                crate::Codec::Zstd,
+                Compression::ZSTD(ZstdLevel::try_new(1).unwrap()),
+            ),
+        ] {
+            let props = writer_props(
+                &key,
+                "t/part-0.parquet",
+                &schema,
+                Some("PRS_NAT_REF"),
+                codec,
+            )
+            .unwrap();
+            let mut file = tempfile::tempfile().unwrap();
+            let mut w = ArrowWriter::try_new(&mut file, schema.clone(), Some(props)).unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+            let dec = FileDecryptionProperties::builder(key.expose().to_vec())
+                .with_aad_prefix(b"t/part-0.parquet".to_vec())
+                .build()
+                .unwrap();
+            let opts = ArrowReaderOptions::new().with_file_decryption_properties(dec);
+            let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(file, opts).unwrap();
+            let meta = reader.metadata().clone();
+            for rg in meta.row_groups() {
+                assert_eq!(rg.column(0).compression(), expected, "{codec:?}");
+            }
+            let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
+            assert_eq!(rows, 5000);
+        }
+    }
 
     #[test]
     fn dcir_and_pmsi_tables_of_any_year_have_their_cluster_column() {

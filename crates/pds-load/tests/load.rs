@@ -37,6 +37,7 @@ fn opts() -> LoadOptions {
         created_by: "steward".into(),
         note: String::new(),
         threads: 2,
+        ..Default::default()
     }
 }
 
