@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """SNDS-bench's DuckDB side: what a researcher with a laptop would do.
 
-  duckdb_engine.py convert --schema SCHEMA.json --delivery DIR --out DIR
-      Converts every CSV file of the delivery to zstd Parquet with DuckDB's
+  duckdb_engine.py convert --schema SCHEMA.json --delivery DIR --out DIR [--compression lz4|zstd]
+      Converts every CSV file of the delivery to Parquet (the codec PDS loads
+      with, LZ4 unless told otherwise) with DuckDB's
       own COPY, one directory per table. Columns are typed as `pds load`
       types them (SCHEMA.json, from `snds-bench csv-schema`), with DuckDB's
       own parsers (strptime); nothing else is changed (sentinel dates such
@@ -61,7 +62,7 @@ def convert(args):
         t = time.perf_counter()
         con.execute(
             f"COPY (SELECT {cols} FROM read_csv('{src}', delim=';', header=true, all_varchar=true, "
-            f"quote='\"')) TO '{dst}' (FORMAT parquet, COMPRESSION zstd)"
+            f"quote='\"')) TO '{dst}' (FORMAT parquet, COMPRESSION {args.compression})"
         )
         print(f"  {f['file']}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
     json.dump({"seconds": time.perf_counter() - started}, sys.stdout)
@@ -145,6 +146,7 @@ def main():
     c.add_argument("--schema", required=True)
     c.add_argument("--delivery", required=True)
     c.add_argument("--out", required=True)
+    c.add_argument("--compression", choices=["lz4", "zstd"], default="lz4")
     r = sub.add_parser("run")
     r.add_argument("--data", required=True)
     r.add_argument("--queries", required=True)

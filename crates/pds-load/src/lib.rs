@@ -3,9 +3,10 @@
 //! For each file of the delivery: recognise its table from the file name and
 //! header, check every value against the SNDS schema (type, date dialect,
 //! length, required keys), replace every patient identifier by its platform
-//! pseudonym (HMAC-SHA256 under the platform key), and write zstd Parquet
-//! encrypted with the snapshot's data key (Parquet modular encryption,
-//! AES-GCM), the object path bound as AAD so files cannot be swapped. DCIR is
+//! pseudonym (HMAC-SHA256 under the platform key), and write Parquet (LZ4
+//! or zstd, see [`Codec`]) encrypted with the snapshot's data key (Parquet
+//! modular encryption, AES-GCM), the object path bound as AAD so files
+//! cannot be swapped. DCIR is
 //! partitioned by flow month (`FLX_DIS_DTD`), PMSI by year.
 //!
 //! Files go to the object store (local folder or S3) under
