@@ -23,21 +23,12 @@ pub(crate) struct LoadArgs {
     /// Converter and encoder threads, each (default: `load.threads`, 0 = one per core).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
-    /// Codec of the files written (default: `load.compression`, lz4).
-    #[arg(long, value_enum)]
-    pub(crate) compression: Option<CodecArg>,
+    /// Codec of the files written, lz4 or zstd (default: `load.compression`, lz4).
+    #[arg(long)]
+    pub(crate) compression: Option<pds_home::Compression>,
     /// Print only the summary line (no table list, no progress bar).
     #[arg(long, short = 'q')]
     pub(crate) quiet: bool,
-}
-
-/// `--compression`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub(crate) enum CodecArg {
-    /// Faster scans, files about a third larger.
-    Lz4,
-    /// Smallest files, slower scans.
-    Zstd,
 }
 
 /// Runs `pds load` and prints its summary.
@@ -51,14 +42,7 @@ pub(crate) async fn load(home: &Path, a: LoadArgs) -> Result<pds_load::LoadRepor
         created_by: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
         note: a.note,
         threads: a.threads.unwrap_or(h.config.load.threads as usize),
-        codec: match a.compression {
-            Some(CodecArg::Lz4) => pds_load::Codec::Lz4,
-            Some(CodecArg::Zstd) => pds_load::Codec::Zstd,
-            None => match h.config.load.compression {
-                pds_home::Compression::Lz4 => pds_load::Codec::Lz4,
-                pds_home::Compression::Zstd => pds_load::Codec::Zstd,
-            },
-        },
+        compression: a.compression.unwrap_or(h.config.load.compression),
     };
     let bar = if a.quiet || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()

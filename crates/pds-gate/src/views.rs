@@ -42,85 +42,65 @@ use pds_project::Pseudonymiser;
 use pds_project::perimeter::{ColumnView, DatePrecision, ResolvedPerimeter, RowFilter, ViewTable};
 use pds_snds::identifiers::PATIENT_ID_COLUMNS;
 
-/// The pseudonym mapping as a scalar function. It is never registered in
-/// a session's function registry, so SQL cannot call it by name; it only
-/// exists inside view plans.
-pub struct PseudonymUdf {
+/// A project's pseudonym function as the functions below hold it: compared
+/// and hashed by project (two plans of one project use the same function),
+/// and never printed with its key.
+#[derive(Clone)]
+struct ProjectFn {
     pseudo: Pseudonymiser,
     project: String,
-    signature: Signature,
 }
 
-impl fmt::Debug for PseudonymUdf {
+impl fmt::Debug for ProjectFn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PseudonymUdf")
+        f.debug_struct("ProjectFn")
             .field("project", &self.project)
             .finish_non_exhaustive()
     }
 }
 
-impl PartialEq for PseudonymUdf {
+impl PartialEq for ProjectFn {
     fn eq(&self, other: &Self) -> bool {
         self.project == other.project
     }
 }
-impl Eq for PseudonymUdf {}
-impl Hash for PseudonymUdf {
+impl Eq for ProjectFn {}
+impl Hash for ProjectFn {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.project.hash(state)
     }
+}
+
+/// The pseudonym mapping as a scalar function. It is never registered in
+/// a session's function registry, so SQL cannot call it by name; it only
+/// exists inside view plans.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PseudonymUdf {
+    f: ProjectFn,
+    signature: Signature,
 }
 
 impl PseudonymUdf {
     /// The function of one project.
     pub fn udf(project: &str, pseudo: Pseudonymiser) -> ScalarUDF {
         ScalarUDF::new_from_impl(PseudonymUdf {
-            pseudo,
-            project: project.to_string(),
+            f: ProjectFn {
+                pseudo,
+                project: project.to_string(),
+            },
             signature: Signature::string(1, Volatility::Immutable),
         })
     }
 
-    /// Maps `values`, keeping the string type of the input: the mapping
-    /// can then replace a column anywhere in a plan without changing its
-    /// schema (see [`crate::late`]).
-    fn map<'a>(
-        &self,
-        values: impl Iterator<Item = Option<&'a str>>,
-        len: usize,
-        out_type: &DataType,
-    ) -> Result<ArrayRef> {
-        // Claims of one person are often adjacent: reuse the last result.
-        let mut last_in: Option<&str> = None;
-        let mut last_out = String::new();
-        macro_rules! fill {
-            ($builder:expr) => {{
-                let mut out = $builder;
-                for v in values {
-                    match v {
-                        None => out.append_null(),
-                        Some(s) => {
-                            if last_in != Some(s) {
-                                self.pseudo.pseudonym_into(s, &mut last_out);
-                                last_in = Some(s);
-                            }
-                            out.append_value(&last_out);
-                        }
-                    }
-                }
-                Arc::new(out.finish()) as ArrayRef
-            }};
-        }
-        Ok(match out_type {
-            DataType::Utf8 => fill!(StringBuilder::with_capacity(len, len * 36)),
-            DataType::Utf8View => fill!(StringViewBuilder::with_capacity(len)),
-            DataType::LargeUtf8 => fill!(LargeStringBuilder::with_capacity(len, len * 36)),
-            other => {
-                return Err(DataFusionError::Internal(format!(
-                    "project_pseudonym to a {other}"
-                )));
-            }
-        })
+    /// The function that maps a key built by [`DelimitedUdf`] from this
+    /// function's stored identifiers back to what the statement wrote, or
+    /// `None` if `udf` is not a pseudonym function.
+    pub fn prefixed_of(udf: &ScalarUDF) -> Option<ScalarUDF> {
+        let p = udf.inner().downcast_ref::<PseudonymUdf>()?;
+        Some(ScalarUDF::new_from_impl(PrefixedPseudonymUdf {
+            f: p.f.clone(),
+            signature: Signature::string(1, Volatility::Immutable),
+        }))
     }
 }
 
@@ -135,73 +115,30 @@ impl ScalarUDFImpl for PseudonymUdf {
         Ok(arg_types.first().cloned().unwrap_or(DataType::Utf8))
     }
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        // Same type, nullability and metadata as the stored column (a NULL
-        // stays NULL, nothing else becomes NULL): the mapping can replace
-        // the column without changing any schema.
-        Ok(Arc::new(match args.arg_fields.first() {
-            Some(f) => f.as_ref().clone().with_name(self.name()),
-            None => Field::new(self.name(), DataType::Utf8, true),
-        }))
+        // The mapping can replace the column without changing any schema.
+        Ok(same_field(self.name(), &args))
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arg = args.args.into_iter().next().ok_or_else(|| {
             DataFusionError::Internal("project_pseudonym takes one argument".into())
         })?;
-        match arg {
-            ColumnarValue::Scalar(s) => {
-                let v = match s {
-                    ScalarValue::Utf8(v) | ScalarValue::Utf8View(v) | ScalarValue::LargeUtf8(v) => {
-                        v
-                    }
-                    other => {
-                        return Err(DataFusionError::Internal(format!(
-                            "project_pseudonym of a {}",
-                            other.data_type()
-                        )));
-                    }
-                };
-                let v = v.map(|s| self.pseudo.pseudonym(&s));
-                Ok(ColumnarValue::Scalar(match args.return_field.data_type() {
-                    DataType::Utf8View => ScalarValue::Utf8View(v),
-                    DataType::LargeUtf8 => ScalarValue::LargeUtf8(v),
-                    _ => ScalarValue::Utf8(v),
-                }))
+        // Claims of one person are often adjacent: the last result (still
+        // in the output buffer) is reused.
+        let mut last: Option<String> = None;
+        map_strings(self.name(), arg, |s, out| {
+            if last.as_deref() != Some(s) {
+                self.f.pseudo.pseudonym_into(s, out);
+                last = Some(s.to_string());
             }
-            ColumnarValue::Array(a) => {
-                let n = a.len();
-                let t = a.data_type().clone();
-                let out = match a.data_type() {
-                    DataType::Utf8View => self.map(a.as_string_view().iter(), n, &t)?,
-                    DataType::Utf8 => self.map(a.as_string::<i32>().iter(), n, &t)?,
-                    DataType::LargeUtf8 => self.map(a.as_string::<i64>().iter(), n, &t)?,
-                    other => {
-                        return Err(DataFusionError::Internal(format!(
-                            "project_pseudonym of a {other}"
-                        )));
-                    }
-                };
-                Ok(ColumnarValue::Array(out))
-            }
-        }
-    }
-}
-
-impl PseudonymUdf {
-    /// The function that maps a key built by [`DelimitedUdf`] from this
-    /// function's stored identifiers back to what the statement wrote, or
-    /// `None` if `udf` is not a pseudonym function.
-    pub fn prefixed_of(udf: &ScalarUDF) -> Option<ScalarUDF> {
-        let p = udf.inner().downcast_ref::<PseudonymUdf>()?;
-        Some(ScalarUDF::new_from_impl(PrefixedPseudonymUdf {
-            pseudo: p.pseudo.clone(),
-            project: p.project.clone(),
-            signature: Signature::string(1, Volatility::Immutable),
-        }))
+            Ok(())
+        })
     }
 }
 
 /// Applies `f` to every value of a string array or scalar, keeping its
-/// string type (and so the schema of whatever the function replaces).
+/// string type (and so the schema of whatever the function replaces). `f`
+/// writes each result into one buffer, which keeps the previous result
+/// until `f` changes it.
 fn map_strings(
     name: &str,
     arg: ColumnarValue,
@@ -254,11 +191,11 @@ fn map_strings(
                 ),
                 DataType::Utf8 => fill!(
                     a.as_string::<i32>().iter(),
-                    StringBuilder::with_capacity(n, n * 24)
+                    StringBuilder::with_capacity(n, n * 36)
                 ),
                 DataType::LargeUtf8 => fill!(
                     a.as_string::<i64>().iter(),
-                    LargeStringBuilder::with_capacity(n, n * 24)
+                    LargeStringBuilder::with_capacity(n, n * 36)
                 ),
                 other => {
                     return Err(DataFusionError::Internal(format!("{name} of a {other}")));
@@ -334,30 +271,10 @@ impl ScalarUDFImpl for DelimitedUdf {
 /// pseudonym mapping: `17:<id><rest>` becomes `<project pseudonym of
 /// id><rest>`, the value the statement wrote. Applied where such a key's
 /// value is read (see [`crate::late`]).
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct PrefixedPseudonymUdf {
-    pseudo: Pseudonymiser,
-    project: String,
+    f: ProjectFn,
     signature: Signature,
-}
-
-impl fmt::Debug for PrefixedPseudonymUdf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PrefixedPseudonymUdf")
-            .field("project", &self.project)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PartialEq for PrefixedPseudonymUdf {
-    fn eq(&self, other: &Self) -> bool {
-        self.project == other.project
-    }
-}
-impl Eq for PrefixedPseudonymUdf {}
-impl Hash for PrefixedPseudonymUdf {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.project.hash(state)
-    }
 }
 
 impl ScalarUDFImpl for PrefixedPseudonymUdf {
@@ -377,7 +294,6 @@ impl ScalarUDFImpl for PrefixedPseudonymUdf {
         let arg = args.args.into_iter().next().ok_or_else(|| {
             DataFusionError::Internal("project_pseudonym_prefixed takes one argument".into())
         })?;
-        let mut mapped = String::new();
         map_strings(self.name(), arg, |s, out| {
             // Only keys built by `pds_delimited` reach this function.
             let malformed = || DataFusionError::Internal("a delimited key is malformed".into());
@@ -385,9 +301,7 @@ impl ScalarUDFImpl for PrefixedPseudonymUdf {
             let len: usize = len.parse().map_err(|_| malformed())?;
             let id = tail.get(..len).ok_or_else(malformed)?;
             let rest = tail.get(len..).ok_or_else(malformed)?;
-            self.pseudo.pseudonym_into(id, &mut mapped);
-            out.clear();
-            out.push_str(&mapped);
+            self.f.pseudo.pseudonym_into(id, out);
             out.push_str(rest);
             Ok(())
         })

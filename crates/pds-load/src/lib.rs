@@ -4,7 +4,7 @@
 //! header, check every value against the SNDS schema (type, date dialect,
 //! length, required keys), replace every patient identifier by its platform
 //! pseudonym (HMAC-SHA256 under the platform key), and write Parquet (LZ4
-//! or zstd, see [`Codec`]) encrypted with the snapshot's data key (Parquet
+//! or zstd, see [`pds_home::Compression`]) encrypted with the snapshot's data key (Parquet
 //! modular encryption, AES-GCM), the object path bound as AAD so files
 //! cannot be swapped. DCIR is
 //! partitioned by flow month (`FLX_DIS_DTD`), PMSI by year.
@@ -95,19 +95,6 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> LoadError + '_ {
     }
 }
 
-/// Codec of the Parquet files a load writes. Every reader of PDS reads
-/// both; changing it affects the snapshots loaded afterwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Codec {
-    /// LZ4 (the raw Parquet codec): decodes several times faster than
-    /// zstd, for files about a third larger. The default: scans of a few
-    /// columns, as most analyses are, spend much of their time decoding.
-    #[default]
-    Lz4,
-    /// zstd level 1: the smallest files, slower scans.
-    Zstd,
-}
-
 /// Options of a load.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -119,8 +106,8 @@ pub struct LoadOptions {
     pub note: String,
     /// Worker threads for converting and for encoding (each); 0 = one per core.
     pub threads: usize,
-    /// Codec of the files written.
-    pub codec: Codec,
+    /// Codec of the files written (`load.compression`).
+    pub compression: pds_home::Compression,
 }
 
 impl Default for LoadOptions {
@@ -130,7 +117,7 @@ impl Default for LoadOptions {
             created_by: String::new(),
             note: String::new(),
             threads: 0,
-            codec: Codec::default(),
+            compression: pds_home::Compression::default(),
         }
     }
 }

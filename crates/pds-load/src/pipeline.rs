@@ -380,7 +380,7 @@ impl Job {
                         &rel,
                         &batch.schema(),
                         cluster_name,
-                        self.opts.codec,
+                        self.opts.compression,
                     )?),
                 )
                 .map_err(pq)?;
@@ -784,7 +784,7 @@ pub(crate) fn writer_props(
     rel_path: &str,
     schema: &arrow_schema::Schema,
     cluster: Option<&str>,
-    codec: crate::Codec,
+    compression: pds_home::Compression,
 ) -> Result<WriterProperties, LoadError> {
     let enc = FileEncryptionProperties::builder(key.expose().to_vec())
         .with_aad_prefix(rel_path.as_bytes().to_vec())
@@ -817,9 +817,9 @@ pub(crate) fn writer_props(
             .set_column_statistics_enabled(c.into(), EnabledStatistics::Page)
             .set_data_page_row_count_limit(CLUSTERED_PAGE_ROWS);
     }
-    Ok(b.set_compression(match codec {
-        crate::Codec::Lz4 => Compression::LZ4_RAW,
-        crate::Codec::Zstd => Compression::ZSTD(ZstdLevel::try_new(1).map_err(pq)?),
+    Ok(b.set_compression(match compression {
+        pds_home::Compression::Lz4 => Compression::LZ4_RAW,
+        pds_home::Compression::Zstd => Compression::ZSTD(ZstdLevel::try_new(1).map_err(pq)?),
     })
     .set_statistics_enabled(EnabledStatistics::Chunk)
     .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
@@ -877,9 +877,9 @@ mod tests {
         )
         .unwrap();
         for (codec, expected) in [
-            (crate::Codec::Lz4, Compression::LZ4_RAW),
+            (pds_home::Compression::Lz4, Compression::LZ4_RAW),
             (
-                crate::Codec::Zstd,
+                pds_home::Compression::Zstd,
                 Compression::ZSTD(ZstdLevel::try_new(1).unwrap()),
             ),
         ] {

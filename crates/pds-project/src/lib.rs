@@ -287,18 +287,12 @@ impl Pseudonymiser {
         let mut state = self.inner;
         sha2::block_api::compress256(&mut state, &[block]);
         let mut outer = [0u8; 64];
-        for (chunk, word) in outer[..32].chunks_exact_mut(4).zip(state) {
-            chunk.copy_from_slice(&word.to_be_bytes());
-        }
+        outer[..32].copy_from_slice(&digest_bytes(state));
         outer[32] = 0x80;
         outer[56..].copy_from_slice(&((64u64 + 32) * 8).to_be_bytes());
         let mut state = self.outer;
         sha2::block_api::compress256(&mut state, &[outer]);
-        let mut tag = [0u8; 32];
-        for (chunk, word) in tag.chunks_exact_mut(4).zip(state) {
-            chunk.copy_from_slice(&word.to_be_bytes());
-        }
-        tag
+        digest_bytes(state)
     }
 
     /// The project pseudonym of a platform pseudonym: `v<version>:` and
@@ -328,6 +322,15 @@ impl Pseudonymiser {
         out.push_str(&self.prefix);
         base32_into(&tag, out);
     }
+}
+
+/// A SHA-256 state as digest bytes (big-endian words).
+fn digest_bytes(state: [u32; 8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    out
 }
 
 /// SHA-256's initial state (FIPS 180-4, 5.3.3).
