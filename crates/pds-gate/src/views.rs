@@ -23,16 +23,22 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Column, ScalarValue, TableReference};
-use datafusion::datasource::provider_as_source;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchema, ScalarValue, TableReference};
+use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::expr_rewriter::unnormalize_col;
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
     BinaryExpr, ColumnarValue, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
     ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
     TableProviderFilterPushDown, TableType, Volatility, cast, lit,
 };
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+use datafusion::physical_plan::filter::FilterExecBuilder;
+use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
     SendableRecordBatchStream,
@@ -596,6 +602,82 @@ pub struct PerimeterTable {
     late: Option<Arc<LateView>>,
     /// Whether this provider is the late variant (stored pseudonyms).
     shows_stored: bool,
+    /// `plan` taken apart for [`PerimeterTable::scan`] to plan without the
+    /// optimiser; `None` when the view is not one stored table (a
+    /// population or parent restriction joins another).
+    direct: Option<Arc<Direct>>,
+}
+
+/// A view over one stored table, taken apart: what `scan` needs to build
+/// its physical plan (stored scan → row restriction → column expressions)
+/// directly.
+///
+/// Why: optimising and planning the whole view (every column of the
+/// table) inside each `scan`, before DataFusion optimises the statement's
+/// physical plan again, was the largest part of a small statement's fixed
+/// cost. The plan built here is the one the optimiser arrived at (only the
+/// columns used are read; the restriction and the pushable predicates go
+/// to a filter that the physical optimiser pushes into the Parquet scan).
+#[derive(Debug)]
+struct Direct {
+    base: Arc<dyn TableProvider>,
+    /// The row restriction (perimeter years), over stored columns.
+    keep: Option<Expr>,
+    /// One expression per view column, over stored columns, unaliased.
+    exprs: Vec<Expr>,
+}
+
+/// `plan` taken apart if it is `alias(projection(filter?(scan)))` of one
+/// stored table, as [`ViewBuilder`] builds a view with no join.
+fn direct(plan: &LogicalPlan) -> Option<Direct> {
+    let LogicalPlan::SubqueryAlias(alias) = plan else {
+        return None;
+    };
+    let LogicalPlan::Projection(p) = alias.input.as_ref() else {
+        return None;
+    };
+    let (keep, input) = match p.input.as_ref() {
+        LogicalPlan::Filter(f) => (Some(unnormalize_col(f.predicate.clone())), f.input.as_ref()),
+        other => (None, other),
+    };
+    let LogicalPlan::TableScan(scan) = input else {
+        return None;
+    };
+    if scan.projection.is_some() || !scan.filters.is_empty() || scan.fetch.is_some() {
+        return None;
+    }
+    let base = source_as_provider(&scan.source).ok()?;
+    let stored = base.schema();
+    let exprs: Vec<Expr> = p
+        .expr
+        .iter()
+        .map(|e| unnormalize_col(e.clone().unalias()))
+        .collect();
+    // Every column named must be stored (the view builder checked it; a
+    // view of another shape is planned the general way).
+    let all_stored = exprs
+        .iter()
+        .chain(keep.iter())
+        .flat_map(|e| e.column_refs())
+        .all(|c| stored.index_of(&c.name).is_ok());
+    if !all_stored || exprs.len() != plan.schema().fields().len() {
+        return None;
+    }
+    // `CAST(date AS DATE) >= ...` as the optimiser would leave it, so that
+    // Parquet statistics can prune on it.
+    let keep = match keep {
+        Some(k) => {
+            let schema = DFSchema::try_from(stored.as_ref().clone()).ok()?;
+            let simplifier = ExprSimplifier::new(
+                SimplifyContext::builder()
+                    .with_schema(Arc::new(schema))
+                    .build(),
+            );
+            Some(simplifier.simplify(k.clone()).unwrap_or(k))
+        }
+        None => None,
+    };
+    Some(Direct { base, keep, exprs })
 }
 
 /// Pseudonym columns of a view by name, with the function that maps each.
@@ -670,12 +752,14 @@ impl PerimeterTable {
     pub fn new(plan: LogicalPlan, plain: Vec<String>) -> PerimeterTable {
         let schema = Arc::new(plan.schema().as_arrow().clone());
         let late = late_view(&plan).map(Arc::new);
+        let direct = direct(&plan).map(Arc::new);
         PerimeterTable {
             plan,
             schema,
             plain,
             late,
             shows_stored: false,
+            direct,
         }
     }
 
@@ -695,6 +779,7 @@ impl PerimeterTable {
                 plain: self.plain.clone(),
                 late: Some(late.clone()),
                 shows_stored: true,
+                direct: direct(&late.stored).map(Arc::new),
             },
             late.columns.clone(),
         ))
@@ -710,6 +795,79 @@ impl PerimeterTable {
             && e.column_refs()
                 .iter()
                 .all(|c| self.plain.iter().any(|p| p == &c.name))
+    }
+
+    /// The view's rows as [`Direct`] plans them: the stored scan of the
+    /// columns used, one filter (restriction and pushable predicates), the
+    /// view's expressions. `None` (plan the general way) if the result
+    /// would not have the view's column types.
+    async fn scan_direct(
+        &self,
+        d: &Direct,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let wanted: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        let mut predicates: Vec<Expr> = d.keep.iter().cloned().collect();
+        for f in filters.iter().filter(|f| self.pushable(f)) {
+            // Over the view's columns; a plain column is its stored one,
+            // but the view's expression is substituted all the same.
+            let f = unnormalize_col(f.clone())
+                .transform_up(|e| match e {
+                    Expr::Column(c) => {
+                        let i = self.schema.index_of(&c.name)?;
+                        Ok(Transformed::yes(d.exprs[i].clone()))
+                    }
+                    e => Ok(Transformed::no(e)),
+                })?
+                .data;
+            predicates.push(f);
+        }
+        let stored = d.base.schema();
+        let mut columns = std::collections::BTreeSet::new();
+        for e in wanted.iter().map(|i| &d.exprs[*i]).chain(predicates.iter()) {
+            for c in e.column_refs() {
+                columns.insert(stored.index_of(&c.name)?);
+            }
+        }
+        let columns: Vec<usize> = columns.into_iter().collect();
+        let mut plan = d
+            .base
+            .scan(state, Some(&columns), &predicates, None)
+            .await?;
+        let input = DFSchema::try_from(plan.schema().as_ref().clone())?;
+        if let Some(predicate) = conjunction(predicates) {
+            let predicate = state.create_physical_expr(predicate, &input)?;
+            let selectivity = state.config_options().optimizer.default_filter_selectivity;
+            let filter = FilterExecBuilder::new(predicate, plan)
+                .with_batch_size(state.config().batch_size())
+                .build()?
+                .with_default_selectivity(selectivity)?;
+            plan = Arc::new(filter);
+        }
+        let out = self.schema.project(&wanted)?;
+        let exprs = wanted
+            .iter()
+            .map(|i| {
+                Ok(ProjectionExpr {
+                    expr: state.create_physical_expr(d.exprs[*i].clone(), &input)?,
+                    alias: self.schema.field(*i).name().clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let plan = ProjectionExec::try_new_with_schema_metadata(exprs, plan, &out)?;
+        let same = plan.schema().fields().len() == out.fields().len()
+            && plan
+                .schema()
+                .fields()
+                .iter()
+                .zip(out.fields())
+                .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+        Ok(same.then(|| Arc::new(plan) as Arc<dyn ExecutionPlan>))
     }
 }
 
@@ -797,6 +955,11 @@ impl TableProvider for PerimeterTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(d) = &self.direct
+            && let Some(plan) = self.scan_direct(d, state, projection, filters).await?
+        {
+            return Ok(Arc::new(Barrier::new(plan)));
+        }
         let mut b = LogicalPlanBuilder::from(self.plan.clone());
         for f in filters.iter().filter(|f| self.pushable(f)) {
             b = b.filter(f.clone())?;
@@ -1045,5 +1208,166 @@ mod tests {
         assert!(!cannot_fail(
             &datafusion::functions::expr_fn::upper(col("D")).like(lit("I%"))
         ));
+    }
+
+    /// Rows of `(k, d, s)`: a key, a date, a code.
+    fn dated_rows() -> Arc<dyn TableProvider> {
+        use arrow::array::{Int64Array, StringArray};
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("d", DataType::Date32, true),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let batch = arrow::array::RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5, 6])),
+                Arc::new(Date32Array::from(vec![
+                    Some(days(2021, 12, 31)),
+                    Some(days(2022, 1, 1)),
+                    Some(days(2022, 6, 15)),
+                    None,
+                    Some(days(2022, 12, 31)),
+                    Some(days(2023, 1, 1)),
+                ])),
+                Arc::new(StringArray::from(vec![
+                    Some("E110"),
+                    Some("E119"),
+                    None,
+                    Some("I21"),
+                    Some("E11"),
+                    Some("E14"),
+                ])),
+            ],
+        )
+        .unwrap();
+        Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]]).unwrap())
+    }
+
+    /// A view as [`ViewBuilder`] shapes one with a year restriction:
+    /// `k` plain, `d` to the month, `s` to its first two characters.
+    fn dated_view(restrict: bool) -> LogicalPlan {
+        let mut b = LogicalPlanBuilder::scan("t", provider_as_source(dated_rows()), None).unwrap();
+        if restrict {
+            let d = cast(column("d"), DataType::Date32);
+            b = b
+                .filter(
+                    d.clone()
+                        .gt_eq(Expr::Literal(jan_first(2022).unwrap(), None))
+                        .and(d.lt(Expr::Literal(jan_first(2023).unwrap(), None))),
+                )
+                .unwrap();
+        }
+        b.project(vec![
+            column("k").alias("k"),
+            ScalarUDF::new_from_impl(TruncDate::new(DatePrecision::Month))
+                .call(vec![column("d")])
+                .alias("d"),
+            datafusion::functions::unicode::expr_fn::left(column("s"), lit(2i64)).alias("s"),
+        ])
+        .unwrap()
+        .alias(TableReference::bare("t"))
+        .unwrap()
+        .build()
+        .unwrap()
+    }
+
+    async fn rows_of(ctx: &SessionContext, sql: &str) -> String {
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_view_of_one_table_is_planned_directly_and_answers_as_the_general_plan() {
+        for restrict in [false, true] {
+            let direct = PerimeterTable::new(dated_view(restrict), vec!["k".into()]);
+            assert!(direct.direct.is_some(), "restrict={restrict}");
+            let mut general = PerimeterTable::new(dated_view(restrict), vec!["k".into()]);
+            general.direct = None;
+            let ctx = SessionContext::new();
+            ctx.register_table("v", Arc::new(direct)).unwrap();
+            ctx.register_table("g", Arc::new(general)).unwrap();
+            let visible: i64 = if restrict { 3 } else { 6 };
+            for (sql, expected_rows) in [
+                ("SELECT * FROM {} ORDER BY k", Some(visible)),
+                ("SELECT COUNT(*) AS n FROM {}", Some(1)),
+                ("SELECT k FROM {} WHERE k > 2 ORDER BY k", None),
+                (
+                    "SELECT s, COUNT(*) AS n FROM {} GROUP BY s ORDER BY s",
+                    None,
+                ),
+                ("SELECT k, d FROM {} WHERE s = 'E1' ORDER BY k", None),
+                ("SELECT d FROM {} WHERE k IN (1, 5, 6) ORDER BY d", None),
+            ] {
+                let got = rows_of(&ctx, &sql.replace("{}", "v")).await;
+                let want = rows_of(&ctx, &sql.replace("{}", "g")).await;
+                assert_eq!(got, want, "{sql}, restrict={restrict}");
+                if let Some(n) = expected_rows {
+                    // A header, a rule, the rows, the frame.
+                    assert_eq!(got.lines().count() as i64, n + 4, "{sql}\n{got}");
+                }
+            }
+            let n = rows_of(&ctx, "SELECT COUNT(*) AS n FROM v").await;
+            assert!(n.contains(&format!("| {visible} ")), "{n}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_direct_view_keeps_user_predicates_that_can_fail_above_its_barrier() {
+        let ctx = SessionContext::new();
+        ctx.register_table(
+            "v",
+            Arc::new(PerimeterTable::new(dated_view(true), vec!["k".into()])),
+        )
+        .unwrap();
+        let df = ctx
+            .sql("SELECT k FROM v WHERE k > 1 AND s = 'E1'")
+            .await
+            .unwrap();
+        let physical = df.create_physical_plan().await.unwrap();
+        let text = datafusion::physical_plan::displayable(physical.as_ref())
+            .indent(true)
+            .to_string();
+        let barrier = text.find("PerimeterBarrier").unwrap();
+        let (above, below) = text.split_at(barrier);
+        // Below the barrier: the restriction and the pushable `k > 1`.
+        assert!(below.contains("> 1"), "{text}");
+        assert!(below.contains("2022-01-01"), "{text}");
+        // The predicate on the coarsened `s` stays above it.
+        assert!(above.contains("= E1"), "{text}");
+        assert!(!below.contains("= E1"), "{text}");
+    }
+
+    #[test]
+    fn a_view_joined_to_its_population_is_planned_the_general_way() {
+        let pop = LogicalPlanBuilder::scan("p", provider_as_source(dated_rows()), None)
+            .unwrap()
+            .project(vec![column("k")])
+            .unwrap()
+            .alias("population")
+            .unwrap()
+            .build()
+            .unwrap();
+        let plan = LogicalPlanBuilder::scan("t", provider_as_source(dated_rows()), None)
+            .unwrap()
+            .join(
+                pop,
+                JoinType::LeftSemi,
+                (
+                    vec![Column::new(Some(TableReference::bare("t")), "k")],
+                    vec![Column::new(Some(TableReference::bare("population")), "k")],
+                ),
+                None,
+            )
+            .unwrap()
+            .project(vec![column("k").alias("k")])
+            .unwrap()
+            .alias(TableReference::bare("t"))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert!(PerimeterTable::new(plan, vec!["k".into()]).direct.is_none());
     }
 }
