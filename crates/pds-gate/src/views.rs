@@ -23,6 +23,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, ScalarValue, TableReference};
 use datafusion::datasource::{provider_as_source, source_as_provider};
@@ -37,7 +38,11 @@ use datafusion::logical_expr::{
     TableProviderFilterPushDown, TableType, Volatility, cast, lit,
 };
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+use datafusion::physical_expr::expressions::{Column as PhysicalColumn, DynamicFilterPhysicalExpr};
 use datafusion::physical_plan::filter::FilterExecBuilder;
+use datafusion::physical_plan::filter_pushdown::{
+    ChildFilterDescription, FilterDescription, FilterPushdownPhase,
+};
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
@@ -797,6 +802,23 @@ impl PerimeterTable {
                 .all(|c| self.plain.iter().any(|p| p == &c.name))
     }
 
+    /// Positions, in the scan's output, of the columns shown as stored.
+    fn plain_outputs(&self, projection: Option<&Vec<usize>>) -> Vec<usize> {
+        let fields: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        fields
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| {
+                let name = self.schema.field(**i).name();
+                self.plain.iter().any(|p| p == name)
+            })
+            .map(|(k, _)| k)
+            .collect()
+    }
+
     /// The view's rows as [`Direct`] plans them: the stored scan of the
     /// columns used, one filter (restriction and pushable predicates), the
     /// view's expressions. `None` (plan the general way) if the result
@@ -958,7 +980,10 @@ impl TableProvider for PerimeterTable {
         if let Some(d) = &self.direct
             && let Some(plan) = self.scan_direct(d, state, projection, filters).await?
         {
-            return Ok(Arc::new(Barrier::new(plan)));
+            return Ok(Arc::new(Barrier::passing_join_filters_on(
+                plan,
+                self.plain_outputs(projection),
+            )));
         }
         let mut b = LogicalPlanBuilder::from(self.plan.clone());
         for f in filters.iter().filter(|f| self.pushable(f)) {
@@ -973,22 +998,54 @@ impl TableProvider for PerimeterTable {
         }
         let plan = b.build()?;
         let physical = state.create_physical_plan(&plan).await?;
-        Ok(Arc::new(Barrier::new(physical)))
+        Ok(Arc::new(Barrier::passing_join_filters_on(
+            physical,
+            self.plain_outputs(projection),
+        )))
     }
 }
 
 /// A pass-through node that accepts no filter from above, so nothing a
-/// statement adds is evaluated before the perimeter.
+/// statement adds is evaluated before the perimeter, with one exception:
+/// a dynamic join filter (DataFusion's bounds and hash set of a join's
+/// build side, pushed into the probe scan) over columns shown as stored.
+///
+/// Why the exception is safe: such a filter only drops rows that cannot
+/// match the join, so the answer is the same; and it is made of
+/// comparisons of a stored column with values of its own type and a
+/// membership test, which fail on no row, so a hidden row cannot make it
+/// fail either. A filter over a mapped or coarsened column, over a
+/// computed join key, or any other filter stays above.
 #[derive(Debug)]
 pub struct Barrier {
     input: Arc<dyn ExecutionPlan>,
+    /// Output columns shown as stored, by position: the only ones a
+    /// dynamic join filter may name to cross.
+    stored: Arc<[usize]>,
 }
 
 impl Barrier {
-    /// Wraps `input`.
+    /// Wraps `input`; no filter crosses.
     pub fn new(input: Arc<dyn ExecutionPlan>) -> Barrier {
-        Barrier { input }
+        Barrier::passing_join_filters_on(input, Vec::new())
     }
+
+    /// Wraps `input`; dynamic join filters on the output columns at
+    /// `stored` (which must be shown as stored) may cross.
+    pub fn passing_join_filters_on(input: Arc<dyn ExecutionPlan>, stored: Vec<usize>) -> Barrier {
+        Barrier {
+            input,
+            stored: stored.into(),
+        }
+    }
+}
+
+/// Whether `f` is a dynamic filter whose keys are bare columns.
+fn is_join_filter_on_columns(f: &Arc<dyn PhysicalExpr>) -> bool {
+    f.downcast_ref::<DynamicFilterPhysicalExpr>().is_some()
+        && f.children()
+            .iter()
+            .all(|c| c.downcast_ref::<PhysicalColumn>().is_some())
 }
 
 impl DisplayAs for Barrier {
@@ -1021,7 +1078,10 @@ impl ExecutionPlan for Barrier {
             .into_iter()
             .next()
             .ok_or_else(|| DataFusionError::Internal("PerimeterBarrier has one child".into()))?;
-        Ok(Arc::new(Barrier { input }))
+        Ok(Arc::new(Barrier {
+            input,
+            stored: self.stored.clone(),
+        }))
     }
     fn execute(
         &self,
@@ -1029,6 +1089,32 @@ impl ExecutionPlan for Barrier {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         self.input.execute(partition, context)
+    }
+    fn gather_filters_for_pushdown(
+        &self,
+        phase: FilterPushdownPhase,
+        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
+        _config: &ConfigOptions,
+    ) -> Result<FilterDescription> {
+        // Dynamic filters arrive in the post-optimisation phase only; one
+        // filter that may not cross keeps them all above.
+        let crossing = phase == FilterPushdownPhase::Post
+            && !self.stored.is_empty()
+            && !parent_filters.is_empty()
+            && parent_filters.iter().all(is_join_filter_on_columns);
+        if !crossing {
+            return Ok(FilterDescription::all_unsupported(
+                &parent_filters,
+                &self.children(),
+            ));
+        }
+        // A filter naming any other column is left unsupported here.
+        let child = ChildFilterDescription::from_child_with_allowed_indices(
+            &parent_filters,
+            self.stored.iter().copied().collect(),
+            &self.input,
+        )?;
+        Ok(FilterDescription::new().with_child(child))
     }
     fn child_stats_requests(
         &self,
@@ -1369,5 +1455,80 @@ mod tests {
             .build()
             .unwrap();
         assert!(PerimeterTable::new(plan, vec!["k".into()]).direct.is_none());
+    }
+
+    /// The physical plan of `sql` in a session with `b` (keys 2 and 5, the
+    /// code `E1`) and `v`, the view of `dated_view` over Parquet.
+    async fn join_plan(sql: &str) -> (String, Vec<arrow::array::RecordBatch>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let writer = SessionContext::new();
+        writer.register_table("t", dated_rows()).unwrap();
+        writer
+            .sql(&format!("COPY t TO '{}' STORED AS PARQUET", path.display()))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        // `b` stays the build side, whatever the statistics of so few rows.
+        let ctx = SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new()
+                .set_bool("datafusion.optimizer.join_reordering", false),
+        );
+        ctx.register_parquet("stored", path.to_str().unwrap(), Default::default())
+            .await
+            .unwrap();
+        let stored = ctx.table_provider("stored").await.unwrap();
+        let plan = LogicalPlanBuilder::scan("t", provider_as_source(stored), None)
+            .unwrap()
+            .project(vec![
+                column("k").alias("k"),
+                datafusion::functions::unicode::expr_fn::left(column("s"), lit(2i64)).alias("s"),
+            ])
+            .unwrap()
+            .alias(TableReference::bare("t"))
+            .unwrap()
+            .build()
+            .unwrap();
+        ctx.register_table("v", Arc::new(PerimeterTable::new(plan, vec!["k".into()])))
+            .unwrap();
+        ctx.sql("CREATE TABLE b AS VALUES (2, 'E1'), (5, 'E1')")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let df = ctx.sql(sql).await.unwrap();
+        let physical = df.clone().create_physical_plan().await.unwrap();
+        let text = datafusion::physical_plan::displayable(physical.as_ref())
+            .indent(true)
+            .to_string();
+        (text, df.collect().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_join_filter_crosses_the_barrier_only_on_a_column_shown_as_stored() {
+        let (text, rows) =
+            join_plan("SELECT v.k FROM b JOIN v ON b.column1 = v.k ORDER BY v.k").await;
+        let (_, below) = text.split_at(text.find("PerimeterBarrier").unwrap());
+        assert!(below.contains("DynamicFilter"), "{text}");
+        let keys: Vec<i64> = rows
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(keys, vec![2, 5]);
+        // `s` is coarsened: the join's filter on it stays above the view.
+        let (text, rows) = join_plan("SELECT v.k FROM b JOIN v ON b.column2 = v.s").await;
+        let (_, below) = text.split_at(text.find("PerimeterBarrier").unwrap());
+        assert!(!below.contains("DynamicFilter"), "{text}");
+        // Rows 1, 2, 5 and 6 have codes starting E1, each joined to both
+        // rows of b.
+        assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 8);
     }
 }
