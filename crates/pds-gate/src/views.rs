@@ -4,14 +4,18 @@
 //!
 //! A view is a [`PerimeterTable`]: its rows come from a logical plan over
 //! the snapshot's Parquet scans (row restriction → column mapping), planned
-//! inside `scan()` and wrapped in a [`Barrier`]. The barrier is what keeps
-//! the perimeter first: DataFusion pushes filters down and merges them with
+//! inside `scan()` and wrapped in a [`Barrier`]. A view of one stored table
+//! (no population or parent join) is planned directly from its parts; the
+//! others through DataFusion's planner. The barrier is what keeps the
+//! perimeter first: DataFusion pushes filters down and merges them with
 //! the ones below, and a user's predicate evaluated *before* the perimeter
 //! filter could fail (or not) on a row the project must not see, an
 //! oracle through error messages. The provider lets only predicates that
 //! cannot fail (column-against-literal comparisons) reach below the
-//! barrier, where they help pruning; everything else runs above it, on
-//! visible rows only.
+//! barrier, where they help pruning, and the barrier lets through only
+//! DataFusion's dynamic join filters on columns shown as stored (bounds
+//! and set membership, which cannot fail either); everything else runs
+//! above it, on visible rows only.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
