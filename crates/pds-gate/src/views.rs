@@ -806,13 +806,17 @@ impl PerimeterTable {
                 .all(|c| self.plain.iter().any(|p| p == &c.name))
     }
 
-    /// Positions, in the scan's output, of the columns shown as stored.
-    fn plain_outputs(&self, projection: Option<&Vec<usize>>) -> Vec<usize> {
-        let fields: Vec<usize> = match projection {
+    /// The view's columns a scan returns, in order: `projection`, or all.
+    fn positions(&self, projection: Option<&Vec<usize>>) -> Vec<usize> {
+        match projection {
             Some(p) => p.clone(),
             None => (0..self.schema.fields().len()).collect(),
-        };
-        fields
+        }
+    }
+
+    /// Positions, in the scan's output, of the columns shown as stored.
+    fn plain_outputs(&self, projection: Option<&Vec<usize>>) -> Vec<usize> {
+        self.positions(projection)
             .iter()
             .enumerate()
             .filter(|(_, i)| {
@@ -834,10 +838,7 @@ impl PerimeterTable {
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-        let wanted: Vec<usize> = match projection {
-            Some(p) => p.clone(),
-            None => (0..self.schema.fields().len()).collect(),
-        };
+        let wanted = self.positions(projection);
         let mut predicates: Vec<Expr> = d.keep.iter().cloned().collect();
         for f in filters.iter().filter(|f| self.pushable(f)) {
             // Over the view's columns; a plain column is its stored one,
@@ -1235,6 +1236,19 @@ mod tests {
         assert_eq!(stats.num_rows, Precision::Exact(3));
     }
 
+    /// The values of the first column of `batches`, an `Int64` column.
+    fn first_i64_column(batches: &[arrow::array::RecordBatch]) -> Vec<i64> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn a_pushable_predicate_runs_once_below_the_barrier() {
         let (schema, batch) = one_column_batch();
@@ -1255,18 +1269,7 @@ mod tests {
         assert_eq!(text.matches("FilterExec").count(), 1, "{text}");
         let barrier = text.find("PerimeterBarrier").unwrap();
         assert!(text.find("FilterExec").unwrap() > barrier, "{text}");
-        let rows: Vec<i64> = df
-            .collect()
-            .await
-            .unwrap()
-            .iter()
-            .flat_map(|b| {
-                b.column(0)
-                    .as_primitive::<arrow::datatypes::Int64Type>()
-                    .values()
-                    .to_vec()
-            })
-            .collect();
+        let rows = first_i64_column(&df.collect().await.unwrap());
         assert_eq!(rows, vec![2, 3]);
     }
 
@@ -1517,16 +1520,7 @@ mod tests {
             join_plan("SELECT v.k FROM b JOIN v ON b.column1 = v.k ORDER BY v.k").await;
         let (_, below) = text.split_at(text.find("PerimeterBarrier").unwrap());
         assert!(below.contains("DynamicFilter"), "{text}");
-        let keys: Vec<i64> = rows
-            .iter()
-            .flat_map(|b| {
-                b.column(0)
-                    .as_primitive::<arrow::datatypes::Int64Type>()
-                    .values()
-                    .to_vec()
-            })
-            .collect();
-        assert_eq!(keys, vec![2, 5]);
+        assert_eq!(first_i64_column(&rows), vec![2, 5]);
         // `s` is coarsened: the join's filter on it stays above the view.
         let (text, rows) = join_plan("SELECT v.k FROM b JOIN v ON b.column2 = v.s").await;
         let (_, below) = text.split_at(text.find("PerimeterBarrier").unwrap());
