@@ -110,6 +110,8 @@ pub struct Gate {
     /// Project pseudonyms mapped where first needed ([`late`]) rather than
     /// in the views.
     late_pseudonyms: std::sync::atomic::AtomicBool,
+    /// Where statements spill (`None`: they do not).
+    spill: Option<Arc<pds_query::spill::EncryptedSpill>>,
 }
 
 /// How a front-end wants one statement run. The defaults are those of
@@ -243,6 +245,22 @@ pub fn sanitize(msg: &str) -> String {
     mask_tokens(&mask_tokens(msg, "pds://"), "snapshots/")
 }
 
+/// The spill files of a home's `[gate]` section (`None` when
+/// `max_spill_mib` is 0).
+fn spill_of(home: &Home) -> Result<Option<Arc<pds_query::spill::EncryptedSpill>>, GateError> {
+    let mib = home.config.gate.max_spill_mib;
+    if mib == 0 {
+        return Ok(None);
+    }
+    pds_query::spill::EncryptedSpill::new(&home.spill_dir(), mib << 20)
+        .map(|s| Some(Arc::new(s)))
+        .map_err(|e| {
+            GateError::Setup(format!(
+                "{e} (set [gate] spill_dir, or max_spill_mib = 0 to turn spilling off)"
+            ))
+        })
+}
+
 fn engine_error(e: &DataFusionError, limits: &Limits) -> GateError {
     let msg = e.to_string();
     if let Some(i) = msg.find(disclosure::REFUSED) {
@@ -254,9 +272,14 @@ fn engine_error(e: &DataFusionError, limits: &Limits) -> GateError {
             "the statement ran longer than its {} s timeout and was cancelled",
             limits.timeout.as_secs()
         ))
+    } else if msg.contains(pds_query::spill::QUOTA_EXCEEDED) {
+        GateError::Limit(format!(
+            "the statement needs more temporary disk space than allowed ({}); filter or aggregate earlier, or ask the administrator about [gate] max_spill_mib",
+            &msg[msg.find(pds_query::spill::QUOTA_EXCEEDED).unwrap_or(0)..]
+        ))
     } else if msg.contains("Resources exhausted") {
         GateError::Limit(format!(
-            "the statement needs more memory than allowed ({} MiB per statement, {} MiB for all running statements); filter or aggregate earlier, or ask the administrator about [gate] query_memory_mib",
+            "the statement needs more memory than allowed ({} MiB per statement, {} MiB for all running statements; sorts and aggregations spill to disk, but a join keeps its smaller side in memory); filter or aggregate earlier, or ask the administrator about [gate] query_memory_mib",
             limits.query_memory >> 20,
             limits.total_memory >> 20
         ))
@@ -574,6 +597,7 @@ impl Gate {
         let storage = home.storage().map_err(|e| setup(e.to_string()))?;
         let audit = open_audit(home, cat.clone(), &keys).await?;
         let limits = Limits::from_config(&home.config.gate);
+        let spill = spill_of(home)?;
         Ok(Gate {
             cat,
             keys: Arc::new(keys),
@@ -587,6 +611,7 @@ impl Gate {
             pg: OnceLock::new(),
             tracker_lock: Arc::new(tokio::sync::Mutex::new(())),
             late_pseudonyms: std::sync::atomic::AtomicBool::new(late_mapping()),
+            spill,
         })
     }
 
@@ -599,6 +624,18 @@ impl Gate {
             })
             .clone()
             .map_err(|e| GateError::Setup(format!("PostgreSQL compatibility: {e}")))
+    }
+
+    /// Replaces where statements spill (tests and benchmarks; `None`: they
+    /// do not).
+    pub fn with_spill(mut self, spill: Option<Arc<pds_query::spill::EncryptedSpill>>) -> Gate {
+        self.spill = spill;
+        self
+    }
+
+    /// Where statements spill, if they do.
+    pub fn spill(&self) -> Option<&pds_query::spill::EncryptedSpill> {
+        self.spill.as_deref()
     }
 
     /// Replaces the limits (tests and benchmarks).
@@ -665,8 +702,13 @@ impl Gate {
             self.limits.query_memory,
             self.global.clone(),
         ));
-        let ctx = pds_query::context(self.storage.store(), open.keys.clone(), Some(pool))
-            .map_err(|e| GateError::Setup(e.to_string()))?;
+        let ctx = pds_query::context(
+            self.storage.store(),
+            open.keys.clone(),
+            Some(pool),
+            self.spill.clone(),
+        )
+        .map_err(|e| GateError::Setup(e.to_string()))?;
         // The disclosure rewrite adds conditions (`c IS TRUE`) that
         // DataFusion's common-subexpression rule moves into projections whose
         // logical fields say "never null" where the physical ones say

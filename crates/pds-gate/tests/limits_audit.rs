@@ -85,9 +85,11 @@ async fn floods_hit_the_limits_not_the_machine() {
     )
     .await;
     assert!(m.contains("timeout") || m.contains("more memory"), "{m}");
+    // A join keeps its build side in memory (aggregations spill instead:
+    // see below).
     let m = limited(
         &g,
-        "SELECT (v * 7919) % 4000000 AS k, COUNT(*) FROM generate_series(1, 4000000) t(v) GROUP BY k",
+        "SELECT COUNT(*) FROM generate_series(1, 4000000) a(v) JOIN generate_series(1, 4000000) b(w) ON a.v = b.w",
         Duration::from_secs(30),
     )
     .await;
@@ -95,6 +97,7 @@ async fn floods_hit_the_limits_not_the_machine() {
         m.contains("more memory than allowed (32 MiB per statement"),
         "{m}"
     );
+    assert!(m.contains("a join keeps its smaller side in memory"), "{m}");
     // A client that stops reading cancels the statement: it is recorded as
     // cancelled and its slot is free again.
     {
@@ -147,6 +150,87 @@ async fn floods_hit_the_limits_not_the_machine() {
         .filter(|e| e.decision == "stopped")
         .count();
     assert_eq!(stopped, 4);
+}
+
+/// Top five of `k = (v * 7919) % groups` over `v` in `1..=rows` by the sum
+/// of `v`: 7919 is prime to `groups`, so each `k` has one `v0` in
+/// `1..=groups` and `rows / groups` values `v0 + i * groups`.
+fn expected_top5(rows: i64, groups: i64) -> Vec<(i64, i64, i64)> {
+    let per = rows / groups;
+    (0..5)
+        .map(|j| {
+            let v0 = groups - j;
+            let sum = per * v0 + groups * per * (per - 1) / 2;
+            ((v0 * 7919) % groups, per, sum)
+        })
+        .collect()
+}
+
+fn triples(batches: &[arrow::array::RecordBatch]) -> Vec<(i64, i64, i64)> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    let mut out = Vec::new();
+    for b in batches {
+        let c = |i: usize| b.column(i).as_primitive::<Int64Type>().clone();
+        let (k, n, s) = (c(0), c(1), c(2));
+        for r in 0..b.num_rows() {
+            out.push((k.value(r), n.value(r), s.value(r)));
+        }
+    }
+    out
+}
+
+/// What outgrows a statement's memory spills to encrypted, unnamed files
+/// and answers as it would in memory; a spill quota too small for it stops
+/// it with an error naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregations_larger_than_memory_spill_and_answer_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, g) = setup(dir.path()).await;
+    let limits = Limits {
+        timeout: Duration::from_secs(120),
+        query_memory: 24 << 20,
+        total_memory: 64 << 20,
+        max_rows: 1000,
+        concurrent: 2,
+        max_sql_bytes: 4000,
+    };
+    let g = g.with_limits(limits);
+    let (rows, groups) = (2_000_000i64, 500_000i64);
+    let sql = format!(
+        "SELECT k, COUNT(*) AS n, SUM(v) AS s FROM (SELECT (v * 7919) % {groups} AS k, v FROM generate_series(1, {rows}) t(v)) GROUP BY k ORDER BY s DESC LIMIT 5"
+    );
+    let spill = g.spill().expect("spilling is on by default");
+    assert_eq!(spill.dir(), h.spill_dir());
+    assert_eq!(spill.counters().files(), 0);
+    let got = triples(&run(&g, "alice", &p("proj-a"), &sql).await.unwrap());
+    assert_eq!(got, expected_top5(rows, groups));
+    let spill = g.spill().unwrap();
+    assert!(spill.counters().files() > 0, "the statement did not spill");
+    assert!(
+        spill.counters().bytes() > 1 << 20,
+        "{}",
+        spill.counters().bytes()
+    );
+    // Every file is gone with the statement: nothing counted, nothing named.
+    assert_eq!(spill.used_bytes(), 0);
+    assert_eq!(std::fs::read_dir(h.spill_dir()).unwrap().count(), 0);
+
+    // Too little disk for it: the statement stops on the spill quota, and
+    // what it wrote is given back.
+    let tight = std::sync::Arc::new(
+        pds_query::spill::EncryptedSpill::new(&h.spill_dir(), 1 << 20).unwrap(),
+    );
+    let g = g.with_spill(Some(tight.clone()));
+    match run(&g, "alice", &p("proj-a"), &sql).await {
+        Err(GateError::Limit(m)) => {
+            assert!(m.contains("more temporary disk space than allowed"), "{m}");
+            assert!(m.contains("the 1 MiB"), "{m}");
+            assert!(m.contains("[gate] max_spill_mib"), "{m}");
+        }
+        other => panic!("expected the spill quota, got {other:?}"),
+    }
+    assert_eq!(tight.used_bytes(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

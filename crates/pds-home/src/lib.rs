@@ -193,6 +193,13 @@ pub struct GateConfig {
     /// Statements running at once.
     #[serde(default = "default_concurrent")]
     pub max_concurrent_statements: u64,
+    /// Disk space all running statements together may use for their
+    /// encrypted spill files, MiB; 0 turns spilling off.
+    #[serde(default = "default_max_spill")]
+    pub max_spill_mib: u64,
+    /// Directory of the spill files (relative to the home).
+    #[serde(default = "default_spill_dir")]
+    pub spill_dir: String,
 }
 
 impl Default for GateConfig {
@@ -203,6 +210,8 @@ impl Default for GateConfig {
             total_memory_mib: default_total_memory(),
             max_result_rows: default_max_rows(),
             max_concurrent_statements: default_concurrent(),
+            max_spill_mib: default_max_spill(),
+            spill_dir: default_spill_dir(),
         }
     }
 }
@@ -306,6 +315,12 @@ fn default_max_rows() -> u64 {
 }
 fn default_concurrent() -> u64 {
     4
+}
+fn default_max_spill() -> u64 {
+    32 * 1024
+}
+fn default_spill_dir() -> String {
+    "spill".into()
 }
 fn default_origin() -> String {
     "pds.local/audit".into()
@@ -531,11 +546,17 @@ compression = {compression}
 # one fails with an error naming the limit; nothing else is affected.
 statement_timeout_secs = {timeout}
 query_memory_mib = {qmem}
-# All running statements together (DataFusion never spills to disk in PDS:
-# decrypted data must not reach unencrypted temporary files).
+# All running statements together.
 total_memory_mib = {tmem}
 max_result_rows = {rows}
 max_concurrent_statements = {conc}
+# Sorts, aggregations and repartitions that outgrow query_memory_mib write
+# the excess to spill files: unnamed (gone when the statement ends, even on
+# a crash) and encrypted with a key that exists only in memory. Joins keep
+# their smaller side in memory and do not spill. Disk space of all running
+# statements' spill files, MiB (0: no spilling; such statements fail):
+max_spill_mib = {spill}
+spill_dir = {spilldir}
 
 [audit]
 # The log's name in its signed checkpoints (C2SP signed notes).
@@ -605,6 +626,8 @@ service_token_max_days = {sdays}
         tmem = c.gate.total_memory_mib,
         rows = c.gate.max_result_rows,
         conc = c.gate.max_concurrent_statements,
+        spill = c.gate.max_spill_mib,
+        spilldir = toml_str(&c.gate.spill_dir),
         origin = toml_str(&c.audit.origin),
         cpm = c.audit.checkpoint_interval_minutes,
         catalogue = toml_str(&c.catalogue.url),
@@ -786,6 +809,11 @@ impl Home {
     /// The key store directory.
     pub fn keys_dir(&self) -> PathBuf {
         self.resolve(&self.config.keys.dir)
+    }
+
+    /// The directory of the gate's encrypted spill files.
+    pub fn spill_dir(&self) -> PathBuf {
+        self.resolve(&self.config.gate.spill_dir)
     }
 
     /// The catalogue URL with relative SQLite paths resolved.

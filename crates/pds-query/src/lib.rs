@@ -21,6 +21,7 @@
 pub mod footers;
 pub mod joins;
 pub mod prskey;
+pub mod spill;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -162,6 +163,7 @@ pub struct SnapshotSession {
     pub snapshot: i64,
     /// Registered tables, in name order.
     pub tables: Vec<String>,
+    spill: Option<Arc<spill::EncryptedSpill>>,
 }
 
 /// The tables of one snapshot, ready to be registered in any session that
@@ -229,7 +231,7 @@ pub async fn open_snapshot(
     let mut factory = SnapshotKeys::default();
     factory.insert(&info.storage_prefix, key);
     // A scratch session only to read the Parquet footers (schemas).
-    let ctx = context(storage.store(), factory.clone(), None)?;
+    let ctx = context(storage.store(), factory.clone(), None, None)?;
     let footers = Arc::new(footers::FooterCache::from_env().map_err(QueryError::Snapshot)?);
     let mut out = Vec::new();
     for t in &tables {
@@ -286,13 +288,25 @@ impl SnapshotSession {
     /// access for the gate's operator path and for benchmarks; projects
     /// never get it.
     pub async fn open(home: &Home, snapshot: Option<i64>) -> Result<SnapshotSession, QueryError> {
+        SnapshotSession::open_with(home, snapshot, None, None).await
+    }
+
+    /// [`SnapshotSession::open`] with its memory bounded by `pool` and its
+    /// operators spilling through `spill` (see [`context`]).
+    pub async fn open_with(
+        home: &Home,
+        snapshot: Option<i64>,
+        pool: Option<Arc<dyn MemoryPool>>,
+        spill: Option<Arc<spill::EncryptedSpill>>,
+    ) -> Result<SnapshotSession, QueryError> {
         let cat = home.catalog().await?;
         let keys = home.keys()?;
         let storage = home.storage()?;
         let open = open_snapshot(&cat, &keys, &storage, snapshot).await;
         cat.close().await;
         let open = open?;
-        let ctx = context(storage.store(), open.keys.clone(), None)?;
+        let spill_of_session = spill.clone();
+        let ctx = context(storage.store(), open.keys.clone(), pool, spill)?;
         open.add_join_order(&ctx);
         let mut names = Vec::new();
         for (name, table) in &open.tables {
@@ -305,7 +319,13 @@ impl SnapshotSession {
             ctx,
             snapshot: open.id,
             tables: names,
+            spill: spill_of_session,
         })
+    }
+
+    /// Where this session's operators spill, if they do.
+    pub fn spill(&self) -> Option<&spill::EncryptedSpill> {
+        self.spill.as_deref()
     }
 
     /// Runs one read-only statement and collects its result.
@@ -358,13 +378,16 @@ pub fn listing_options(footers: Arc<footers::FooterCache>) -> ListingOptions {
 
 /// A session whose only storage is `store` and whose only keys are `keys`.
 ///
-/// `pool` bounds its memory (DataFusion's unbounded pool when `None`). The
-/// disk manager is disabled: operators never spill, because spilled
-/// batches would be decrypted data in clear temporary files.
+/// `pool` bounds its memory (DataFusion's unbounded pool when `None`).
+/// Operators that outgrow it spill through `spill` only
+/// ([`spill::EncryptedSpill`]: encrypted, unnamed files); with `None` the
+/// disk manager is disabled and they fail instead. DataFusion's own spill
+/// files are never used: they would hold decrypted data in clear.
 pub fn context(
     store: Arc<dyn object_store::ObjectStore>,
     keys: SnapshotKeys,
     pool: Option<Arc<dyn MemoryPool>>,
+    spill: Option<Arc<spill::EncryptedSpill>>,
 ) -> Result<SessionContext, QueryError> {
     let registry = DefaultObjectStoreRegistry::new();
     // DataFusion pre-registers the local file system: take it out, so no
@@ -373,11 +396,13 @@ pub fn context(
     let _ = registry.deregister_store(&local);
     let ours = url::Url::parse(STORE_URL).map_err(|e| QueryError::Sql(e.to_string()))?;
     registry.register_store(&ours, store);
+    let disk = match spill {
+        Some(factory) => DiskManagerBuilder::default().with_temp_file_factory(factory),
+        None => DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+    };
     let mut builder = RuntimeEnvBuilder::new()
         .with_object_store_registry(Arc::new(registry))
-        .with_disk_manager_builder(
-            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
-        );
+        .with_disk_manager_builder(disk);
     if let Some(pool) = pool {
         builder = builder.with_memory_pool(pool);
     }

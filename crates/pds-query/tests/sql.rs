@@ -206,14 +206,14 @@ async fn without_the_snapshot_key_nothing_reads_and_old_snapshots_stay_readable(
     // A session with the right store but another key cannot read the files.
     let mut wrong = SnapshotKeys::default();
     wrong.insert("snapshots/1", pds_keys::SecretKey::random().unwrap());
-    let ctx = context(h.storage().unwrap().store(), wrong, None).unwrap();
+    let ctx = context(h.storage().unwrap().store(), wrong, None, None).unwrap();
     let url = format!("{}/{}", pds_query::STORE_URL, ben.files[0].path);
     let e = cfg_for(&url).infer_schema(&ctx.state()).await.err();
     assert!(e.is_some(), "read with a wrong key");
     // A key for another prefix is no key at all.
     let mut other = SnapshotKeys::default();
     other.insert("snapshots/2", pds_keys::SecretKey::random().unwrap());
-    let ctx = context(h.storage().unwrap().store(), other, None).unwrap();
+    let ctx = context(h.storage().unwrap().store(), other, None, None).unwrap();
     let e = cfg_for(&url).infer_schema(&ctx.state()).await.unwrap_err();
     assert!(e.to_string().contains("belongs to no open snapshot"), "{e}");
 
@@ -352,7 +352,7 @@ async fn the_open_snapshot_keeps_decrypted_footers_for_every_session() {
     assert_eq!(open.footers.usage(), (0, 0));
     let q = "SELECT COUNT(*) FROM ER_PRS_F WHERE PRS_NAT_REF = 1110";
     let session = || {
-        let ctx = context(h.storage().unwrap().store(), open.keys.clone(), None).unwrap();
+        let ctx = context(h.storage().unwrap().store(), open.keys.clone(), None, None).unwrap();
         for (name, table) in &open.tables {
             ctx.register_table(
                 datafusion::common::TableReference::bare(name.as_str()),
@@ -379,7 +379,7 @@ async fn the_open_snapshot_keeps_decrypted_footers_for_every_session() {
 
     // No room: every scan reads its metadata from storage, with the same result.
     let empty = Arc::new(pds_query::footers::FooterCache::new(0));
-    let ctx = context(h.storage().unwrap().store(), open.keys.clone(), None).unwrap();
+    let ctx = context(h.storage().unwrap().store(), open.keys.clone(), None, None).unwrap();
     let urls = prs
         .files
         .iter()
