@@ -6,9 +6,11 @@
 #   bench/snds-bench.sh --preset small        # 100 000 × 2022 (large: 3 000 000 × 2021-2022)
 #   bench/snds-bench.sh --check               # small preset, cold runs only, debug build: the CI correctness check
 #   bench/snds-bench.sh --preset standard --runs 7 --only q01_atc_users_year_sex_age
+#   bench/snds-bench.sh --preset large --memory-mib 4096   # memory mode: every engine under 4 GiB
 #
 # Needs python3 with duckdb (pip install duckdb). Writes
-# bench/results/<date>-snds-<N>x<years>.json and .md (not with --check).
+# bench/results/<date>-snds-<N>x<years>.json and .md (not with --check;
+# memory mode: <date>-snds-memory-<N>x<years>).
 # See docs/performance.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

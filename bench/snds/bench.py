@@ -124,7 +124,15 @@ def ignored_columns(sql):
     return {int(i) - 1 for i in m.group(1).replace(" ", "").split(",") if i} if m else set()
 
 
-def compare(work, query, engine):
+def compare(work, query, engine, results=None):
+    if results is not None:
+        a, b = results[engine][query], results["duckdb"][query]
+        if "failed" in a or "failed" in b:
+            return None  # reported as a failure, not as a difference
+        if a["rows"] != b["rows"]:
+            return f"{a['rows']} rows, DuckDB {b['rows']}"
+        if a["rows"] > MEMORY_RESULTS_MAX_ROWS:
+            return None  # compared by count only
     sql = (QUERIES / f"{query}.sql").read_text()
     ignore = ignored_columns(sql)
     want = load_rows(work / "results" / "duckdb" / f"{query}.jsonl", ignore)
@@ -139,12 +147,22 @@ def compare(work, query, engine):
 
 # ---- running ---------------------------------------------------------------------------
 
+# Under --memory-mib, results larger than this are compared by row count
+# (writing and sorting tens of millions of rows as JSON would measure the
+# harness, not the engines).
+MEMORY_RESULTS_MAX_ROWS = 1_000_000
+
+
 def engine_cmd(engine, args, work, sets):
     if engine == "duckdb":
         cmd = [sys.executable, DUCKDB, "run", "--data", work / "duckdb", "--queries", QUERIES]
+        if args.memory_mib:
+            cmd += ["--temp-dir", work / "duckdb-spill"]
     else:
         cmd = [args.bin_dir / "snds-bench", "run", "--home", work / "home",
                "--engine", engine, "--queries", QUERIES]
+    if args.memory_mib:
+        cmd += ["--memory-mib", str(args.memory_mib), "--results-max-rows", str(MEMORY_RESULTS_MAX_ROWS)]
     for k, v in sets.items():
         cmd += ["--set", f"{k}={v}"]
     return cmd
@@ -158,8 +176,14 @@ def run_engine(engine, args, work, sets, names):
         rep = work / "reports" / f"{engine}-{q}-cold.json"
         sh(base + ["--only", q, "--runs", "0", "--results", work / "results" / engine, "--out", rep])
         doc = json.loads(rep.read_text())
-        out[q] = {"cold_s": doc["queries"][0]["first_s"], "peak_rss_bytes": doc["peak_rss_bytes"],
-                  "rows": doc["queries"][0]["rows"]}
+        r = doc["queries"][0]
+        if "failed" in r:
+            say(f"  {engine} {q}: FAILED: {r['failed']}")
+            out[q] = {"failed": r["failed"], "peak_rss_bytes": doc["peak_rss_bytes"]}
+            continue
+        out[q] = {"cold_s": r["first_s"], "peak_rss_bytes": doc["peak_rss_bytes"], "rows": r["rows"]}
+        if doc.get("spilled_bytes") is not None:
+            out[q]["spilled_bytes"] = doc["spilled_bytes"]
     if args.runs > 0:
         say(f"== {engine}: {args.runs} hot runs per query (one process, after one warm-up run)")
         rep = work / "reports" / f"{engine}-hot.json"
@@ -240,7 +264,16 @@ def main():
     ap.add_argument("--work", type=pathlib.Path, help="work directory (default bench/work/snds-N-YEARS)")
     ap.add_argument("--report", action="store_true", help="write bench/results/<date>-<scale>.json and .md")
     ap.add_argument("--only", action="append", help="only these queries (file stems)")
+    ap.add_argument("--memory-mib", type=int,
+                    help="memory mode: every engine under this limit, spilling allowed, cold runs only; "
+                         "writes bench/results/<date>-snds-memory-<scale>.json and .md with --report")
+    ap.add_argument("--expect-spill", action="store_true",
+                    help="memory mode: fail unless some statement of the gate spilled and completed (CI)")
     args = ap.parse_args()
+    if args.memory_mib:
+        args.runs = 0
+    elif args.expect_spill:
+        ap.error("--expect-spill needs --memory-mib")
 
     n, years = PRESETS[args.preset]
     n = args.beneficiaries or n
@@ -272,6 +305,9 @@ def main():
             text = cfg.read_text()
             text = re.sub(r"query_memory_mib = \d+", "query_memory_mib = 8192", text)
             text = re.sub(r"total_memory_mib = \d+", "total_memory_mib = 16384", text)
+            # The anchor query returns every dispensing of a class: 11 M rows
+            # at 3 M beneficiaries, above the default limit of 10 M.
+            text = re.sub(r"max_result_rows = \d+", "max_result_rows = 100000000", text)
             cfg.write_text(text)
         prep["pds_load_s"] = timed([pds, "--home", home, "load", "-q", "--compression", CODEC, delivery])
         (home / ".done").write_text(CODEC)
@@ -297,6 +333,8 @@ def main():
     for engine in ENGINES:
         sh(["rm", "-rf", work / "results" / engine])
         results[engine] = run_engine(engine, args, work, sets, names)
+    if args.memory_mib:
+        return memory_report(args, work, names, results, n, years, scale, prep)
 
     failures = []
     queries = []
@@ -360,6 +398,97 @@ def main():
         out.with_suffix(".md").write_text(markdown(doc))
         say(f"  wrote {out}.json and .md")
         say(markdown(doc))
+
+
+def memory_report(args, work, names, results, n, years, scale, prep):
+    """Memory mode: which statements complete under the limit, how long they
+    take, how much memory the process peaks at and how much it spills."""
+    failures = []
+    queries = []
+    for q in names:
+        for e in ("gate", "datafusion"):
+            diff = compare(work, q, e, results)
+            if diff:
+                failures.append(f"{q}: {e}: {diff}")
+        queries.append({"query": q, "engines": {e: results[e][q] for e in ENGINES}})
+    say("== results under the memory limit")
+    for q in queries:
+        cells = []
+        for e in ENGINES:
+            r = q["engines"][e]
+            state = "FAILED" if "failed" in r else f"{r['cold_s']:.1f} s"
+            cells.append(f"{e} {state} {r['peak_rss_bytes'] / 2**20:.0f} MiB")
+        say(f"  {q['query']:34} " + "  ".join(cells))
+    spilled = [q["query"] for q in queries
+               if "failed" not in q["engines"]["gate"] and q["engines"]["gate"].get("spilled_bytes")]
+    say(f"  the gate spilled and completed on: {', '.join(spilled) or 'none'}")
+    if args.expect_spill and not spilled:
+        failures.append(f"no statement of the gate spilled and completed under {args.memory_mib} MiB")
+    if failures:
+        say("MEMORY MODE FAILED:")
+        for f in failures:
+            say("  " + f)
+        sys.exit(1)
+    if args.report:
+        import duckdb
+        doc = {
+            "benchmark": "SNDS-bench memory mode: every engine under one memory limit, spilling allowed",
+            "date": datetime.date.today().isoformat(),
+            "scale": {"beneficiaries": n, "years": years, "preset": args.preset},
+            "memory_mib": args.memory_mib,
+            "machine": machine(),
+            "duckdb_version": duckdb.__version__,
+            "parquet_codec": CODEC,
+            "threads": os.cpu_count(),
+            "prepare": prep,
+            "queries": queries,
+        }
+        out = ROOT / "bench" / "results" / f"{doc['date']}-snds-memory-{scale}"
+        out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+        out.with_suffix(".md").write_text(memory_markdown(doc))
+        say(f"  wrote {out}.json and .md")
+        say(memory_markdown(doc))
+
+
+def memory_markdown(doc):
+    def cell(r):
+        if "failed" in r:
+            reason = r["failed"].replace("|", "/").replace("\n", " ")
+            return f"failed: {reason[:160]}"
+        spilled = r.get("spilled_bytes")
+        sp = f", spilled {spilled / 2**20:.0f} MiB" if spilled else ""
+        return f"{r['cold_s']:.2f} s, {r['peak_rss_bytes'] / 2**20:.0f} MiB{sp}"
+    lines = [
+        f"# SNDS-bench memory mode {doc['date']}: {doc['scale']['beneficiaries']:,} beneficiaries × "
+        f"{doc['scale']['years']}, {doc['memory_mib']} MiB",
+        "",
+        f"Machine: {doc['machine']['cores']} cores, {doc['machine']['memory']}, {doc['machine']['cpu']}. "
+        f"DuckDB {doc['duckdb_version']} ({doc['threads']} threads). Every engine under a memory limit of "
+        f"{doc['memory_mib']} MiB with spilling allowed (PDS: the gate's per-statement limit and its "
+        "encrypted spill files; raw DataFusion: the same pool and spill files; DuckDB: `memory_limit` and "
+        "its temporary directory). One cold run per query in a fresh process (OS file cache warm); "
+        "memory = peak resident set of that process, which also holds the result.",
+        "",
+        "| query | rows | PDS gate | DataFusion | DuckDB |",
+        "|---|---:|---|---|---|",
+    ]
+    for q in doc["queries"]:
+        e = q["engines"]
+        rows = next((e[x]["rows"] for x in ("duckdb", "gate", "datafusion") if "rows" in e[x]), "")
+        lines.append(f"| {q['query']} | {rows} | {cell(e['gate'])} | {cell(e['datafusion'])} | {cell(e['duckdb'])} |")
+    done = {x: sum("failed" not in q["engines"][x] for q in doc["queries"]) for x in ENGINES}
+    lines += [
+        "",
+        f"Completed: PDS gate {done['gate']}/{len(doc['queries'])}, DataFusion {done['datafusion']}/"
+        f"{len(doc['queries'])}, DuckDB {done['duckdb']}/{len(doc['queries'])}. Results of every statement "
+        f"completed by PDS or DataFusion and by DuckDB are the same (results over "
+        f"{MEMORY_RESULTS_MAX_ROWS:,} rows compared by count).",
+        "",
+    ]
+    p = doc["prepare"]
+    if p:
+        lines += [f"Preparation: " + ", ".join(f"{k} {v:.0f} s" for k, v in p.items()) + ".", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

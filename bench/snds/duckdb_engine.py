@@ -69,9 +69,14 @@ def convert(args):
     print()
 
 
-def open_views(data):
+def open_views(data, memory_mib=None, temp_dir=None):
     con = duckdb.connect()
     con.execute(f"SET threads = {threads()}")
+    if memory_mib:
+        # DuckDB spills what does not fit to its temporary directory.
+        con.execute(f"SET memory_limit = '{memory_mib}MiB'")
+    if temp_dir:
+        con.execute(f"SET temp_directory = '{temp_dir}'")
     for d in sorted(pathlib.Path(data).iterdir()):
         if d.is_dir():
             con.execute(
@@ -103,7 +108,7 @@ def cell(v):
 
 def run(args):
     opened = time.perf_counter()
-    con = open_views(args.data)
+    con = open_views(args.data, args.memory_mib, args.temp_dir)
     open_s = time.perf_counter() - opened
     results = pathlib.Path(args.results) if args.results else None
     if results:
@@ -113,19 +118,31 @@ def run(args):
         print(f"  {name}", file=sys.stderr)
         times = []
         rows = 0
+        failed = None
         for i in range(args.runs + 1):
             t = time.perf_counter()
             # Every row to the client, as Arrow.
-            rel = con.sql(sql)
-            table = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
+            try:
+                rel = con.sql(sql)
+                table = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
+            except duckdb.Error as e:
+                if not args.memory_mib:
+                    raise
+                # Under a memory limit a failure is a result, as for snds-bench.
+                failed = str(e)
+                break
             times.append(time.perf_counter() - t)
             if i == 0:
                 rows = table.num_rows
-                if results:
+                if results and (args.results_max_rows is None or rows <= args.results_max_rows):
                     with open(results / f"{name}.jsonl", "w") as w:
                         for row in table.to_pylist():
                             w.write(json.dumps([cell(v) for v in row.values()]))
                             w.write("\n")
+            del table
+        if failed is not None:
+            report.append({"query": name, "failed": failed})
+            continue
         report.append({"query": name, "first_s": times[0], "hot_s": times[1:], "rows": rows})
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     doc = {
@@ -134,6 +151,7 @@ def run(args):
         "threads": threads(),
         "open_s": open_s,
         "peak_rss_bytes": peak,
+        "memory_mib": args.memory_mib,
         "queries": report,
     }
     pathlib.Path(args.out).write_text(json.dumps(doc, indent=2))
@@ -154,6 +172,9 @@ def main():
     r.add_argument("--only")
     r.add_argument("--runs", type=int, default=0)
     r.add_argument("--results")
+    r.add_argument("--results-max-rows", type=int, help="write rows only for results this small")
+    r.add_argument("--memory-mib", type=int, help="DuckDB's memory_limit; failures are reported, not raised")
+    r.add_argument("--temp-dir", help="DuckDB's temp_directory (where it spills)")
     r.add_argument("--out", required=True)
     args = ap.parse_args()
     convert(args) if args.command == "convert" else run(args)

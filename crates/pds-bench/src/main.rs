@@ -28,13 +28,15 @@ mod disclosure;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use arrow::array::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use clap::{Parser, Subcommand, ValueEnum};
-use pds_gate::{Gate, Target};
+use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
+use pds_gate::{Gate, Limits, Target};
 use pds_project::perimeter::{DatePrecision, Perimeter};
 use pds_project::{AccessMode, NewProject, Role};
 use serde_json::{Value, json};
@@ -96,9 +98,20 @@ enum Command {
         /// per line, in `<query>.jsonl`.
         #[arg(long)]
         results: Option<PathBuf>,
+        /// Rows are written only for results of at most this many rows
+        /// (larger ones are compared by count).
+        #[arg(long, value_name = "ROWS")]
+        results_max_rows: Option<usize>,
         /// The JSON report.
         #[arg(long)]
         out: PathBuf,
+        /// Memory of each statement, MiB (the gate's `[gate]` limits and
+        /// raw DataFusion's pool). Operators that outgrow it spill to
+        /// encrypted files (the gate's `[gate] spill_dir`, raw DataFusion's
+        /// `spill` under the home); a statement that still fails is
+        /// reported and the run goes on.
+        #[arg(long, value_name = "MIB")]
+        memory_mib: Option<u64>,
     },
 }
 
@@ -248,10 +261,23 @@ enum Runner {
 }
 
 impl Runner {
-    async fn open(home: &Path, engine: Engine) -> Result<Runner> {
+    async fn open(home: &Path, engine: Engine, memory_mib: Option<u64>) -> Result<Runner> {
         let h = pds_home::Home::open(home)?;
         Ok(match engine {
-            Engine::Datafusion => Runner::Raw(pds_query::SnapshotSession::open(&h, None).await?),
+            Engine::Datafusion => {
+                let (pool, spill) = match memory_mib {
+                    Some(mib) => {
+                        let pool: Arc<dyn MemoryPool> =
+                            Arc::new(GreedyMemoryPool::new((mib as usize) << 20));
+                        let dir = h.spill_dir();
+                        let spill = pds_query::spill::EncryptedSpill::new(&dir, u64::MAX)
+                            .with_context(|| format!("spill directory {}", dir.display()))?;
+                        (Some(pool), Some(Arc::new(spill)))
+                    }
+                    None => (None, None),
+                };
+                Runner::Raw(pds_query::SnapshotSession::open_with(&h, None, pool, spill).await?)
+            }
             Engine::Gate | Engine::GateAggregate => {
                 let (project, mode) = if engine == Engine::Gate {
                     (PROJECT, AccessMode::RowLevel)
@@ -289,9 +315,26 @@ impl Runner {
                         .await?;
                     admin.grant(project, RESEARCHER, Role::Researcher).await?;
                 }
+                let gate = match memory_mib {
+                    Some(mib) => {
+                        let mut limits = Limits::from_config(&h.config.gate);
+                        limits.query_memory = (mib as usize) << 20;
+                        limits.total_memory = (mib as usize) << 20;
+                        gate.with_limits(limits)
+                    }
+                    None => gate,
+                };
                 Runner::Gate(Box::new(gate), project)
             }
         })
+    }
+
+    /// Encrypted bytes this process's statements spilled.
+    fn spilled_bytes(&self) -> Option<u64> {
+        match self {
+            Runner::Gate(g, _) => g.spill().map(|s| s.counters().bytes()),
+            Runner::Raw(s) => s.spill().map(|s| s.counters().bytes()),
+        }
     }
 
     async fn run(&self, sql: &str) -> Result<Vec<RecordBatch>> {
@@ -308,16 +351,30 @@ impl Runner {
     }
 }
 
+/// How `snds-bench run` runs its statements (see its options).
+struct RunOptions<'a> {
+    runs: usize,
+    results: Option<&'a Path>,
+    results_max_rows: Option<usize>,
+    out: &'a Path,
+    memory_mib: Option<u64>,
+}
+
 async fn run(
     home: &Path,
     engine: Engine,
     qs: Vec<(String, String)>,
-    runs: usize,
-    results: Option<&Path>,
-    out: &Path,
+    opts: &RunOptions<'_>,
 ) -> Result<()> {
+    let RunOptions {
+        runs,
+        results,
+        results_max_rows,
+        out,
+        memory_mib,
+    } = *opts;
     let opened = Instant::now();
-    let runner = Runner::open(home, engine).await?;
+    let runner = Runner::open(home, engine, memory_mib).await?;
     let open_s = opened.elapsed().as_secs_f64();
     if let Some(r) = results {
         std::fs::create_dir_all(r).with_context(|| format!("cannot create {}", r.display()))?;
@@ -332,7 +389,7 @@ async fn run(
             let t = Instant::now();
             let batches = match runner.run(sql).await {
                 Ok(b) => b,
-                Err(e) if engine == Engine::GateAggregate => {
+                Err(e) if engine == Engine::GateAggregate || memory_mib.is_some() => {
                     refused = Some(format!("{e:#}"));
                     break;
                 }
@@ -341,13 +398,20 @@ async fn run(
             times.push(t.elapsed().as_secs_f64());
             if i == 0 {
                 rows = batches.iter().map(|b| b.num_rows()).sum::<usize>();
-                if let Some(r) = results {
+                if let Some(r) = results
+                    && results_max_rows.is_none_or(|max| rows <= max)
+                {
                     write_rows(&r.join(format!("{name}.jsonl")), &batches)?;
                 }
             }
         }
         if let Some(reason) = refused {
-            report.push(json!({ "query": name, "refused": reason }));
+            let key = if memory_mib.is_some() {
+                "failed"
+            } else {
+                "refused"
+            };
+            report.push(json!({ "query": name, key: reason }));
             continue;
         }
         report.push(json!({
@@ -365,6 +429,8 @@ async fn run(
         },
         "open_s": open_s,
         "peak_rss_bytes": peak_rss(),
+        "memory_mib": memory_mib,
+        "spilled_bytes": runner.spilled_bytes(),
         "queries": report,
     });
     std::fs::write(out, serde_json::to_string_pretty(&doc)?)
@@ -385,10 +451,19 @@ async fn main() -> Result<()> {
             only,
             runs,
             results,
+            results_max_rows,
             out,
+            memory_mib,
         } => {
             let qs = queries(&dir, &set, only.as_deref())?;
-            run(&home, engine, qs, runs, results.as_deref(), &out).await
+            let opts = RunOptions {
+                runs,
+                results: results.as_deref(),
+                results_max_rows,
+                out: &out,
+                memory_mib,
+            };
+            run(&home, engine, qs, &opts).await
         }
     }
 }
