@@ -393,11 +393,16 @@ def main():
             },
             "queries": queries,
         }
-        out = ROOT / "bench" / "results" / f"{doc['date']}-snds-{scale}"
-        out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-        out.with_suffix(".md").write_text(markdown(doc))
-        say(f"  wrote {out}.json and .md")
-        say(markdown(doc))
+        write_report(f"{doc['date']}-snds-{scale}", doc, markdown(doc))
+
+
+def write_report(stem, doc, md):
+    """bench/results/<stem>.json and .md."""
+    out = ROOT / "bench" / "results" / stem
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+    out.with_suffix(".md").write_text(md)
+    say(f"  wrote {out}.json and .md")
+    say(md)
 
 
 def memory_report(args, work, names, results, n, years, scale, prep):
@@ -443,11 +448,7 @@ def memory_report(args, work, names, results, n, years, scale, prep):
             "prepare": prep,
             "queries": queries,
         }
-        out = ROOT / "bench" / "results" / f"{doc['date']}-snds-memory-{scale}"
-        out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-        out.with_suffix(".md").write_text(memory_markdown(doc))
-        say(f"  wrote {out}.json and .md")
-        say(memory_markdown(doc))
+        write_report(f"{doc['date']}-snds-memory-{scale}", doc, memory_markdown(doc))
 
 
 def memory_markdown(doc):

@@ -394,6 +394,18 @@ mod tests {
             .collect()
     }
 
+    /// A file of `spill` holding `parts`, written one after the other and
+    /// finished.
+    fn finished(spill: &EncryptedSpill, parts: &[&[u8]]) -> EncryptedFile {
+        let f = spill.new_file("test").expect("file");
+        let mut w = f.open_writer().expect("writer");
+        for p in parts {
+            w.write_all(p).expect("write");
+        }
+        w.finish().expect("finish");
+        f
+    }
+
     async fn read_all(f: &dyn SpillFile) -> Result<Vec<u8>> {
         let chunks: Vec<Bytes> = f.read_stream()?.try_collect().await?;
         Ok(chunks.concat())
@@ -461,10 +473,7 @@ mod tests {
     #[tokio::test]
     async fn a_frame_changed_on_disk_fails_the_read() {
         let (_d, spill) = factory(1 << 30);
-        let f = spill.new_file("test").expect("file");
-        let mut w = f.open_writer().expect("writer");
-        w.write_all(&plaintext(FRAME_BYTES + 10)).expect("write");
-        w.finish().expect("finish");
+        let f = finished(&spill, &[&plaintext(FRAME_BYTES + 10)]);
         let shared = &f.shared;
         // Flip one bit of the second frame.
         let (at, _) = shared.frame(1).expect("two frames");
@@ -482,12 +491,9 @@ mod tests {
     #[tokio::test]
     async fn frames_swapped_on_disk_fail_the_read() {
         let (_d, spill) = factory(1 << 30);
-        let f = spill.new_file("test").expect("file");
-        let mut w = f.open_writer().expect("writer");
         // Two frames of the same length.
-        w.write_all(&plaintext(FRAME_BYTES)).expect("write");
-        w.write_all(&plaintext(FRAME_BYTES)).expect("write");
-        w.finish().expect("finish");
+        let frame = plaintext(FRAME_BYTES);
+        let f = finished(&spill, &[&frame, &frame]);
         let shared = &f.shared;
         let (a, len) = shared.frame(0).expect("frame 0");
         let (b, _) = shared.frame(1).expect("frame 1");
@@ -508,14 +514,7 @@ mod tests {
     async fn two_files_never_share_a_key() {
         let (_d, spill) = factory(1 << 30);
         let data = plaintext(1000);
-        let mut disk = Vec::new();
-        for _ in 0..2 {
-            let f = spill.new_file("test").expect("file");
-            let mut w = f.open_writer().expect("writer");
-            w.write_all(&data).expect("write");
-            w.finish().expect("finish");
-            disk.push(raw(&f));
-        }
+        let disk: Vec<Vec<u8>> = (0..2).map(|_| raw(&finished(&spill, &[&data]))).collect();
         // Same plaintext, same nonce (frame 0): only different keys make
         // the ciphertexts differ.
         assert_ne!(disk[0], disk[1]);
