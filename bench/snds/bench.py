@@ -184,6 +184,8 @@ def run_engine(engine, args, work, sets, names):
         out[q] = {"cold_s": r["first_s"], "peak_rss_bytes": doc["peak_rss_bytes"], "rows": r["rows"]}
         if doc.get("spilled_bytes") is not None:
             out[q]["spilled_bytes"] = doc["spilled_bytes"]
+        if r.get("rerun_sort_merge"):
+            out[q]["rerun_sort_merge"] = True
     if args.runs > 0:
         say(f"== {engine}: {args.runs} hot runs per query (one process, after one warm-up run)")
         rep = work / "reports" / f"{engine}-hot.json"
@@ -458,7 +460,8 @@ def memory_markdown(doc):
             return f"failed: {reason[:160]}"
         spilled = r.get("spilled_bytes")
         sp = f", spilled {spilled / 2**20:.0f} MiB" if spilled else ""
-        return f"{r['cold_s']:.2f} s, {r['peak_rss_bytes'] / 2**20:.0f} MiB{sp}"
+        again = ", rerun with sort-merge joins" if r.get("rerun_sort_merge") else ""
+        return f"{r['cold_s']:.2f} s, {r['peak_rss_bytes'] / 2**20:.0f} MiB{sp}{again}"
     lines = [
         f"# SNDS-bench memory mode {doc['date']}: {doc['scale']['beneficiaries']:,} beneficiaries × "
         f"{doc['scale']['years']}, {doc['memory_mib']} MiB",

@@ -337,15 +337,20 @@ impl Runner {
         }
     }
 
-    async fn run(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+    /// The statement's rows, and whether the gate ran it again with
+    /// sort-merge joins after its hash joins ran out of memory.
+    async fn run(&self, sql: &str) -> Result<(Vec<RecordBatch>, bool)> {
         Ok(match self {
-            Runner::Raw(s) => s.sql(sql).await?.1,
+            Runner::Raw(s) => (s.sql(sql).await?.1, false),
             Runner::Gate(g, project) => {
-                g.execute(RESEARCHER, &Target::Project((*project).into()), sql)
-                    .await?
-                    .collect()
-                    .await?
-                    .1
+                let mut s = g
+                    .execute(RESEARCHER, &Target::Project((*project).into()), sql)
+                    .await?;
+                let mut batches = Vec::new();
+                while let Some(b) = s.next_batch().await {
+                    batches.push(b?);
+                }
+                (batches, s.rerun())
             }
         })
     }
@@ -385,10 +390,14 @@ async fn run(
         let mut times = Vec::new();
         let mut rows = 0;
         let mut refused = None;
+        let mut rerun = false;
         for i in 0..=runs {
             let t = Instant::now();
             let batches = match runner.run(sql).await {
-                Ok(b) => b,
+                Ok((b, again)) => {
+                    rerun |= again;
+                    b
+                }
                 Err(e) if engine == Engine::GateAggregate || memory_mib.is_some() => {
                     refused = Some(format!("{e:#}"));
                     break;
@@ -419,6 +428,7 @@ async fn run(
             "first_s": times[0],
             "hot_s": &times[1..],
             "rows": rows,
+            "rerun_sort_merge": rerun,
         }));
     }
     let doc = json!({

@@ -152,6 +152,18 @@ impl Report {
         }))
     }
 
+    /// Forgets what an abandoned attempt of the statement counted, before
+    /// it runs again (the gate's retry with sort-merge joins).
+    pub(crate) fn restart(&self) {
+        self.add(|s| {
+            *s = Summary {
+                threshold: s.threshold,
+                rounding: s.rounding,
+                ..Summary::default()
+            }
+        });
+    }
+
     /// A copy of the summary so far.
     pub fn summary(&self) -> Summary {
         self.0.lock().map(|s| s.clone()).unwrap_or_default()

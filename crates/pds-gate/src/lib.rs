@@ -277,15 +277,28 @@ fn engine_error(e: &DataFusionError, limits: &Limits) -> GateError {
             "the statement needs more temporary disk space than allowed ({}); filter or aggregate earlier, or ask the administrator about [gate] max_spill_mib",
             &msg[msg.find(pds_query::spill::QUOTA_EXCEEDED).unwrap_or(0)..]
         ))
-    } else if msg.contains("Resources exhausted") {
+    } else if out_of_memory(e) {
         GateError::Limit(format!(
-            "the statement needs more memory than allowed ({} MiB per statement, {} MiB for all running statements; sorts and aggregations spill to disk, but a join keeps its smaller side in memory); filter or aggregate earlier, or ask the administrator about [gate] query_memory_mib",
+            "the statement needs more memory than allowed ({} MiB per statement, {} MiB for all running statements; sorts, aggregations and joins spill to disk, but a cross join keeps one side in memory); filter or aggregate earlier, or ask the administrator about [gate] query_memory_mib",
             limits.query_memory >> 20,
             limits.total_memory >> 20
         ))
     } else {
         GateError::Failed(sanitize(&msg))
     }
+}
+
+/// Whether the engine stopped on a memory limit (and so might complete with
+/// operators that spill).
+fn out_of_memory(e: &DataFusionError) -> bool {
+    e.to_string().contains("Resources exhausted")
+}
+
+/// Whether a physical plan builds a hash table for a join: the one operator
+/// of these plans that cannot spill, and that a sort-merge join replaces.
+fn has_hash_join(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> bool {
+    plan.is::<datafusion::physical_plan::joins::HashJoinExec>()
+        || plan.children().into_iter().any(has_hash_join)
 }
 
 /// Why a plan is refused, if it is.
@@ -1313,6 +1326,7 @@ impl Gate {
         base.statement = None;
         base.snapshot = Some(p.snapshot);
         let state = p.ctx.state();
+        let spilled = pds_query::spill::statement_counters(state.config());
         // The entry is made durable while the physical plan is built (which
         // reads no row): the wait on the catalogue's commit then costs the
         // statement nothing. Fail closed: no audit entry, no statement, and
@@ -1341,6 +1355,13 @@ impl Gate {
                 return Err(err);
             }
         };
+        // A hash join's table cannot spill; if the statement runs out of
+        // memory before its first row, it runs again with sort-merge joins.
+        let retry = has_hash_join(&physical).then(|| Retry {
+            ctx: p.ctx.clone(),
+            plan: p.plan.clone(),
+            cancel: cancel.clone(),
+        });
         let physical = match limits::DeadlineExec::wrap_all(physical, deadline.into_std(), cancel) {
             Ok(p) => p,
             Err(e) => {
@@ -1381,6 +1402,8 @@ impl Gate {
             start,
             finished: false,
             report: p.report,
+            retry,
+            spilled,
             _permit: p.permit,
         })
     }
@@ -1506,7 +1529,16 @@ pub struct ResultStream {
     start: Instant,
     finished: bool,
     report: Option<Arc<disclosure::Report>>,
+    retry: Option<Retry>,
+    spilled: Option<Arc<pds_query::spill::SpillCounters>>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// What running a statement again takes: its session and optimised plan.
+struct Retry {
+    ctx: SessionContext,
+    plan: LogicalPlan,
+    cancel: Option<limits::CancelFlag>,
 }
 
 impl ResultStream {
@@ -1520,15 +1552,41 @@ impl ResultStream {
         self.rows
     }
 
+    /// Whether the statement ran again with sort-merge joins after its hash
+    /// joins ran out of memory.
+    pub fn rerun(&self) -> bool {
+        self.retry.is_none()
+            && self
+                .record
+                .details
+                .as_ref()
+                .is_some_and(|d| d.get("rerun").is_some())
+    }
+
     /// What disclosure control withheld (aggregate-only projects), complete
     /// once the stream has ended.
     pub fn disclosure(&self) -> Option<disclosure::Summary> {
         self.report.as_ref().map(|r| r.summary())
     }
 
+    /// Puts what the statement wrote to spill files into its closing entry.
+    fn note_spill(&mut self) {
+        let Some(bytes) = self.spilled.as_ref().map(|c| c.bytes()).filter(|b| *b > 0) else {
+            return;
+        };
+        let mut d = self
+            .record
+            .details
+            .take()
+            .unwrap_or_else(|| serde_json::json!({}));
+        d["spilled_bytes"] = bytes.into();
+        self.record.details = Some(d);
+    }
+
     async fn fail(&mut self, err: GateError) -> GateError {
         // Drop the engine's stream first: that cancels its work.
         self.stream = None;
+        self.note_spill();
         self.ipc = None;
         self.finished = true;
         let decision = match err {
@@ -1556,8 +1614,21 @@ impl ResultStream {
         if self.finished {
             return None;
         }
-        let stream = self.stream.as_mut()?;
-        let next = tokio::time::timeout_at(self.deadline, stream.next()).await;
+        let next = loop {
+            let stream = self.stream.as_mut()?;
+            let next = tokio::time::timeout_at(self.deadline, stream.next()).await;
+            if let Ok(Some(Err(e))) = &next
+                && self.rows == 0
+                && out_of_memory(e)
+                && let Some(retry) = self.retry.take()
+            {
+                match self.sort_merge(retry).await {
+                    Ok(()) => continue,
+                    Err(err) => return Some(Err(self.fail(err).await)),
+                }
+            }
+            break next;
+        };
         let batch = match next {
             Err(_) => {
                 let e = GateError::Limit(format!(
@@ -1569,6 +1640,7 @@ impl ResultStream {
             Ok(None) => {
                 self.stream = None;
                 self.finished = true;
+                self.note_spill();
                 let (bytes, sha) = match self.ipc.take().map(|mut w| {
                     w.finish()?;
                     w.into_inner()
@@ -1619,6 +1691,58 @@ impl ResultStream {
         Some(Ok(batch))
     }
 
+    /// Runs the statement again with sort-merge joins, which spill, after
+    /// its hash joins ran out of memory before the first row: the client
+    /// has seen nothing, so it gets the same rows, later. Recorded in the
+    /// closing audit entry.
+    async fn sort_merge(&mut self, r: Retry) -> Result<(), GateError> {
+        // Dropping the stream cancels the first attempt; its tasks give
+        // their memory back as they wind down (on a busy machine, after a
+        // while): the second attempt starts once they have (or after 30 s,
+        // or when the statement's time is up).
+        self.stream = None;
+        let pool = r.ctx.runtime_env().memory_pool.clone();
+        let until = self
+            .deadline
+            .min(tokio::time::Instant::now() + Duration::from_secs(30));
+        while pool.reserved() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut state = r.ctx.state();
+        state.config_mut().options_mut().optimizer.prefer_hash_join = false;
+        let physical = match tokio::time::timeout_at(
+            self.deadline,
+            state.query_planner().create_physical_plan(&r.plan, &state),
+        )
+        .await
+        {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => return Err(engine_error(&e, &self.limits)),
+            Err(_) => {
+                return Err(GateError::Limit(
+                    "planning took longer than the statement timeout".into(),
+                ));
+            }
+        };
+        let physical = limits::DeadlineExec::wrap_all(physical, self.deadline.into_std(), r.cancel)
+            .map_err(|e| GateError::Setup(e.to_string()))?;
+        let task = Arc::new(datafusion::execution::TaskContext::from(&state));
+        let stream = datafusion::physical_plan::execute_stream(physical, task)
+            .map_err(|e| engine_error(&e, &self.limits))?;
+        if let Some(report) = &self.report {
+            report.restart();
+        }
+        let mut d = self
+            .record
+            .details
+            .take()
+            .unwrap_or_else(|| serde_json::json!({}));
+        d["rerun"] = "sort-merge joins: the hash joins ran out of memory".into();
+        self.record.details = Some(d);
+        self.stream = Some(stream);
+        Ok(())
+    }
+
     /// Reads the whole result.
     pub async fn collect(mut self) -> Result<(SchemaRef, Vec<RecordBatch>), GateError> {
         let mut out = Vec::new();
@@ -1643,6 +1767,7 @@ impl ResultStream {
         }
         self.finished = true;
         self.stream = None;
+        self.note_spill();
         close_entry(
             &self.audit,
             &self.record,
@@ -1661,6 +1786,7 @@ impl Drop for ResultStream {
             return;
         }
         self.stream = None;
+        self.note_spill();
         let audit = self.audit.clone();
         let record = self.record.clone();
         let start = self.start;

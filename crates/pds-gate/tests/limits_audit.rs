@@ -85,11 +85,11 @@ async fn floods_hit_the_limits_not_the_machine() {
     )
     .await;
     assert!(m.contains("timeout") || m.contains("more memory"), "{m}");
-    // A join keeps its build side in memory (aggregations spill instead:
-    // see below).
+    // A cross join keeps one side in memory (aggregations and joins spill
+    // instead: see below).
     let m = limited(
         &g,
-        "SELECT COUNT(*) FROM generate_series(1, 4000000) a(v) JOIN generate_series(1, 4000000) b(w) ON a.v = b.w",
+        "SELECT SUM(a.v * b.w) FROM generate_series(1, 8000000) a(v), generate_series(1, 8000000) b(w)",
         Duration::from_secs(30),
     )
     .await;
@@ -97,7 +97,7 @@ async fn floods_hit_the_limits_not_the_machine() {
         m.contains("more memory than allowed (32 MiB per statement"),
         "{m}"
     );
-    assert!(m.contains("a join keeps its smaller side in memory"), "{m}");
+    assert!(m.contains("a cross join keeps one side in memory"), "{m}");
     // A client that stops reading cancels the statement: it is recorded as
     // cancelled and its slot is free again.
     {
@@ -212,6 +212,14 @@ async fn aggregations_larger_than_memory_spill_and_answer_the_same() {
         "{}",
         spill.counters().bytes()
     );
+    // The closing entry says what this statement spilled.
+    let entries = g
+        .catalog()
+        .audit_entries(&Default::default())
+        .await
+        .unwrap();
+    let end: serde_json::Value = serde_json::from_str(&entries.last().unwrap().body).unwrap();
+    assert_eq!(end["details"]["spilled_bytes"], spill.counters().bytes());
     // Every file is gone with the statement: nothing counted, nothing named.
     assert_eq!(spill.used_bytes(), 0);
     assert_eq!(std::fs::read_dir(h.spill_dir()).unwrap().count(), 0);
@@ -239,6 +247,92 @@ async fn aggregations_larger_than_memory_spill_and_answer_the_same() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(tight.used_bytes(), 0);
+}
+
+/// A hash join whose table outgrows the statement's memory runs again,
+/// before its first row, with sort-merge joins that spill: same answer,
+/// recorded in the closing entry. Without spilling it stops on the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_larger_than_memory_run_again_as_sort_merge_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_h, g) = setup(dir.path()).await;
+    // Each sort of a sort-merge join sets aside DataFusion's
+    // `sort_spill_reservation_bytes` (10 MiB) to merge what it spilled: four
+    // of them (two sides, two partitions) need more than 40 MiB.
+    let g = g.with_limits(Limits {
+        timeout: Duration::from_secs(120),
+        query_memory: 64 << 20,
+        total_memory: 128 << 20,
+        max_rows: 1000,
+        concurrent: 2,
+        max_sql_bytes: 4000,
+    });
+    // b holds every value of a twice: 2n matches, and the sum of a's side
+    // is n(n + 1).
+    let n = 4_000_000i64;
+    let sql = format!(
+        "SELECT COUNT(*) AS n, SUM(a.v) AS s FROM generate_series(1, {n}) a(v) JOIN (SELECT (w + 1) / 2 AS w FROM generate_series(1, {}) t(w)) b ON a.v = b.w",
+        2 * n
+    );
+    let before = g.spill().unwrap().counters().files();
+    let before_bytes = g.spill().unwrap().counters().bytes();
+    let got = run(&g, "alice", &p("proj-a"), &sql).await.unwrap();
+    let b = &got[0];
+    let col = |i: usize| {
+        b.column(i)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    assert_eq!((col(0), col(1)), (2 * n, n * (n + 1)));
+    assert!(
+        g.spill().unwrap().counters().files() > before,
+        "the sort-merge joins did not spill"
+    );
+    let entries = g
+        .catalog()
+        .audit_entries(&Default::default())
+        .await
+        .unwrap();
+    let end: serde_json::Value = serde_json::from_str(&entries.last().unwrap().body).unwrap();
+    assert_eq!(entries.last().unwrap().action, "statement.end");
+    assert_eq!(entries.last().unwrap().decision, "completed");
+    assert!(
+        end["details"]["rerun"]
+            .as_str()
+            .unwrap()
+            .starts_with("sort-merge joins"),
+        "{end}"
+    );
+    assert_eq!(end["rows"], 1);
+    let spilled = end["details"]["spilled_bytes"].as_u64().unwrap();
+    assert!(
+        spilled > 0 && spilled <= g.spill().unwrap().counters().bytes() - before_bytes,
+        "{end}"
+    );
+
+    // A join that fits runs once, as a hash join: nothing recorded.
+    let small = "SELECT COUNT(*) FROM generate_series(1, 1000) a(v) JOIN generate_series(1, 1000) b(w) ON a.v = b.w";
+    assert_eq!(
+        one(&run(&g, "alice", &p("proj-a"), small).await.unwrap()),
+        1000
+    );
+    let entries = g
+        .catalog()
+        .audit_entries(&Default::default())
+        .await
+        .unwrap();
+    let end: serde_json::Value = serde_json::from_str(&entries.last().unwrap().body).unwrap();
+    assert!(end["details"]["rerun"].is_null(), "{end}");
+    assert!(end["details"]["spilled_bytes"].is_null(), "{end}");
+
+    // Without spill files the sort-merge joins cannot spill either.
+    let g = g.with_spill(None);
+    match run(&g, "alice", &p("proj-a"), &sql).await {
+        Err(GateError::Limit(m)) => assert!(m.contains("more memory than allowed"), "{m}"),
+        other => panic!("expected the memory limit, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

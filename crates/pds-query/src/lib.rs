@@ -396,6 +396,10 @@ pub fn context(
     let _ = registry.deregister_store(&local);
     let ours = url::Url::parse(STORE_URL).map_err(|e| QueryError::Sql(e.to_string()))?;
     registry.register_store(&ours, store);
+    // Each session spills through its own factory (same directory and
+    // quota), whose counters say what this session's statement spilled.
+    let spill = spill.map(|s| Arc::new(s.statement()));
+    let counters = spill.as_ref().map(|s| s.shared_counters());
     let disk = match spill {
         Some(factory) => DiskManagerBuilder::default().with_temp_file_factory(factory),
         None => DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
@@ -414,6 +418,9 @@ pub fn context(
     let mut config = SessionConfig::from_env()
         .map_err(df)?
         .with_information_schema(true);
+    if let Some(c) = counters {
+        config = config.with_extension(c);
+    }
     config.options_mut().sql_parser.enable_ident_normalization = false;
     // PDS's defaults, each overridable by its `DATAFUSION_*` variable:
     // build one shared hash table (no repartitioning of the probe side)

@@ -57,14 +57,24 @@ const TAG_BYTES: u64 = 16;
 /// key (there is none: the key is the file's) could not be passed off.
 const AAD: &[u8] = b"pds-spill-frame";
 
-/// Bytes and files written by the spill files of one factory.
+/// Bytes and files written by the spill files of one factory (and, for a
+/// statement's factory, added to the shared one's as well).
 #[derive(Debug, Default)]
 pub struct SpillCounters {
     files: AtomicU64,
     bytes: AtomicU64,
+    parent: Option<Arc<SpillCounters>>,
 }
 
 impl SpillCounters {
+    fn add(&self, files: u64, bytes: u64) {
+        self.files.fetch_add(files, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(p) = &self.parent {
+            p.add(files, bytes);
+        }
+    }
+
     /// Spill files created.
     pub fn files(&self) -> u64 {
         self.files.load(Ordering::Relaxed)
@@ -125,6 +135,27 @@ impl EncryptedSpill {
         &self.counters
     }
 
+    /// A factory for one statement: the same directory and quota, and its
+    /// own counters, which also add to this factory's. Its counters are
+    /// given to the statement's session as a config extension
+    /// ([`statement_counters`]) so that the gate can record what one
+    /// statement spilled.
+    pub fn statement(&self) -> EncryptedSpill {
+        EncryptedSpill {
+            dir: self.dir.clone(),
+            quota: self.quota.clone(),
+            counters: Arc::new(SpillCounters {
+                parent: Some(self.counters.clone()),
+                ..SpillCounters::default()
+            }),
+        }
+    }
+
+    /// The counters of this factory, shared.
+    pub fn shared_counters(&self) -> Arc<SpillCounters> {
+        self.counters.clone()
+    }
+
     /// Bytes all spill files of the quota hold now.
     pub fn used_bytes(&self) -> u64 {
         self.quota.used.load(Ordering::Relaxed)
@@ -166,6 +197,14 @@ fn io_err(e: std::io::Error) -> DataFusionError {
     DataFusionError::IoError(e)
 }
 
+/// The spill counters of a session's statement factory, if it has one
+/// (see [`EncryptedSpill::statement`]).
+pub fn statement_counters(
+    config: &datafusion::prelude::SessionConfig,
+) -> Option<Arc<SpillCounters>> {
+    config.get_extension::<SpillCounters>()
+}
+
 impl TempFileFactory for EncryptedSpill {
     fn create_temp_file(&self, description: &str) -> Result<Arc<dyn SpillFile>> {
         Ok(Arc::new(self.new_file(description)?))
@@ -186,7 +225,7 @@ impl EncryptedSpill {
         let key = pds_keys::SecretKey::random()
             .map_err(|e| DataFusionError::Execution(format!("spill file key: {e}")))?;
         let cipher = Aes256Gcm::new(&(*key.expose()).into());
-        self.counters.files.fetch_add(1, Ordering::Relaxed);
+        self.counters.add(1, 0);
         Ok(EncryptedFile {
             shared: Arc::new(Shared {
                 file,
@@ -260,7 +299,7 @@ impl Shared {
         let at = frames.end;
         frames.at.push((at, len));
         frames.end = at + len;
-        self.counters.bytes.fetch_add(len, Ordering::Relaxed);
+        self.counters.add(0, len);
         Ok(())
     }
 
@@ -540,6 +579,40 @@ mod tests {
             FRAME_BYTES,
             "the frame that fit is intact"
         );
+    }
+
+    #[test]
+    fn a_statement_counts_its_own_files_and_shares_the_quota() {
+        let (_d, spill) = factory(3 * FRAME_BYTES as u64);
+        let (a, b) = (spill.statement(), spill.statement());
+        let fa = finished(&a, &[&plaintext(FRAME_BYTES)]);
+        let fb = finished(&b, &[&plaintext(100), &plaintext(50)]);
+        assert_eq!(
+            (a.counters().files(), a.counters().bytes()),
+            (1, FRAME_BYTES as u64 + TAG_BYTES)
+        );
+        assert_eq!(
+            (b.counters().files(), b.counters().bytes()),
+            (1, 150 + TAG_BYTES)
+        );
+        // The shared factory sees both; the quota is one.
+        assert_eq!(spill.counters().files(), 2);
+        assert_eq!(
+            spill.counters().bytes(),
+            FRAME_BYTES as u64 + 150 + 2 * TAG_BYTES
+        );
+        assert_eq!(spill.used_bytes(), spill.counters().bytes());
+        let c = spill.statement();
+        let err = c
+            .new_file("test")
+            .expect("file")
+            .open_writer()
+            .expect("writer")
+            .write_all(&plaintext(2 * FRAME_BYTES))
+            .expect_err("past the shared quota");
+        assert!(err.to_string().contains(QUOTA_EXCEEDED), "{err}");
+        drop((fa, fb));
+        assert_eq!(spill.used_bytes(), 0);
     }
 
     #[test]
