@@ -469,8 +469,9 @@ def memory_markdown(doc):
         f"Machine: {doc['machine']['cores']} cores, {doc['machine']['memory']}, {doc['machine']['cpu']}. "
         f"DuckDB {doc['duckdb_version']} ({doc['threads']} threads). Every engine under a memory limit of "
         f"{doc['memory_mib']} MiB with spilling allowed (PDS: the gate's per-statement limit and its "
-        "encrypted spill files; raw DataFusion: the same pool and spill files; DuckDB: `memory_limit` and "
-        "its temporary directory). One cold run per query in a fresh process (OS file cache warm); "
+        "encrypted spill files, and a statement whose hash joins run out of memory runs again with "
+        "sort-merge joins; raw DataFusion: the same pool and spill files, no second attempt; DuckDB: "
+        "`memory_limit` and its temporary directory). One cold run per query in a fresh process (OS file cache warm); "
         "memory = peak resident set of that process, which also holds the result.",
         "",
         "| query | rows | PDS gate | DataFusion | DuckDB |",

@@ -279,13 +279,27 @@ fn engine_error(e: &DataFusionError, limits: &Limits) -> GateError {
         ))
     } else if out_of_memory(e) {
         GateError::Limit(format!(
-            "the statement needs more memory than allowed ({} MiB per statement, {} MiB for all running statements; sorts, aggregations and joins spill to disk, but a cross join keeps one side in memory); filter or aggregate earlier, or ask the administrator about [gate] query_memory_mib",
+            "the statement needs more memory than allowed ({} MiB per statement, {} MiB for all running statements; sorts, aggregations and joins spill to disk, but a cross join keeps one side in memory{}); filter or aggregate earlier, or ask the administrator about [gate] query_memory_mib",
             limits.query_memory >> 20,
-            limits.total_memory >> 20
+            limits.total_memory >> 20,
+            memory_consumer(&msg).map_or(String::new(), |c| format!("; it ran out in {c}"))
         ))
     } else {
         GateError::Failed(sanitize(&msg))
     }
+}
+
+/// The engine's operator that asked for memory in vain ("Failed to
+/// allocate additional 1.0 MB for ExternalSorterMerge[1] with …"): names
+/// and sizes only, for the researcher and the operator to see which part of
+/// the statement to make smaller.
+fn memory_consumer(msg: &str) -> Option<&str> {
+    let rest = &msg[msg.find("Failed to allocate additional ")?..];
+    let name = &rest[rest.find(" for ")? + 5..];
+    let name = &name[..name.find(" with ")?];
+    name.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "[]_".contains(c))
+        .then_some(name)
 }
 
 /// Whether the engine stopped on a memory limit (and so might complete with
@@ -1709,7 +1723,17 @@ impl ResultStream {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let mut state = r.ctx.state();
-        state.config_mut().options_mut().optimizer.prefer_hash_join = false;
+        let options = state.config_mut().options_mut();
+        options.optimizer.prefer_hash_join = false;
+        // Each sort of a sort-merge join sets this much aside to merge what
+        // it spilled. DataFusion's 10 MiB leaves the merges of a large join
+        // short under a greedy pool (q10 of SNDS-bench under 1 GiB stopped
+        // in `ExternalSorterMerge`); a sixteenth of the statement's memory
+        // completed it (`docs/performance.md`).
+        options.execution.sort_spill_reservation_bytes = options
+            .execution
+            .sort_spill_reservation_bytes
+            .max(self.limits.query_memory / 16);
         let physical = match tokio::time::timeout_at(
             self.deadline,
             state.query_planner().create_physical_plan(&r.plan, &state),

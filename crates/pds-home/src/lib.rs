@@ -550,11 +550,12 @@ query_memory_mib = {qmem}
 total_memory_mib = {tmem}
 max_result_rows = {rows}
 max_concurrent_statements = {conc}
-# Sorts, aggregations and repartitions that outgrow query_memory_mib write
-# the excess to spill files: unnamed (gone when the statement ends, even on
-# a crash) and encrypted with a key that exists only in memory. Joins keep
-# their smaller side in memory and do not spill. Disk space of all running
-# statements' spill files, MiB (0: no spilling; such statements fail):
+# Sorts, aggregations, repartitions and joins that outgrow query_memory_mib
+# write the excess to spill files: unnamed (gone when the statement ends,
+# even on a crash) and encrypted with a key that exists only in memory (a
+# hash join cannot spill: its statement runs again with sort-merge joins).
+# Disk space of all running statements' spill files, MiB (0: no spilling;
+# such statements fail):
 max_spill_mib = {spill}
 spill_dir = {spilldir}
 
