@@ -1569,12 +1569,21 @@ impl ResultStream {
     /// Whether the statement ran again with sort-merge joins after its hash
     /// joins ran out of memory.
     pub fn rerun(&self) -> bool {
-        self.retry.is_none()
-            && self
-                .record
-                .details
-                .as_ref()
-                .is_some_and(|d| d.get("rerun").is_some())
+        self.record
+            .details
+            .as_ref()
+            .is_some_and(|d| d.get("rerun").is_some())
+    }
+
+    /// Adds one detail to the statement's closing entry.
+    fn detail(&mut self, key: &str, value: serde_json::Value) {
+        let mut d = self
+            .record
+            .details
+            .take()
+            .unwrap_or_else(|| serde_json::json!({}));
+        d[key] = value;
+        self.record.details = Some(d);
     }
 
     /// What disclosure control withheld (aggregate-only projects), complete
@@ -1585,16 +1594,9 @@ impl ResultStream {
 
     /// Puts what the statement wrote to spill files into its closing entry.
     fn note_spill(&mut self) {
-        let Some(bytes) = self.spilled.as_ref().map(|c| c.bytes()).filter(|b| *b > 0) else {
-            return;
-        };
-        let mut d = self
-            .record
-            .details
-            .take()
-            .unwrap_or_else(|| serde_json::json!({}));
-        d["spilled_bytes"] = bytes.into();
-        self.record.details = Some(d);
+        if let Some(bytes) = self.spilled.as_ref().map(|c| c.bytes()).filter(|b| *b > 0) {
+            self.detail("spilled_bytes", bytes.into());
+        }
     }
 
     async fn fail(&mut self, err: GateError) -> GateError {
@@ -1756,13 +1758,10 @@ impl ResultStream {
         if let Some(report) = &self.report {
             report.restart();
         }
-        let mut d = self
-            .record
-            .details
-            .take()
-            .unwrap_or_else(|| serde_json::json!({}));
-        d["rerun"] = "sort-merge joins: the hash joins ran out of memory".into();
-        self.record.details = Some(d);
+        self.detail(
+            "rerun",
+            "sort-merge joins: the hash joins ran out of memory".into(),
+        );
         self.stream = Some(stream);
         Ok(())
     }

@@ -49,6 +49,16 @@ async fn setup(dir: &std::path::Path) -> (pds_home::Home, Gate) {
     (h, gate)
 }
 
+/// The body of the audit log's last entry.
+async fn last_entry(g: &Gate) -> serde_json::Value {
+    let entries = g
+        .catalog()
+        .audit_entries(&Default::default())
+        .await
+        .unwrap();
+    serde_json::from_str(&entries.last().unwrap().body).unwrap()
+}
+
 async fn limited(g: &Gate, sql: &str, max: Duration) -> String {
     let t = Instant::now();
     let r = run(g, "alice", &p("proj-a"), sql).await;
@@ -214,12 +224,7 @@ async fn aggregations_larger_than_memory_spill_and_answer_the_same() {
         spill.counters().bytes()
     );
     // The closing entry says what this statement spilled.
-    let entries = g
-        .catalog()
-        .audit_entries(&Default::default())
-        .await
-        .unwrap();
-    let end: serde_json::Value = serde_json::from_str(&entries.last().unwrap().body).unwrap();
+    let end = last_entry(&g).await;
     assert_eq!(end["details"]["spilled_bytes"], spill.counters().bytes());
     // Every file is gone with the statement: nothing counted, nothing named.
     assert_eq!(spill.used_bytes(), 0);
@@ -285,14 +290,9 @@ async fn joins_larger_than_memory_run_again_as_sort_merge_joins() {
             .value(0)
     };
     assert_eq!((col(0), col(1)), (n, n * (n + 1) / 2));
-    let entries = g
-        .catalog()
-        .audit_entries(&Default::default())
-        .await
-        .unwrap();
-    let end: serde_json::Value = serde_json::from_str(&entries.last().unwrap().body).unwrap();
-    assert_eq!(entries.last().unwrap().action, "statement.end");
-    assert_eq!(entries.last().unwrap().decision, "completed");
+    let end = last_entry(&g).await;
+    assert_eq!(end["action"], "statement.end");
+    assert_eq!(end["decision"], "completed");
     assert!(
         end["details"]["rerun"]
             .as_str()
@@ -308,12 +308,7 @@ async fn joins_larger_than_memory_run_again_as_sort_merge_joins() {
         one(&run(&g, "alice", &p("proj-a"), small).await.unwrap()),
         1000
     );
-    let entries = g
-        .catalog()
-        .audit_entries(&Default::default())
-        .await
-        .unwrap();
-    let end: serde_json::Value = serde_json::from_str(&entries.last().unwrap().body).unwrap();
+    let end = last_entry(&g).await;
     assert!(end["details"]["rerun"].is_null(), "{end}");
     assert!(end["details"]["spilled_bytes"].is_null(), "{end}");
 }
