@@ -422,6 +422,17 @@ pub fn context(
         config = config.with_extension(c);
     }
     config.options_mut().sql_parser.enable_ident_normalization = false;
+    // Not overridable: a repartition that spills closes its spill file after
+    // every batch. DataFusion 55's repartition spill pool reads only its
+    // oldest file; with two files left open (two input tasks spilling at
+    // once) its reader can wait on the oldest while the batch it needs is in
+    // the other, and the statement hangs with every thread parked
+    // (apache/datafusion#24883, fixed after 55.2). A file finished within
+    // the write that made it never leaves the reader waiting. Only the
+    // repartition reads this setting, and it spills only under memory
+    // pressure, so the extra files cost little.
+    config.options_mut().execution.max_spill_file_size_bytes =
+        datafusion::common::config::ConfigNonZeroUsize::try_new(1).map_err(df)?;
     // PDS's defaults, each overridable by its `DATAFUSION_*` variable:
     // build one shared hash table (no repartitioning of the probe side)
     // for a build side of up to 32 MiB or 1 Mi rows rather than 1 MiB or

@@ -615,6 +615,105 @@ mod tests {
         assert_eq!(spill.used_bytes(), 0);
     }
 
+    /// Spills counted by the operators named `name` in `plan`.
+    fn spills_of(name: &str, plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> usize {
+        let own = if plan.name() == name {
+            plan.metrics().and_then(|m| m.spill_count()).unwrap_or(0)
+        } else {
+            0
+        };
+        own + plan
+            .children()
+            .into_iter()
+            .map(|c| spills_of(name, c))
+            .sum::<usize>()
+    }
+
+    /// A grouped aggregation whose repartition spills under a tight memory
+    /// limit completes, with every answer right. On DataFusion 55.2's
+    /// defaults this query hangs on its first attempt (checked): two input
+    /// tasks spill at once, the spill pool has two open files and its
+    /// reader waits on the one without the batch (apache/datafusion#24883;
+    /// `context` closes a repartition's spill file after every batch).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_repartition_that_spills_does_not_hang() {
+        use datafusion::arrow::array::{AsArray, RecordBatch};
+        use datafusion::arrow::datatypes::Int64Type;
+        use datafusion::datasource::MemTable;
+        use datafusion::execution::memory_pool::GreedyMemoryPool;
+        use std::time::Duration;
+
+        let store: Arc<dyn object_store::ObjectStore> =
+            Arc::new(object_store::memory::InMemory::new());
+        let keys = crate::SnapshotKeys::default();
+        let settings = [
+            "SET datafusion.execution.target_partitions = 2",
+            "SET datafusion.execution.batch_size = 64",
+        ];
+        // 13 groups, each holding all 337 trace ids (13 and 337 are coprime
+        // and 40 000 rows cover 13 x 337 many times), in two partitions.
+        let free = crate::context(store.clone(), keys.clone(), None, None).expect("context");
+        for s in settings {
+            free.sql(s).await.expect("set");
+        }
+        let data = free
+            .sql(
+                "SELECT v % 13 AS g, repeat('0123456789abcdef', 2) || CAST(v % 337 AS VARCHAR) AS trace_id \
+                 FROM generate_series(1, 40000) AS s(v)",
+            )
+            .await
+            .expect("plan")
+            .collect_partitioned()
+            .await
+            .expect("data");
+        let schema = data[0][0].schema();
+        let (_d, spill) = factory(1 << 30);
+        let mut repartition_spills = 0;
+        for attempt in 0..12 {
+            let pool = Arc::new(GreedyMemoryPool::new(2 << 20));
+            let ctx = crate::context(
+                store.clone(),
+                keys.clone(),
+                Some(pool),
+                Some(Arc::new(spill.statement())),
+            )
+            .expect("context");
+            for s in settings {
+                ctx.sql(s).await.expect("set");
+            }
+            let t = MemTable::try_new(schema.clone(), data.clone()).expect("table");
+            ctx.register_table("t", Arc::new(t)).expect("register");
+            let plan = ctx
+                .sql("SELECT g, COUNT(DISTINCT trace_id) AS n FROM t GROUP BY g")
+                .await
+                .expect("plan")
+                .create_physical_plan()
+                .await
+                .expect("physical plan");
+            let run = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx());
+            let batches: Vec<RecordBatch> = tokio::time::timeout(Duration::from_secs(60), run)
+                .await
+                .unwrap_or_else(|_| panic!("attempt {attempt} hung for 60 s"))
+                .unwrap_or_else(|e| panic!("attempt {attempt} failed: {e}"));
+            let mut got = Vec::new();
+            for b in &batches {
+                let (g, n) = (
+                    b.column(0).as_primitive::<Int64Type>(),
+                    b.column(1).as_primitive::<Int64Type>(),
+                );
+                got.extend((0..b.num_rows()).map(|r| (g.value(r), n.value(r))));
+            }
+            got.sort_unstable();
+            assert_eq!(got, (0..13).map(|g| (g, 337)).collect::<Vec<_>>());
+            repartition_spills += spills_of("RepartitionExec", &plan);
+        }
+        // The limit did push the repartitions to disk, so the path that hung
+        // was taken.
+        assert!(repartition_spills > 0, "no repartition spilled");
+        assert!(spill.counters().files() > 0, "nothing spilled");
+        assert_eq!(spill.used_bytes(), 0);
+    }
+
     #[test]
     fn the_directory_is_made_private() {
         use std::os::unix::fs::PermissionsExt;
