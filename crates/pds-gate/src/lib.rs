@@ -1375,6 +1375,7 @@ impl Gate {
             ctx: p.ctx.clone(),
             plan: p.plan.clone(),
             cancel: cancel.clone(),
+            global: self.global.clone(),
         });
         let physical = match limits::DeadlineExec::wrap_all(physical, deadline.into_std(), cancel) {
             Ok(p) => p,
@@ -1553,6 +1554,9 @@ struct Retry {
     ctx: SessionContext,
     plan: LogicalPlan,
     cancel: Option<limits::CancelFlag>,
+    /// The memory shared by all statements, which the second attempt's own
+    /// pool draws on as the first's did.
+    global: Arc<GreedyMemoryPool>,
 }
 
 impl ResultStream {
@@ -1752,7 +1756,21 @@ impl ResultStream {
         };
         let physical = limits::DeadlineExec::wrap_all(physical, self.deadline.into_std(), r.cancel)
             .map_err(|e| GateError::Setup(e.to_string()))?;
-        let task = Arc::new(datafusion::execution::TaskContext::from(&state));
+        // Every sort of the second attempt spills: they share the statement's
+        // memory fairly (`StatementPool::fair`), each after the merge
+        // reservations above, so none starves another.
+        let first = state.runtime_env();
+        let runtime = Arc::new(datafusion::execution::runtime_env::RuntimeEnv {
+            memory_pool: Arc::new(limits::StatementPool::fair(
+                self.limits.query_memory,
+                r.global,
+            )),
+            disk_manager: first.disk_manager.clone(),
+            cache_manager: first.cache_manager.clone(),
+            object_store_registry: first.object_store_registry.clone(),
+            parquet_encryption_factory_registry: first.parquet_encryption_factory_registry.clone(),
+        });
+        let task = Arc::new(datafusion::execution::TaskContext::from(&state).with_runtime(runtime));
         let stream = datafusion::physical_plan::execute_stream(physical, task)
             .map_err(|e| engine_error(&e, &self.limits))?;
         if let Some(report) = &self.report {

@@ -6,26 +6,46 @@ use std::sync::Arc;
 
 use datafusion::error::Result;
 use datafusion::execution::memory_pool::{
-    GreedyMemoryPool, MemoryLimit, MemoryPool, MemoryReservation,
+    FairSpillPool, GreedyMemoryPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
 };
 
 /// The memory pool of one statement: every reservation counts against the
 /// statement's own limit and against the pool shared by all statements.
 #[derive(Debug)]
 pub struct StatementPool {
-    local: GreedyMemoryPool,
+    local: Box<dyn MemoryPool>,
     global: Arc<GreedyMemoryPool>,
     local_limit: usize,
 }
 
 impl StatementPool {
-    /// A pool of `limit` bytes drawing on `global`.
+    /// A pool of `limit` bytes drawing on `global`, first come first served
+    /// within the statement: the fastest when the statement fits.
     pub fn new(limit: usize, global: Arc<GreedyMemoryPool>) -> StatementPool {
         StatementPool {
-            local: GreedyMemoryPool::new(limit),
+            local: Box::new(GreedyMemoryPool::new(limit)),
             global,
             local_limit: limit,
         }
+    }
+
+    /// A pool of `limit` bytes drawing on `global` that shares the memory
+    /// left by the operators that cannot spill equally among those that can
+    /// (DataFusion's `FairSpillPool`). For a statement that must spill: under
+    /// a greedy pool the first sort to grow keeps the memory the next needs
+    /// even to start, and the statement stops where every sort could have
+    /// spilled its share.
+    pub fn fair(limit: usize, global: Arc<GreedyMemoryPool>) -> StatementPool {
+        StatementPool {
+            local: Box::new(FairSpillPool::new(limit)),
+            global,
+            local_limit: limit,
+        }
+    }
+
+    /// The pool shared by all statements that this one draws on.
+    pub fn global(&self) -> &Arc<GreedyMemoryPool> {
+        &self.global
     }
 }
 
@@ -38,6 +58,12 @@ impl fmt::Display for StatementPool {
 impl MemoryPool for StatementPool {
     fn name(&self) -> &str {
         "pds-statement"
+    }
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.local.register(consumer);
+    }
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.local.unregister(consumer);
     }
     fn grow(&self, reservation: &MemoryReservation, additional: usize) {
         self.global.grow(reservation, additional);

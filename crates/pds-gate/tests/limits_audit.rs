@@ -262,9 +262,8 @@ async fn aggregations_larger_than_memory_spill_and_answer_the_same() {
 async fn joins_larger_than_memory_run_again_as_sort_merge_joins() {
     let dir = tempfile::tempdir().unwrap();
     let (_h, g) = setup(dir.path()).await;
-    // Both sides come sorted, so the sort-merge join needs no sort: what is
-    // tested is the second attempt, not how well DataFusion's sorts share a
-    // greedy pool (they do not always: docs/performance.md).
+    // First both sides come sorted, so the sort-merge join needs no sort;
+    // then they do not, and its sorts spill.
     let g = g.with_limits(Limits {
         timeout: Duration::from_secs(120),
         query_memory: 64 << 20,
@@ -301,6 +300,31 @@ async fn joins_larger_than_memory_run_again_as_sort_merge_joins() {
         "{end}"
     );
     assert_eq!(end["rows"], 1);
+
+    // Unsorted sides: the second attempt's sorts outgrow the memory and
+    // spill, sharing it fairly. b is a permutation of 1..=2n (7919 is prime
+    // to 2n), so each value of a still matches once.
+    let m = 2 * n;
+    let shuffled = format!(
+        "SELECT COUNT(*) AS n, SUM(a.v) AS s FROM generate_series(1, {n}) a(v) JOIN (SELECT (w * 7919) % {m} + 1 AS w FROM generate_series(1, {m}) t(w)) b ON a.v = b.w"
+    );
+    let got = run(&g, "alice", &p("proj-a"), &shuffled).await.unwrap();
+    let b = &got[0];
+    let col = |i: usize| {
+        b.column(i)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    assert_eq!((col(0), col(1)), (n, n * (n + 1) / 2));
+    let end = last_entry(&g).await;
+    assert_eq!(end["decision"], "completed", "{end}");
+    assert!(end["details"]["rerun"].is_string(), "{end}");
+    assert!(
+        end["details"]["spilled_bytes"].as_u64().unwrap_or(0) > 1 << 20,
+        "the sorts did not spill: {end}"
+    );
 
     // A join that fits runs once, as a hash join: nothing recorded.
     let small = "SELECT COUNT(*) FROM generate_series(1, 1000) a(v) JOIN generate_series(1, 1000) b(w) ON a.v = b.w";
