@@ -1759,17 +1759,15 @@ impl ResultStream {
         // Every sort of the second attempt spills: they share the statement's
         // memory fairly (`StatementPool::fair`), each after the merge
         // reservations above, so none starves another.
-        let first = state.runtime_env();
-        let runtime = Arc::new(datafusion::execution::runtime_env::RuntimeEnv {
-            memory_pool: Arc::new(limits::StatementPool::fair(
-                self.limits.query_memory,
-                r.global,
-            )),
-            disk_manager: first.disk_manager.clone(),
-            cache_manager: first.cache_manager.clone(),
-            object_store_registry: first.object_store_registry.clone(),
-            parquet_encryption_factory_registry: first.parquet_encryption_factory_registry.clone(),
-        });
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::from_runtime_env(
+            state.runtime_env(),
+        )
+        .with_memory_pool(Arc::new(limits::StatementPool::fair(
+            self.limits.query_memory,
+            r.global,
+        )))
+        .build_arc()
+        .map_err(|e| GateError::Setup(e.to_string()))?;
         let task = Arc::new(datafusion::execution::TaskContext::from(&state).with_runtime(runtime));
         let stream = datafusion::physical_plan::execute_stream(physical, task)
             .map_err(|e| engine_error(&e, &self.limits))?;

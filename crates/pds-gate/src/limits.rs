@@ -42,11 +42,6 @@ impl StatementPool {
             local_limit: limit,
         }
     }
-
-    /// The pool shared by all statements that this one draws on.
-    pub fn global(&self) -> &Arc<GreedyMemoryPool> {
-        &self.global
-    }
 }
 
 impl fmt::Display for StatementPool {

@@ -255,6 +255,17 @@ async fn aggregations_larger_than_memory_spill_and_answer_the_same() {
     assert_eq!(tight.used_bytes(), 0);
 }
 
+/// The two integers of a one-row `COUNT(*), SUM(..)` result.
+fn count_and_sum(batches: &[arrow::array::RecordBatch]) -> (i64, i64) {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 1, "expected one row");
+    let b = batches.iter().find(|b| b.num_rows() == 1).unwrap();
+    let c = |i: usize| b.column(i).as_primitive::<Int64Type>().value(0);
+    (c(0), c(1))
+}
+
 /// A hash join whose table outgrows the statement's memory runs again,
 /// before its first row, with sort-merge joins: same answer, recorded in
 /// the closing entry.
@@ -280,15 +291,7 @@ async fn joins_larger_than_memory_run_again_as_sort_merge_joins() {
         2 * n
     );
     let got = run(&g, "alice", &p("proj-a"), &sql).await.unwrap();
-    let b = &got[0];
-    let col = |i: usize| {
-        b.column(i)
-            .as_any()
-            .downcast_ref::<arrow::array::Int64Array>()
-            .unwrap()
-            .value(0)
-    };
-    assert_eq!((col(0), col(1)), (n, n * (n + 1) / 2));
+    assert_eq!(count_and_sum(&got), (n, n * (n + 1) / 2));
     let end = last_entry(&g).await;
     assert_eq!(end["action"], "statement.end");
     assert_eq!(end["decision"], "completed");
@@ -309,15 +312,7 @@ async fn joins_larger_than_memory_run_again_as_sort_merge_joins() {
         "SELECT COUNT(*) AS n, SUM(a.v) AS s FROM generate_series(1, {n}) a(v) JOIN (SELECT (w * 7919) % {m} + 1 AS w FROM generate_series(1, {m}) t(w)) b ON a.v = b.w"
     );
     let got = run(&g, "alice", &p("proj-a"), &shuffled).await.unwrap();
-    let b = &got[0];
-    let col = |i: usize| {
-        b.column(i)
-            .as_any()
-            .downcast_ref::<arrow::array::Int64Array>()
-            .unwrap()
-            .value(0)
-    };
-    assert_eq!((col(0), col(1)), (n, n * (n + 1) / 2));
+    assert_eq!(count_and_sum(&got), (n, n * (n + 1) / 2));
     let end = last_entry(&g).await;
     assert_eq!(end["decision"], "completed", "{end}");
     assert!(end["details"]["rerun"].is_string(), "{end}");
