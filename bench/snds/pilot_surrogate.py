@@ -71,11 +71,19 @@ def source(duck: pathlib.Path, table: str) -> str:
 
 
 def build(duck: pathlib.Path, out: pathlib.Path, yy: str) -> float:
-    """Writes the numbered copies (skipped when they exist). Returns seconds."""
+    """Writes the numbered copies, unless each exists and is newer than the
+    DuckDB files it was made from (a re-prepared work directory is numbered
+    again). Returns seconds."""
     import duckdb
 
     tables = [t.replace("{yy}", yy) for t in IDENTIFIERS]
-    if all((out / f"{t}.parquet").exists() for t in tables):
+
+    def fresh(t: str) -> bool:
+        copy = out / f"{t}.parquet"
+        return copy.exists() and copy.stat().st_mtime > max(
+            f.stat().st_mtime for f in (duck / t).glob("*.parquet"))
+
+    if all((duck / t).is_dir() and fresh(t) for t in tables):
         return 0.0
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
