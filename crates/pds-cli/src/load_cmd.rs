@@ -93,6 +93,10 @@ pub(crate) async fn load(home: &Path, a: LoadArgs) -> Result<pds_load::LoadRepor
                 r.storage
             );
             if !a.quiet {
+                println!(
+                    "{} distinct patient identifiers numbered (the gate joins and groups on the numbers)",
+                    r.identifiers
+                );
                 println!("{:<12} {:>12} {:>10} {:>6}", "table", "rows", "MB", "files");
                 for (t, rows, bytes, files) in &r.tables {
                     println!(

@@ -812,7 +812,11 @@ impl Gate {
                     ctx: &ctx,
                     base: &open.tables,
                     perimeter: &resolved,
-                    udf: Arc::new(views::PseudonymUdf::udf(id, pseudo)),
+                    udf: Arc::new(views::PseudonymUdf::udf_with_numbers(
+                        id,
+                        pseudo,
+                        open.identifiers.clone(),
+                    )),
                     cohort: &cohort,
                 };
                 let mut tables = Vec::new();
@@ -1099,6 +1103,14 @@ impl Gate {
         } else {
             optimized
         };
+        // A plan that turns identifier numbers back into pseudonyms reads
+        // the snapshot's dictionary: read once, then kept in memory.
+        for dictionary in views::PseudonymUdf::dictionaries(&optimized) {
+            dictionary
+                .load()
+                .await
+                .map_err(|e| ("failed", GateError::Setup(sanitize(&e.to_string()))))?;
+        }
         let fingerprint = hex::encode(Sha256::digest(optimized.display_indent().to_string()));
         Ok(Prepared {
             ctx,

@@ -22,7 +22,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, LargeStringBuilder, StringBuilder, StringViewBuilder,
+    Array, ArrayRef, AsArray, LargeStringArray, LargeStringBuilder, StringBuilder,
+    StringViewBuilder,
 };
 use arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
 use async_trait::async_trait;
@@ -55,6 +56,7 @@ use datafusion::physical_plan::{
 use datafusion::prelude::SessionContext;
 use pds_project::Pseudonymiser;
 use pds_project::perimeter::{ColumnView, DatePrecision, ResolvedPerimeter, RowFilter, ViewTable};
+use pds_query::ids::IdDictionary;
 use pds_snds::identifiers::PATIENT_ID_COLUMNS;
 
 /// A project's pseudonym function as the functions below hold it: compared
@@ -92,30 +94,145 @@ impl Hash for ProjectFn {
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct PseudonymUdf {
     f: ProjectFn,
+    /// The snapshot's identifier numbers, if it has them: the views' late
+    /// variants then show numbers ([`NumberedPseudonymUdf`]).
+    numbers: Option<Numbers>,
     signature: Signature,
+}
+
+/// A snapshot's dictionary of identifier numbers as the functions hold it:
+/// compared and hashed by snapshot, never printed.
+#[derive(Clone)]
+struct Numbers(Arc<IdDictionary>);
+
+impl fmt::Debug for Numbers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Numbers(snapshot {})", self.0.snapshot())
+    }
+}
+impl PartialEq for Numbers {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for Numbers {}
+impl Hash for Numbers {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.snapshot().hash(state)
+    }
 }
 
 impl PseudonymUdf {
     /// The function of one project.
     pub fn udf(project: &str, pseudo: Pseudonymiser) -> ScalarUDF {
+        PseudonymUdf::udf_with_numbers(project, pseudo, None)
+    }
+
+    /// The function of one project over a snapshot whose identifiers are
+    /// numbered (`numbers`, the snapshot's dictionary), so that statements
+    /// can join and group on the numbers ([`crate::late`]).
+    pub fn udf_with_numbers(
+        project: &str,
+        pseudo: Pseudonymiser,
+        numbers: Option<Arc<IdDictionary>>,
+    ) -> ScalarUDF {
         ScalarUDF::new_from_impl(PseudonymUdf {
             f: ProjectFn {
                 pseudo,
                 project: project.to_string(),
             },
+            numbers: numbers.map(Numbers),
             signature: Signature::string(1, Volatility::Immutable),
         })
+    }
+
+    /// The function that maps the *numbers* of the identifiers `udf` maps,
+    /// giving values of type `out` (the view column's), or `None` if `udf`
+    /// is not a pseudonym function or its snapshot has no numbers.
+    pub fn numbered_of(udf: &ScalarUDF, out: &DataType) -> Option<ScalarUDF> {
+        let p = udf.inner().downcast_ref::<PseudonymUdf>()?;
+        if !is_string_type(out) {
+            return None;
+        }
+        Some(ScalarUDF::new_from_impl(NumberedPseudonymUdf {
+            f: p.f.clone(),
+            numbers: p.numbers.clone()?,
+            out: out.clone(),
+            signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
+        }))
     }
 
     /// The function that maps a key built by [`DelimitedUdf`] from this
     /// function's stored identifiers back to what the statement wrote, or
     /// `None` if `udf` is not a pseudonym function.
     pub fn prefixed_of(udf: &ScalarUDF) -> Option<ScalarUDF> {
+        if let Some(n) = udf.inner().downcast_ref::<NumberedPseudonymUdf>() {
+            return Some(ScalarUDF::new_from_impl(NumberedPrefixedUdf {
+                f: n.f.clone(),
+                numbers: n.numbers.clone(),
+                signature: Signature::string(1, Volatility::Immutable),
+            }));
+        }
         let p = udf.inner().downcast_ref::<PseudonymUdf>()?;
         Some(ScalarUDF::new_from_impl(PrefixedPseudonymUdf {
             f: p.f.clone(),
             signature: Signature::string(1, Volatility::Immutable),
         }))
+    }
+
+    /// The function that builds the delimited key of a stored value mapped
+    /// by `udf` (see [`DelimitedUdf`], [`NumberKeyUdf`]). A number's key is
+    /// a string of type `cast_to`, or of the view column's type.
+    pub fn delimiter_of(udf: &ScalarUDF, cast_to: Option<&DataType>) -> Option<ScalarUDF> {
+        if let Some(n) = udf.inner().downcast_ref::<NumberedPseudonymUdf>() {
+            let out = cast_to.unwrap_or(&n.out);
+            if !is_string_type(out) {
+                return None;
+            }
+            return Some(ScalarUDF::new_from_impl(NumberKeyUdf {
+                out: out.clone(),
+                signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
+            }));
+        }
+        udf.inner()
+            .downcast_ref::<PseudonymUdf>()
+            .map(|_| DelimitedUdf::udf())
+    }
+
+    /// Whether `udf` maps identifier numbers rather than stored identifiers.
+    pub fn is_numbered(udf: &ScalarUDF) -> bool {
+        udf.inner().downcast_ref::<NumberedPseudonymUdf>().is_some()
+    }
+
+    /// The dictionaries a plan's number mappings read: each must be loaded
+    /// ([`IdDictionary::load`]) before the plan runs.
+    pub fn dictionaries(plan: &LogicalPlan) -> Vec<Arc<IdDictionary>> {
+        let mut out: Vec<Arc<IdDictionary>> = Vec::new();
+        let _ = plan.apply(|node| {
+            for e in node.expressions() {
+                let _ = e.apply(|x| {
+                    if let Expr::ScalarFunction(f) = x {
+                        let inner = f.func.inner();
+                        let n = inner
+                            .downcast_ref::<NumberedPseudonymUdf>()
+                            .map(|u| &u.numbers)
+                            .or_else(|| {
+                                inner
+                                    .downcast_ref::<NumberedPrefixedUdf>()
+                                    .map(|u| &u.numbers)
+                            });
+                        if let Some(n) = n
+                            && !out.iter().any(|d| Arc::ptr_eq(d, &n.0))
+                        {
+                            out.push(n.0.clone());
+                        }
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                });
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        out
     }
 }
 
@@ -320,6 +437,233 @@ impl ScalarUDFImpl for PrefixedPseudonymUdf {
             out.push_str(rest);
             Ok(())
         })
+    }
+}
+
+fn is_string_type(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)
+}
+
+/// The project pseudonym of an identifier *number*
+/// (`pds_snds::identifiers::number_column`): the snapshot's dictionary
+/// gives the stored identifier, the project's function its pseudonym, as
+/// a string of the view column's type. [`crate::late`] puts it where a
+/// value kept as a number is first read; like [`PseudonymUdf`] it is never
+/// registered in a session.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct NumberedPseudonymUdf {
+    f: ProjectFn,
+    numbers: Numbers,
+    out: DataType,
+    signature: Signature,
+}
+
+impl NumberedPseudonymUdf {
+    /// Writes the project pseudonym of number `n` into `out`.
+    fn pseudonym_of(&self, values: &LargeStringArray, n: i64, out: &mut String) -> Result<()> {
+        let id = usize::try_from(n)
+            .ok()
+            .filter(|i| *i < values.len())
+            .ok_or_else(|| {
+                // Never the number itself: it is an internal value.
+                DataFusionError::Internal(
+                    "an identifier number is not in the snapshot's dictionary".into(),
+                )
+            })?;
+        self.f.pseudo.pseudonym_into(values.value(id), out);
+        Ok(())
+    }
+}
+
+/// The loaded dictionary, or an error saying it was not loaded (the gate
+/// loads it before running a plan that needs it).
+fn loaded(n: &Numbers) -> Result<&LargeStringArray> {
+    n.0.values()
+        .ok_or_else(|| DataFusionError::Internal("the identifier dictionary was not loaded".into()))
+}
+
+impl ScalarUDFImpl for NumberedPseudonymUdf {
+    fn name(&self) -> &str {
+        "project_pseudonym_of_number"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(self.out.clone())
+    }
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let nullable = args.arg_fields.first().is_none_or(|f| f.is_nullable());
+        Ok(Arc::new(Field::new(
+            self.name(),
+            self.out.clone(),
+            nullable,
+        )))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arg = args.args.into_iter().next().ok_or_else(|| {
+            DataFusionError::Internal("project_pseudonym_of_number takes one argument".into())
+        })?;
+        let values = loaded(&self.numbers)?;
+        // Lines of one person are often adjacent: the last result (still
+        // in the buffer) is reused.
+        let mut last: Option<i64> = None;
+        map_numbers(self.name(), arg, &self.out, |n, out| {
+            if last != Some(n) {
+                out.clear();
+                self.pseudonym_of(values, n, out)?;
+                last = Some(n);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The delimited key of an identifier number: the number in decimal, then
+/// `:` (`123:`). Digits never include `:`, so keys are prefix-free, as
+/// [`DelimitedUdf`]'s are, and two concatenations headed by keys are equal
+/// exactly when their numbers (so their identifiers) and tails are.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct NumberKeyUdf {
+    out: DataType,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for NumberKeyUdf {
+    fn name(&self) -> &str {
+        "pds_number_key"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(self.out.clone())
+    }
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let nullable = args.arg_fields.first().is_none_or(|f| f.is_nullable());
+        Ok(Arc::new(Field::new(
+            self.name(),
+            self.out.clone(),
+            nullable,
+        )))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arg =
+            args.args.into_iter().next().ok_or_else(|| {
+                DataFusionError::Internal("pds_number_key takes one argument".into())
+            })?;
+        map_numbers(self.name(), arg, &self.out, |n, out| {
+            use std::fmt::Write;
+            out.clear();
+            let _ = write!(out, "{n}:");
+            Ok(())
+        })
+    }
+}
+
+/// [`PrefixedPseudonymUdf`] for keys built by [`NumberKeyUdf`]:
+/// `123:<rest>` becomes `<project pseudonym of identifier 123><rest>`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct NumberedPrefixedUdf {
+    f: ProjectFn,
+    numbers: Numbers,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for NumberedPrefixedUdf {
+    fn name(&self) -> &str {
+        "project_pseudonym_number_prefixed"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types.first().cloned().unwrap_or(DataType::Utf8))
+    }
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        Ok(same_field(self.name(), &args))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arg = args.args.into_iter().next().ok_or_else(|| {
+            DataFusionError::Internal("project_pseudonym_number_prefixed takes one argument".into())
+        })?;
+        let values = loaded(&self.numbers)?;
+        map_strings(self.name(), arg, |s, out| {
+            // Only keys built by `pds_number_key` reach this function.
+            let malformed = || DataFusionError::Internal("a delimited key is malformed".into());
+            let (n, rest) = s.split_once(':').ok_or_else(malformed)?;
+            let n: usize = n.parse().map_err(|_| malformed())?;
+            if n >= values.len() {
+                return Err(DataFusionError::Internal(
+                    "an identifier number is not in the snapshot's dictionary".into(),
+                ));
+            }
+            out.clear();
+            self.f.pseudo.pseudonym_into(values.value(n), out);
+            out.push_str(rest);
+            Ok(())
+        })
+    }
+}
+
+/// Applies `f` to every value of an `Int64` array or scalar, giving
+/// strings of type `out`. `f` writes each result into one buffer, which
+/// keeps the previous result until `f` changes it.
+fn map_numbers(
+    name: &str,
+    arg: ColumnarValue,
+    out: &DataType,
+    mut f: impl FnMut(i64, &mut String) -> Result<()>,
+) -> Result<ColumnarValue> {
+    let mut buf = String::new();
+    match arg {
+        ColumnarValue::Scalar(ScalarValue::Int64(v)) => {
+            let v = match v {
+                Some(n) => {
+                    f(n, &mut buf)?;
+                    Some(buf)
+                }
+                None => None,
+            };
+            Ok(ColumnarValue::Scalar(match out {
+                DataType::Utf8View => ScalarValue::Utf8View(v),
+                DataType::LargeUtf8 => ScalarValue::LargeUtf8(v),
+                _ => ScalarValue::Utf8(v),
+            }))
+        }
+        ColumnarValue::Array(a) => {
+            let numbers = a
+                .as_primitive_opt::<arrow::datatypes::Int64Type>()
+                .ok_or_else(|| {
+                    DataFusionError::Internal(format!("{name} of a {}", a.data_type()))
+                })?;
+            let n = numbers.len();
+            macro_rules! fill {
+                ($builder:expr) => {{
+                    let mut b = $builder;
+                    for v in numbers.iter() {
+                        match v {
+                            None => b.append_null(),
+                            Some(x) => {
+                                f(x, &mut buf)?;
+                                b.append_value(&buf);
+                            }
+                        }
+                    }
+                    Arc::new(b.finish()) as ArrayRef
+                }};
+            }
+            let array = match out {
+                DataType::Utf8View => fill!(StringViewBuilder::with_capacity(n)),
+                DataType::LargeUtf8 => fill!(LargeStringBuilder::with_capacity(n, n * 36)),
+                _ => fill!(StringBuilder::with_capacity(n, n * 36)),
+            };
+            Ok(ColumnarValue::Array(array))
+        }
+        ColumnarValue::Scalar(other) => Err(DataFusionError::Internal(format!(
+            "{name} of a {}",
+            other.data_type()
+        ))),
     }
 }
 
@@ -714,7 +1058,9 @@ pub fn pseudonym_call(e: &Expr) -> Option<(&Column, &Arc<ScalarUDF>)> {
 }
 
 /// The view of `plan` with `project_pseudonym(c) AS n` replaced by `c AS n`
-/// in its top projection, if that keeps the schema (types, nullability).
+/// in its top projection, or by `PDS_c_ID AS n` when the snapshot numbers
+/// identifiers (an `Int64` where the view shows a string: the only change
+/// of schema allowed); `None` if the schema would change otherwise.
 fn late_view(plan: &LogicalPlan) -> Option<LateView> {
     let LogicalPlan::SubqueryAlias(alias) = plan else {
         return None;
@@ -722,14 +1068,41 @@ fn late_view(plan: &LogicalPlan) -> Option<LateView> {
     let LogicalPlan::Projection(p) = alias.input.as_ref() else {
         return None;
     };
+    let input = p.input.schema();
     let mut columns = Vec::new();
     let mut exprs = Vec::with_capacity(p.expr.len());
-    for e in &p.expr {
+    let mut numbered = std::collections::HashSet::new();
+    for (i, e) in p.expr.iter().enumerate() {
         match e {
             Expr::Alias(a) => match pseudonym_call(&a.expr) {
                 Some((c, udf)) => {
-                    columns.push((a.name.clone(), udf.clone()));
-                    exprs.push(Expr::Column(c.clone()).alias(&a.name));
+                    let shown = p.schema.field(i);
+                    let number = Column::new(
+                        c.relation.clone(),
+                        pds_snds::identifiers::number_column(&c.name),
+                    );
+                    // The number, where the snapshot has it with the
+                    // identifier's nullability.
+                    let with_number = input
+                        .qualified_field_from_column(&number)
+                        .map(|(_, f)| f)
+                        .ok()
+                        .filter(|f| {
+                            f.data_type() == &DataType::Int64
+                                && f.is_nullable() == shown.is_nullable()
+                        })
+                        .and_then(|_| PseudonymUdf::numbered_of(udf, shown.data_type()));
+                    match with_number {
+                        Some(mapping) => {
+                            columns.push((a.name.clone(), Arc::new(mapping)));
+                            exprs.push(Expr::Column(number).alias(&a.name));
+                            numbered.insert(a.name.clone());
+                        }
+                        None => {
+                            columns.push((a.name.clone(), udf.clone()));
+                            exprs.push(Expr::Column(c.clone()).alias(&a.name));
+                        }
+                    }
                 }
                 None => exprs.push(e.clone()),
             },
@@ -747,9 +1120,17 @@ fn late_view(plan: &LogicalPlan) -> Option<LateView> {
         )
         .ok()?,
     );
-    // Fail safe: a late variant whose schema differs would break the plan
-    // it is swapped into; the eager view is then the only one.
-    if stored.schema().as_arrow() != plan.schema().as_arrow() {
+    // Fail safe: a late variant whose schema differs in any other way would
+    // break the plan it is swapped into; the eager view is then the only one.
+    let (a, b) = (stored.schema().as_arrow(), plan.schema().as_arrow());
+    let compatible = a.fields().len() == b.fields().len()
+        && a.fields().iter().zip(b.fields()).all(|(x, y)| {
+            x.name() == y.name()
+                && x.is_nullable() == y.is_nullable()
+                && (x.data_type() == y.data_type()
+                    || (numbered.contains(x.name()) && x.data_type() == &DataType::Int64))
+        });
+    if !compatible {
         return None;
     }
     Some(LateView { stored, columns })
@@ -772,7 +1153,8 @@ impl PerimeterTable {
         }
     }
 
-    /// The same table showing its pseudonym columns as stored, and the
+    /// The same table showing its pseudonym columns as stored (as their
+    /// numbers, `Int64`, where the snapshot numbers identifiers), and the
     /// function that maps each of them; `None` if it has none. Only
     /// [`crate::late`] uses it, and it maps every such column before any
     /// value can be seen.
@@ -784,7 +1166,8 @@ impl PerimeterTable {
         Some((
             PerimeterTable {
                 plan: late.stored.clone(),
-                schema: self.schema.clone(),
+                // Numbered identifiers are `Int64` here.
+                schema: Arc::new(late.stored.schema().as_arrow().clone()),
                 plain: self.plain.clone(),
                 late: Some(late.clone()),
                 shows_stored: true,

@@ -172,3 +172,53 @@ async fn late_mapping_changes_no_result_and_leaks_no_stored_pseudonym() {
         );
     }
 }
+
+/// The snapshot numbers identifiers: statements that only join, group or
+/// count patients never read the dictionary; a statement that shows
+/// identifiers reads it, and a snapshot whose dictionary is gone fails
+/// with an error that says so (without the identifiers or the number),
+/// where mapping in the views still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_stand_for_identifiers_until_a_value_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = setup(dir.path()).await;
+    let proj = p("late");
+    let count = "SELECT COUNT(DISTINCT p.BEN_NIR_PSA) AS n FROM ER_PRS_F p JOIN IR_BEN_R b \
+                 ON p.BEN_NIR_PSA = b.BEN_NIR_PSA AND p.BEN_RNG_GEM = b.BEN_RNG_GEM";
+    let expected = one(&run(&g, "alice", &proj, count).await.unwrap());
+    assert!(expected >= 200, "{expected}");
+    let list = "SELECT DISTINCT BEN_NIR_PSA FROM ER_PRS_F";
+    let listed = strings(&run(&g, "alice", &proj, list).await.unwrap(), 0);
+    assert_eq!(listed.len() as i64, expected);
+
+    // The dictionary removed, in a fresh gate (nothing in memory).
+    let home = pds_home::Home::open(&dir.path().join("home")).unwrap();
+    let objects = home.local_storage_dir().unwrap();
+    let dictionary = objects
+        .join("snapshots/1")
+        .join(pds_snds::identifiers::DICTIONARY_PATH);
+    assert!(dictionary.is_file(), "{}", dictionary.display());
+    std::fs::remove_file(&dictionary).unwrap();
+    let g = Gate::open(&home).await.unwrap();
+    assert_eq!(
+        one(&run(&g, "alice", &proj, count).await.unwrap()),
+        expected
+    );
+    let m = match run(&g, "alice", &proj, list).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a listing without the dictionary must fail"),
+    };
+    assert!(m.contains("identifier dictionary"), "{m}");
+    assert!(m.contains("pds load"), "{m}");
+    assert!(
+        !m.contains("snapshots/1"),
+        "storage path in the message: {m}"
+    );
+    // Mapped in the views, the stored identifiers are read instead.
+    g.set_late_pseudonyms(false);
+    let eager = strings(&run(&g, "alice", &proj, list).await.unwrap(), 0);
+    let (mut a, mut b) = (eager, listed);
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+}

@@ -18,6 +18,7 @@
 //! See [`values`] for the coded columns checked against referentials.
 #![forbid(unsafe_code)]
 
+mod numbers;
 mod pipeline;
 mod prskey;
 mod pseudo;
@@ -149,6 +150,8 @@ pub struct LoadReport {
     pub source_bytes: u64,
     /// Rows loaded.
     pub rows: u64,
+    /// Distinct patient identifiers numbered (see `pds_snds::identifiers::number_column`).
+    pub identifiers: u64,
     /// Where the files went (`file:///...` or `s3://...`).
     pub storage: String,
     /// Seconds.
@@ -405,6 +408,7 @@ pub async fn load(
             .collect(),
         source_bytes: total_bytes,
         rows: written.rows,
+        identifiers: written.identifiers,
         storage: storage.to_string(),
         seconds: started.elapsed().as_secs_f64(),
     })

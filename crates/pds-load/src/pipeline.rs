@@ -36,6 +36,7 @@ use pds_snds::schema::Family;
 use pds_storage::{ObjectWriter, Storage};
 use sha2::{Digest, Sha256};
 
+use crate::numbers::Numbering;
 use crate::values::ValueLists;
 use crate::{LoadError, LoadOptions, Progress, ProgressFn, Pseudonymiser, Recognised, io};
 
@@ -62,6 +63,8 @@ pub(crate) struct Written {
     pub tables: Vec<TableInfo>,
     pub sources: Vec<SourceFile>,
     pub rows: u64,
+    /// Distinct identifiers numbered (`crate::numbers`).
+    pub identifiers: u64,
 }
 
 /// Cumulative counters across the files of a load.
@@ -82,13 +85,20 @@ impl Job {
         };
         let mut tables: BTreeMap<String, TableInfo> = BTreeMap::new();
         let mut sources = Vec::new();
+        let mut numbering = Numbering::new(
+            self.storage.clone(),
+            self.rt.clone(),
+            &self.prefix,
+            self.data_key.clone(),
+            self.opts.compression,
+        );
         for (index, r) in self.recognised.iter().enumerate() {
             let file_name = r
                 .path
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let out = self.run_file(index, r, &file_name, &mut totals)?;
+            let out = self.run_file(index, r, &file_name, &mut totals, &mut numbering)?;
             let info = tables.entry(r.table.clone()).or_insert_with(|| TableInfo {
                 name: r.table.clone(),
                 title: r.title.clone(),
@@ -141,10 +151,12 @@ impl Job {
         for t in tables.values_mut() {
             t.files.sort_by(|a, b| a.path.cmp(&b.path));
         }
+        let identifiers = numbering.finish()?;
         Ok(Written {
             tables: tables.into_values().collect(),
             sources,
             rows: totals.progress.rows,
+            identifiers,
         })
     }
 
@@ -154,6 +166,7 @@ impl Job {
         r: &Recognised,
         file_name: &str,
         totals: &mut Totals,
+        numbering: &mut Numbering,
     ) -> Result<FileOutcome, LoadError> {
         let threads = self.opts.threads.max(1);
         let cols: Vec<&pds_snds::Column> = r.columns.iter().collect();
@@ -231,7 +244,15 @@ impl Job {
                 let budget = (LOAD_BUFFER_BYTES / threads).max(MIN_ENCODER_BUFFER_BYTES);
                 encoders.push(s.spawn(move || self.encode(index, r, rx, budget, abort)));
             }
-            let dispatched = self.dispatch(r, file_name, res_rx, &enc_txs, totals, &rejected_seen);
+            let dispatched = self.dispatch(
+                r,
+                file_name,
+                res_rx,
+                &enc_txs,
+                totals,
+                &rejected_seen,
+                numbering,
+            );
             if dispatched.is_err() {
                 abort.store(true, Ordering::SeqCst);
             }
@@ -274,8 +295,10 @@ impl Job {
     }
 
     /// Receives converted chunks, puts them back in file order, counts,
-    /// collects problems and hands partitions to the encoders. Returns
-    /// (rows, rejected lines, chunks received) of the file.
+    /// collects problems, numbers identifiers (in file order, so a load is
+    /// reproducible) and hands partitions to the encoders. Returns (rows,
+    /// rejected lines, chunks received) of the file.
+    #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &self,
         r: &Recognised,
@@ -284,6 +307,7 @@ impl Job {
         enc_txs: &[SyncSender<(String, RecordBatch)>],
         totals: &mut Totals,
         rejected_seen: &AtomicBool,
+        numbering: &mut Numbering,
     ) -> Result<(u64, u64, usize), LoadError> {
         let mut pending: BTreeMap<usize, Chunk> = BTreeMap::new();
         let mut next = 0usize;
@@ -321,6 +345,12 @@ impl Job {
                     rejected_seen.store(true, Ordering::Relaxed);
                 } else {
                     for (part, batch) in chunk.parts {
+                        // Referentials hold no patient identifier.
+                        let batch = if r.family.is_some() {
+                            numbering.number(batch)?
+                        } else {
+                            batch
+                        };
                         let n = batch.num_rows() as u64;
                         let mut h = std::collections::hash_map::DefaultHasher::new();
                         part.hash(&mut h);
@@ -444,7 +474,7 @@ impl Job {
     }
 }
 
-fn pq(e: parquet::errors::ParquetError) -> LoadError {
+pub(crate) fn pq(e: parquet::errors::ParquetError) -> LoadError {
     LoadError::Parquet(e.to_string())
 }
 
@@ -797,8 +827,14 @@ pub(crate) fn writer_props(
         .set_dictionary_enabled(true);
     for f in schema.fields() {
         match f.data_type() {
-            // Digests (the prestation key) never repeat within a page.
+            // Digests (the prestation key) never repeat within a page, nor
+            // do most identifier numbers within a row group.
             arrow_schema::DataType::Utf8 | arrow_schema::DataType::Decimal128(..) => {
+                b = b.set_column_dictionary_enabled(f.name().as_str().into(), false);
+            }
+            arrow_schema::DataType::Int64
+                if pds_snds::identifiers::numbered_column(f.name()).is_some() =>
+            {
                 b = b.set_column_dictionary_enabled(f.name().as_str().into(), false);
             }
             // Page-level min/max (the page index) where queries filter on

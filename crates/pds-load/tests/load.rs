@@ -492,3 +492,117 @@ async fn stopping_early_on_a_large_file_returns_promptly_and_hides_identifiers()
             .is_empty()
     );
 }
+
+/// (stored identifier, number) of every identifier cell of `batches`,
+/// with the number column each identifier column must have beside it.
+fn numbered_cells(batches: &[RecordBatch], table: &str) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for b in batches {
+        let schema = b.schema();
+        for f in schema.fields() {
+            if !pds_load::IDENTIFIER_COLUMNS.contains(&f.name().as_str()) {
+                continue;
+            }
+            let num = pds_snds::identifiers::number_column(f.name());
+            let ids = b
+                .column(schema.index_of(f.name()).unwrap())
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap();
+            let Ok(at) = schema.index_of(&num) else {
+                panic!("{table}: {} has no {num}", f.name());
+            };
+            let nums = b
+                .column(at)
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .unwrap();
+            for r in 0..b.num_rows() {
+                assert_eq!(ids.is_null(r), nums.is_null(r), "{table}.{num} row {r}");
+                if ids.is_valid(r) {
+                    out.push((ids.value(r).to_string(), nums.value(r)));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn identifiers_are_numbered_once_per_snapshot_with_an_encrypted_dictionary() {
+    let dir = tempfile::tempdir().unwrap();
+    let delivery = dir.path().join("delivery");
+    synth(&delivery, 300, 11);
+    let h = home(dir.path()).await;
+    let first = load(&h, &delivery, &opts(), quiet()).await.unwrap();
+    let second = load(&h, &delivery, &opts(), quiet()).await.unwrap();
+    let cat = h.catalog().await.unwrap();
+    let keys = h.keys().unwrap();
+    let storage = h.storage().unwrap();
+    let mut dictionaries = Vec::new();
+    for snapshot in [first.snapshot, second.snapshot] {
+        let info = cat.snapshot(snapshot).await.unwrap();
+        let wrapped: pds_keys::WrappedKey = serde_json::from_str(&info.wrapped_key).unwrap();
+        let key = keys
+            .unwrap_data_key(&wrapped, &format!("pds/snapshot/{snapshot}"))
+            .unwrap();
+        // Every identifier cell of every table, with its number.
+        let mut cells = Vec::new();
+        let mut tables_with_ids = 0;
+        for t in cat.tables(snapshot).await.unwrap() {
+            // Numbers are internal: the catalogue never lists them, so no
+            // perimeter can grant them.
+            assert!(
+                t.columns
+                    .iter()
+                    .all(|c| pds_snds::identifiers::numbered_column(&c.name).is_none()),
+                "{}: a number column is listed",
+                t.name
+            );
+            let before = cells.len();
+            for f in &t.files {
+                let batches = read_file(&storage, &f.path, &key).await.unwrap();
+                cells.extend(numbered_cells(&batches, &t.name));
+            }
+            tables_with_ids += usize::from(cells.len() > before);
+        }
+        assert!(tables_with_ids >= 5, "{tables_with_ids}");
+        // The dictionary: row n holds number n and the identifier it stands for.
+        let path = format!(
+            "{}/{}",
+            info.storage_prefix,
+            pds_snds::identifiers::DICTIONARY_PATH
+        );
+        let dict = read_file(&storage, &path, &key).await.unwrap();
+        let values = strings(&dict, "VALUE");
+        let mut numbers = Vec::new();
+        for b in &dict {
+            let a = b
+                .column(b.schema().index_of("PDS_ID").unwrap())
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .unwrap();
+            numbers.extend(a.values().iter().copied());
+        }
+        assert_eq!(numbers, (0..values.len() as i64).collect::<Vec<_>>());
+        let report = if snapshot == first.snapshot {
+            &first
+        } else {
+            &second
+        };
+        assert_eq!(report.identifiers, values.len() as u64);
+        // One numbering for all columns: equal identifiers, equal numbers,
+        // and each number is its dictionary entry.
+        for (id, n) in &cells {
+            assert_eq!(&values[*n as usize], id);
+        }
+        let distinct: HashSet<&String> = cells.iter().map(|(id, _)| id).collect();
+        assert_eq!(distinct.len(), values.len(), "every entry is used");
+        // Encrypted under the snapshot key, bound to its path.
+        let other = keys.new_data_key("pds/snapshot/x").unwrap().0;
+        assert!(read_file(&storage, &path, &other).await.is_err());
+        dictionaries.push(values);
+    }
+    // Reproducible: the same delivery numbers the same way.
+    assert_eq!(dictionaries[0], dictionaries[1]);
+}

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod footers;
+pub mod ids;
 pub mod joins;
 pub mod prskey;
 pub mod spill;
@@ -180,6 +181,9 @@ pub struct OpenSnapshot {
     /// Decrypted Parquet metadata of the snapshot's files, shared by every
     /// session over it.
     pub footers: Arc<footers::FooterCache>,
+    /// The dictionary of identifier numbers, when the snapshot's tables
+    /// carry them ([`ids`]); read on first use.
+    pub identifiers: Option<Arc<ids::IdDictionary>>,
 }
 
 impl std::fmt::Debug for OpenSnapshot {
@@ -255,12 +259,29 @@ pub async fn open_snapshot(
         ));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
+    // Snapshots loaded before identifiers were numbered have no number
+    // column and no dictionary; the gate then works on the identifiers.
+    let numbered = out.iter().any(|(_, t)| {
+        datafusion::datasource::TableProvider::schema(t.as_ref())
+            .fields()
+            .iter()
+            .any(|f| pds_snds::identifiers::numbered_column(f.name()).is_some())
+    });
+    let identifiers = numbered.then(|| {
+        Arc::new(ids::IdDictionary::new(
+            info.id,
+            &info.storage_prefix,
+            ctx,
+            footers.clone(),
+        ))
+    });
     Ok(OpenSnapshot {
         id: info.id,
         keys: factory,
         tables: out,
         rows: tables.iter().map(|t| (t.name.clone(), t.rows)).collect(),
         footers,
+        identifiers,
     })
 }
 

@@ -25,6 +25,40 @@ pub const PATIENT_ID_COLUMNS: &[&str] = &[
     "DCD_IDT_ENC",
 ];
 
+/// The column the loader stores beside identifier column `column`: the
+/// identifier's *number*, a dense 64-bit integer assigned per snapshot
+/// (`PDS_BEN_NIR_PSA_ID` beside `BEN_NIR_PSA`). Every identifier column of
+/// a snapshot shares one numbering, so two identifiers are equal exactly
+/// when their numbers are. Numbers are internal: the catalogue does not
+/// list these columns, so no perimeter can grant them, and the gate maps
+/// a number back to its identifier (and on to the project pseudonym)
+/// wherever a value is read.
+pub fn number_column(column: &str) -> String {
+    format!("{NUMBER_PREFIX}{column}{NUMBER_SUFFIX}")
+}
+
+/// The identifier column whose number `column` holds, if it is one
+/// ([`number_column`]).
+pub fn numbered_column(column: &str) -> Option<&str> {
+    let id = column
+        .strip_prefix(NUMBER_PREFIX)?
+        .strip_suffix(NUMBER_SUFFIX)?;
+    is_patient_id(id).then_some(id)
+}
+
+const NUMBER_PREFIX: &str = "PDS_";
+const NUMBER_SUFFIX: &str = "_ID";
+
+/// Where, under a snapshot's storage prefix, the loader writes the
+/// dictionary of identifier numbers: one encrypted Parquet file, row `n`
+/// holding number `n` ([`DICTIONARY_NUMBER`]) and the stored identifier it
+/// stands for ([`DICTIONARY_VALUE`]).
+pub const DICTIONARY_PATH: &str = "_pds/identifiers.parquet";
+/// The number column of the dictionary.
+pub const DICTIONARY_NUMBER: &str = "PDS_ID";
+/// The identifier column of the dictionary.
+pub const DICTIONARY_VALUE: &str = "VALUE";
+
 /// PMSI markers written in place of an identifier that could not be
 /// computed; they are not identifiers and are never pseudonymised, so the
 /// standard quality filters keep working.
@@ -107,6 +141,17 @@ pub fn potential_identifier(column: &str, ty: ColumnType) -> Option<PotentialIde
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn number_columns_name_their_identifier_and_nothing_else() {
+        assert_eq!(number_column("BEN_NIR_PSA"), "PDS_BEN_NIR_PSA_ID");
+        assert_eq!(numbered_column("PDS_BEN_NIR_PSA_ID"), Some("BEN_NIR_PSA"));
+        assert_eq!(numbered_column("PDS_NIR_ANO_17_ID"), Some("NIR_ANO_17"));
+        // The prestation key and lookalikes of non-identifiers are not numbers.
+        assert_eq!(numbered_column("PDS_PRS_KEY"), None);
+        assert_eq!(numbered_column("PDS_EXE_SOI_DTD_ID"), None);
+        assert_eq!(numbered_column("BEN_NIR_PSA"), None);
+    }
 
     #[test]
     fn classifies_the_snds_potential_identifiers() {
